@@ -1,0 +1,284 @@
+//! The tonic service implementations: thin adapters from the wire to the domain services.
+
+use std::sync::Arc;
+
+use nexus_proto::v1 as pb;
+use nexus_proto::v1::cluster_service_server::ClusterService;
+use nexus_proto::v1::conversation_service_server::ConversationService;
+use nexus_proto::v1::memory_service_server::MemoryService;
+use nexus_proto::v1::search_service_server::SearchService;
+use tonic::{Request, Response, Status};
+
+use super::{consistency, convert, handle};
+use crate::cluster::ClusterNode;
+use crate::memory::conversations::{self, ListMessagesRequest, NewMessageRequest};
+use crate::memory::kv::{self, KvService};
+use crate::search::fulltext::{FullTextIndex, SearchRequest};
+
+pub struct MemoryApi {
+    pub kv: Arc<KvService>,
+}
+
+#[tonic::async_trait]
+impl MemoryService for MemoryApi {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        handle("memory.put", request, |p, r| async move {
+            let item = self
+                .kv
+                .put(
+                    &p.tenant,
+                    kv::PutRequest {
+                        namespace: r.namespace,
+                        key: r.key,
+                        value: r.value,
+                        ttl_ms: r.ttl_ms,
+                        expected_version: r.expected_version,
+                    },
+                )
+                .await?;
+            Ok(pb::PutResponse {
+                item: Some(convert::memory_item(item)),
+            })
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        handle("memory.get", request, |p, r| async move {
+            let item = self
+                .kv
+                .get(&p.tenant, &r.namespace, &r.key, consistency(r.consistency)?)
+                .await?;
+            Ok(pb::GetResponse {
+                item: Some(convert::memory_item(item)),
+            })
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        handle("memory.delete", request, |p, r| async move {
+            let version = self
+                .kv
+                .delete(&p.tenant, &r.namespace, &r.key, r.expected_version)
+                .await?;
+            Ok(pb::DeleteResponse {
+                deleted_version: version,
+            })
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        handle("memory.list", request, |p, r| async move {
+            let (items, next) = self
+                .kv
+                .list(
+                    &p.tenant,
+                    kv::ListRequest {
+                        namespace: r.namespace,
+                        prefix: r.prefix,
+                        page_size: r.page_size,
+                        page_token: r.page_token,
+                        consistency: consistency(r.consistency)?,
+                    },
+                )
+                .await?;
+            Ok(pb::ListResponse {
+                items: items.into_iter().map(convert::memory_item).collect(),
+                next_page_token: next,
+            })
+        })
+        .await
+    }
+}
+
+pub struct ConversationApi {
+    pub conversations: Arc<conversations::ConversationService>,
+}
+
+#[tonic::async_trait]
+impl ConversationService for ConversationApi {
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        handle("conversation.create", request, |p, r| async move {
+            let c = self
+                .conversations
+                .create(&p.tenant, &r.id, &r.title, &r.metadata)
+                .await?;
+            Ok(convert::conversation(c))
+        })
+        .await
+    }
+
+    async fn append_messages(
+        &self,
+        request: Request<pb::AppendMessagesRequest>,
+    ) -> Result<Response<pb::AppendMessagesResponse>, Status> {
+        handle("conversation.append", request, |p, r| async move {
+            let messages = r
+                .messages
+                .into_iter()
+                .map(|m| NewMessageRequest {
+                    role: m.role,
+                    content: m.content,
+                    metadata: m.metadata,
+                    input_tokens: m.input_tokens,
+                    output_tokens: m.output_tokens,
+                })
+                .collect();
+            let appended = self
+                .conversations
+                .append(&p.tenant, &r.conversation_id, messages)
+                .await?;
+            Ok(pb::AppendMessagesResponse {
+                messages: appended.into_iter().map(convert::message).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        handle("conversation.get", request, |p, r| async move {
+            let c = self
+                .conversations
+                .get(&p.tenant, &r.id, consistency(r.consistency)?)
+                .await?;
+            Ok(convert::conversation(c))
+        })
+        .await
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        handle("conversation.list", request, |p, r| async move {
+            let (list, next) = self
+                .conversations
+                .list(
+                    &p.tenant,
+                    r.page_size,
+                    &r.page_token,
+                    consistency(r.consistency)?,
+                )
+                .await?;
+            Ok(pb::ListConversationsResponse {
+                conversations: list.into_iter().map(convert::conversation).collect(),
+                next_page_token: next,
+            })
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        handle("conversation.list_messages", request, |p, r| async move {
+            let (messages, next) = self
+                .conversations
+                .list_messages(
+                    &p.tenant,
+                    ListMessagesRequest {
+                        conversation_id: r.conversation_id,
+                        page_size: r.page_size,
+                        page_token: r.page_token,
+                        since_ms: r.since_ms,
+                        until_ms: r.until_ms,
+                        consistency: consistency(r.consistency)?,
+                    },
+                )
+                .await?;
+            Ok(pb::ListMessagesResponse {
+                messages: messages.into_iter().map(convert::message).collect(),
+                next_page_token: next,
+            })
+        })
+        .await
+    }
+
+    async fn delete_conversation(
+        &self,
+        request: Request<pb::DeleteConversationRequest>,
+    ) -> Result<Response<pb::DeleteConversationResponse>, Status> {
+        handle("conversation.delete", request, |p, r| async move {
+            let n = self.conversations.delete(&p.tenant, &r.id).await?;
+            Ok(pb::DeleteConversationResponse {
+                deleted_messages: n,
+            })
+        })
+        .await
+    }
+}
+
+pub struct SearchApi {
+    pub index: Arc<FullTextIndex>,
+}
+
+#[tonic::async_trait]
+impl SearchService for SearchApi {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        handle("search.search", request, |p, r| async move {
+            let kinds = r
+                .kinds
+                .iter()
+                .map(|k| convert::hit_kind(*k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let req = SearchRequest {
+                query: r.query,
+                kinds,
+                namespace: r.namespace,
+                conversation_id: r.conversation_id,
+                role: r.role,
+                since_ms: r.since_ms,
+                until_ms: r.until_ms,
+                limit: r.limit,
+                consistency: consistency(r.consistency)?,
+            };
+            let hits = self.index.search(&p.tenant, &req).await?;
+            Ok(pb::SearchResponse {
+                hits: hits.into_iter().map(convert::hit).collect(),
+            })
+        })
+        .await
+    }
+}
+
+pub struct ClusterApi {
+    pub node: Arc<ClusterNode>,
+    pub index: Arc<FullTextIndex>,
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        handle("cluster.status", request, |_, _| async move {
+            Ok(convert::status(self.node.status(), self.index.watermark()))
+        })
+        .await
+    }
+}

@@ -1,0 +1,259 @@
+//! Replication with openraft: the type configuration, the RocksDB log store and state machine,
+//! the gRPC transport, and the node's entry points for writes (`propose`) and reads
+//! (`read_barrier`). This module knows nothing of the public API's types.
+
+pub mod log_store;
+pub mod network;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::NexusError;
+use crate::store::Store;
+pub use state_machine::AppliedState;
+pub use types::{Command, NexusNode, NodeId, Op, Raft, Reply};
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Reflects every write acknowledged before the read started (read index).
+    #[default]
+    Linearizable,
+    /// Whatever this node has applied.
+    Stale,
+}
+
+/// A member as `Status` reports it.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub node: NexusNode,
+    pub voter: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: Option<NodeId>,
+    pub leader_addr: Option<String>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// This node's Raft group member.
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub store: Store,
+    applied: watch::Receiver<AppliedState>,
+    committed: Arc<AtomicU64>,
+}
+
+impl ClusterNode {
+    /// Opens the log and state machine on `store` and starts Raft. On the very first start
+    /// (no vote, no log) the node initializes a one-member cluster of itself; afterwards it
+    /// recovers its state from disk.
+    pub async fn start(config: &Config, store: Store) -> anyhow::Result<Arc<Self>> {
+        let raft_config = openraft::Config {
+            cluster_name: "nexus".into(),
+            heartbeat_interval: config.raft.heartbeat_interval_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
+            max_payload_entries: config.raft.max_append_entries,
+            snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
+            ..Default::default()
+        }
+        .validate()?;
+
+        let mut log_store = log_store::LogStore::new(store.clone());
+        let committed = log_store.committed_index();
+        let first_boot = log_store.read_vote().await?.is_none()
+            && log_store.get_log_state().await?.last_log_id.is_none();
+        let (state_machine, applied) =
+            state_machine::StateMachine::open(store.clone(), &config.data_dir.join("snapshots"))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            network::NetworkFactory,
+            log_store,
+            state_machine,
+        )
+        .await?;
+        if first_boot {
+            let me = NexusNode {
+                peer_addr: config.peer_addr.to_string(),
+                api_addr: config.grpc_addr.to_string(),
+            };
+            tracing::info!(
+                node_id = config.node_id,
+                "first start: initializing a one-member cluster"
+            );
+            raft.initialize(BTreeMap::from([(config.node_id, me)]))
+                .await?;
+        }
+        Ok(Arc::new(Self {
+            id: config.node_id,
+            raft,
+            store,
+            applied,
+            committed,
+        }))
+    }
+
+    /// Replicates a command and returns what applying it produced, once it is committed on a
+    /// majority and applied here.
+    pub async fn propose(&self, command: Command) -> Result<Reply, NexusError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => response.data,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self
+                .unavailable(
+                    "this node is not the leader",
+                    f.leader_id,
+                    f.leader_node.map(|n| n.api_addr),
+                )),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(NexusError::internal(e))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(self.unavailable(&format!("raft stopped: {e}"), None, None))
+            }
+        }
+    }
+
+    /// Waits until this node may serve a read of the given consistency, and returns the log
+    /// index the read reflects at least.
+    pub async fn read_barrier(&self, consistency: ReadConsistency) -> Result<u64, NexusError> {
+        if consistency == ReadConsistency::Stale {
+            return Ok(self.applied.borrow().index);
+        }
+        match self.raft.ensure_linearizable().await {
+            Ok(read_log_id) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self
+                .unavailable(
+                    "this node is not the leader",
+                    f.leader_id,
+                    f.leader_node.map(|n| n.api_addr),
+                )),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(self.unavailable(&format!("no quorum: {e}"), None, None))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(self.unavailable(&format!("raft stopped: {e}"), None, None))
+            }
+        }
+    }
+
+    fn unavailable(
+        &self,
+        message: &str,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    ) -> NexusError {
+        let (leader_id, leader_addr) = match (leader_id, leader_addr) {
+            (Some(id), None) => (Some(id), self.member_api_addr(id)),
+            other => other,
+        };
+        let hint = match (&leader_id, &leader_addr) {
+            (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
+            (Some(id), None) => format!("; the leader is node {id}"),
+            _ => "; no leader is known".to_string(),
+        };
+        NexusError::Unavailable {
+            message: format!("{message}{hint}"),
+            leader_id,
+            leader_addr,
+        }
+    }
+
+    fn member_api_addr(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.api_addr.clone())
+    }
+
+    /// Follows the applied index (and snapshot installs) of the local state machine.
+    pub fn applied(&self) -> watch::Receiver<AppliedState> {
+        self.applied.clone()
+    }
+
+    /// True once this node knows a leader and has applied everything it knows is committed.
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader.is_some()
+            && m.last_applied.map_or(0, |l| l.index) >= self.committed.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                id: *id,
+                node: node.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let leader_addr = m
+            .current_leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.api_addr.clone()));
+        ClusterStatus {
+            node_id: self.id,
+            role,
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            commit_index: self.committed.load(Ordering::Relaxed),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            members,
+        }
+    }
+
+    /// Waits until this node sees a leader, for start-up and tests.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, NexusError> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|e| NexusError::Unavailable {
+                message: format!("no leader: {e}"),
+                leader_id: None,
+                leader_addr: None,
+            })?
+            .current_leader
+            .ok_or_else(|| NexusError::internal("leader vanished"))
+    }
+}

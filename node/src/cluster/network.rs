@@ -1,0 +1,227 @@
+//! The Raft transport between nodes: openraft's RPCs over the internal gRPC service
+//! `nexus.raft.v1.RaftService` on the peer port. Messages travel in the value codec (a format
+//! byte, then postcard), so a node refuses a message format it does not know.
+//!
+//! Connections are made lazily and reused; a transport failure is reported to openraft as
+//! `Unreachable`, which makes it back off, and a remote Raft error is passed through as-is.
+
+use std::time::Duration;
+
+use nexus_proto::raft::v1::raft_service_client::RaftServiceClient;
+use nexus_proto::raft::v1::raft_service_server::RaftService;
+use nexus_proto::raft::v1::RaftMessage;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::{NexusNode, NodeId, Raft, TypeConfig};
+use crate::store::codec;
+
+/// Connect timeout to a peer; RPC deadlines come from openraft's `RPCOption`.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest message on the peer port (append batches and snapshot chunks stay below it).
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NexusNode) -> Self::Network {
+        PeerClient {
+            target,
+            node: node.clone(),
+            client: None,
+        }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    node: NexusNode,
+    client: Option<RaftServiceClient<Channel>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+fn peer_uri(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+impl PeerClient {
+    fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(peer_uri(&self.node.peer_addr))
+            .map_err(|e| {
+                Unreachable::new(&TransportError(format!(
+                    "bad peer address {}: {e}",
+                    self.node.peer_addr
+                )))
+            })?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let client = RaftServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        rpc: Rpc,
+    ) -> Result<Resp, RPCError<NodeId, NexusNode, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self.client()?;
+        let mut request = tonic::Request::new(RaftMessage {
+            payload: codec::encode(req),
+        });
+        request.set_timeout(option.hard_ttl());
+        let result = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = match result {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                // The connection is re-made on the next call.
+                self.client = None;
+                let e = TransportError(format!("{rpc:?} to node {}: {status}", self.target));
+                return Err(match status.code() {
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
+                    _ => RPCError::Network(NetworkError::new(&e)),
+                });
+            }
+        };
+        let decoded: Result<Resp, E> =
+            codec::decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NexusNode, RaftError<NodeId>>> {
+        self.call(&rpc, &option, Rpc::Append).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NexusNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(&rpc, &option, Rpc::Snapshot).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NexusNode, RaftError<NodeId>>> {
+        self.call(&rpc, &option, Rpc::Vote).await
+    }
+}
+
+/// The server side of the peer port: hands each RPC to the local Raft.
+pub struct PeerService {
+    raft: Raft,
+}
+
+impl PeerService {
+    pub fn new(raft: Raft) -> Self {
+        Self { raft }
+    }
+}
+
+fn decode_request<T: DeserializeOwned>(
+    req: tonic::Request<RaftMessage>,
+) -> Result<T, tonic::Status> {
+    codec::decode(&req.into_inner().payload)
+        .map_err(|e| tonic::Status::invalid_argument(format!("payload: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+    Ok(tonic::Response::new(RaftMessage {
+        payload: codec::encode(value),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftService for PeerService {
+    async fn append_entries(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let rpc: VoteRequest<NodeId> = decode_request(request)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        _request: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "write forwarding between nodes is not implemented yet; send writes to the leader",
+        ))
+    }
+}

@@ -1,0 +1,331 @@
+//! The node's configuration: one struct, with documented defaults. Sources, later ones win:
+//! built-in defaults < `nexus.toml` (or `--config FILE`) < `NEXUS_*` environment variables
+//! (nested keys with `__`, e.g. `NEXUS_LIMITS__MAX_KEY_BYTES=1024`) < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The config file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_FILE: &str = "nexus.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id in the cluster; unique and never reused.
+    pub node_id: u64,
+    /// Where the node keeps its data (RocksDB, search index, snapshots).
+    pub data_dir: PathBuf,
+    /// The public gRPC API.
+    pub grpc_addr: SocketAddr,
+    /// HTTP: /healthz, /readyz, /metrics.
+    pub http_addr: SocketAddr,
+    /// The internal Raft transport between nodes.
+    pub peer_addr: SocketAddr,
+    pub limits: Limits,
+    pub raft: RaftConfig,
+    pub search: SearchConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest memory key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest memory value (JSON text), in bytes.
+    pub max_value_bytes: usize,
+    /// Largest message content, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest metadata (JSON object text), in bytes.
+    pub max_metadata_bytes: usize,
+    /// Longest conversation title, in bytes.
+    pub max_title_bytes: usize,
+    /// Most items in one page of a listing or search.
+    pub max_page_size: u32,
+    /// Most messages in one append.
+    pub max_batch: usize,
+    /// Largest gRPC request, in bytes.
+    pub max_request_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot (and compact the log) after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log behind a snapshot, so that slightly lagging followers and the
+    /// search indexer catch up from the log instead of a full snapshot.
+    pub keep_entries_after_snapshot: u64,
+    /// Most entries in one append-entries message.
+    pub max_append_entries: u64,
+    /// Size of one chunk of a snapshot sent to a follower.
+    pub snapshot_chunk_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Most time between a write and its full-text commit while writes keep coming.
+    pub commit_interval_ms: u64,
+    /// Memory of the full-text index writer, in MiB.
+    pub writer_memory_mb: usize,
+    /// How long a linearizable search waits for the index to catch up before Unavailable.
+    pub wait_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// trace, debug, info, warn or error (RUST_LOG overrides).
+    pub level: String,
+    /// text or json.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./nexus-data"),
+            grpc_addr: "127.0.0.1:7700".parse().expect("valid address"),
+            http_addr: "127.0.0.1:9001".parse().expect("valid address"),
+            peer_addr: "127.0.0.1:7701".parse().expect("valid address"),
+            limits: Limits::default(),
+            raft: RaftConfig::default(),
+            search: SearchConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 512,
+            max_value_bytes: 1 << 20,
+            max_message_bytes: 256 << 10,
+            max_metadata_bytes: 64 << 10,
+            max_title_bytes: 1024,
+            max_page_size: 1000,
+            max_batch: 1000,
+            max_request_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 20_000,
+            keep_entries_after_snapshot: 5_000,
+            max_append_entries: 512,
+            snapshot_chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval_ms: 100,
+            writer_memory_mb: 64,
+            wait_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// The default configuration as a commented nexus.toml (`nexus config default`).
+pub const DEFAULT_CONFIG_TOML: &str = r#"# nexus.toml: configuration of one Nexus node.
+# Precedence: these defaults < this file < NEXUS_* environment variables
+# (nested keys with "__", e.g. NEXUS_LIMITS__MAX_KEY_BYTES=1024) < command-line flags.
+
+# This node's id in the cluster; unique and never reused.
+node_id = 1
+# Where the node keeps its data (RocksDB, search index, snapshots).
+data_dir = "./nexus-data"
+# The public gRPC API (MemoryService, ConversationService, SearchService, ClusterService).
+grpc_addr = "127.0.0.1:7700"
+# HTTP: /healthz, /readyz and /metrics (Prometheus).
+http_addr = "127.0.0.1:9001"
+# The internal Raft transport between nodes.
+peer_addr = "127.0.0.1:7701"
+
+[limits]
+# Longest memory key, in bytes.
+max_key_bytes = 512
+# Largest memory value (JSON text), in bytes: 1 MiB.
+max_value_bytes = 1048576
+# Largest message content, in bytes: 256 KiB.
+max_message_bytes = 262144
+# Largest metadata (a JSON object), in bytes: 64 KiB.
+max_metadata_bytes = 65536
+# Longest conversation title, in bytes.
+max_title_bytes = 1024
+# Most items in one page of a listing or search.
+max_page_size = 1000
+# Most messages in one append.
+max_batch = 1000
+# Largest gRPC request, in bytes: 8 MiB.
+max_request_bytes = 8388608
+
+[raft]
+heartbeat_interval_ms = 100
+election_timeout_min_ms = 300
+election_timeout_max_ms = 600
+# Take a snapshot (and compact the log) after this many entries.
+snapshot_every_entries = 20000
+# Entries kept in the log behind a snapshot, for lagging followers and the search indexer.
+keep_entries_after_snapshot = 5000
+# Most entries in one append-entries message.
+max_append_entries = 512
+# Size of one chunk of a snapshot sent to a follower: 4 MiB.
+snapshot_chunk_bytes = 4194304
+
+[search]
+# Most time between a write and its full-text commit while writes keep coming.
+commit_interval_ms = 100
+# Memory of the full-text index writer, in MiB.
+writer_memory_mb = 64
+# How long a linearizable search waits for the index to catch up before Unavailable.
+wait_timeout_ms = 10000
+
+[log]
+# trace, debug, info, warn or error (RUST_LOG overrides).
+level = "info"
+# text or json.
+format = "text"
+"#;
+
+/// Values given on the command line; unset ones leave the lower layers alone.
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Loads the layered configuration. `file` is `--config`; without it `nexus.toml` in the
+    /// working directory is read when present. A named file that is missing is an error.
+    pub fn load(file: Option<&Path>, flags: FlagOverrides) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Box::new(figment::Error::from(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    ))));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        figment
+            .merge(
+                Env::prefixed("NEXUS_")
+                    .filter(|key| is_config_key(key.as_str()))
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(Box::new)
+    }
+}
+
+/// The top-level keys of `Config`: other `NEXUS_*` variables (such as nexusctl's
+/// `NEXUS_ENDPOINT`) belong to other programs and are not configuration errors here.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "node_id",
+    "data_dir",
+    "grpc_addr",
+    "http_addr",
+    "peer_addr",
+    "limits",
+    "raft",
+    "search",
+    "log",
+];
+
+fn is_config_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    TOP_LEVEL_KEYS.iter().any(|t| {
+        key == *t
+            || key
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with("__"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_default_file_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_CONFIG_TOML).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "node_id = 5\ngrpc_addr = \"127.0.0.1:1000\"\n[limits]\nmax_key_bytes = 64\n",
+            )?;
+            jail.set_env("NEXUS_GRPC_ADDR", "127.0.0.1:2000");
+            jail.set_env("NEXUS_LIMITS__MAX_PAGE_SIZE", "10");
+            jail.set_env("NEXUS_ENDPOINT", "http://elsewhere:1");
+            let flags = FlagOverrides {
+                node_id: Some(7),
+                ..Default::default()
+            };
+            let c = Config::load(Some(Path::new("custom.toml")), flags).unwrap();
+            assert_eq!(c.node_id, 7, "flags win over the file");
+            assert_eq!(c.grpc_addr.port(), 2000, "env wins over the file");
+            assert_eq!(c.limits.max_key_bytes, 64, "the file wins over defaults");
+            assert_eq!(c.limits.max_page_size, 10);
+            assert_eq!(c.http_addr, Config::default().http_addr);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "nod_id = 5\n")?;
+            assert!(Config::load(Some(Path::new("bad.toml")), FlagOverrides::default()).is_err());
+            assert!(
+                Config::load(Some(Path::new("missing.toml")), FlagOverrides::default()).is_err()
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,61 @@
+//! The one error type of the domain: what went wrong, in terms a client can act on. The `api`
+//! module maps it to a gRPC status or HTTP code in one place.
+//!
+//! It is serializable because a state-machine step can reject a command (a version mismatch,
+//! an unknown id) and that rejection travels back through Raft as the command's response.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum NexusError {
+    /// The request is malformed; `field` names the offending field.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The state is not what the request required (e.g. a compare-and-set version).
+    #[error("{field}: {message}")]
+    FailedPrecondition { field: String, message: String },
+    /// A configured limit was reached; `limit` names it.
+    #[error("{limit} exceeded: {message}")]
+    ResourceExhausted { limit: String, message: String },
+    /// The cluster cannot serve the request now (no leader, no quorum, shutting down).
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl NexusError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn precondition(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for NexusError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
+pub type Result<T, E = NexusError> = std::result::Result<T, E>;

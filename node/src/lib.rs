@@ -1,0 +1,13 @@
+//! The Nexus node: the library behind the `nexus` binary. See `docs/architecture.md` and the
+//! top of each module for what it owns.
+
+pub mod api;
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod memory;
+pub mod observe;
+pub mod search;
+pub mod server;
+pub mod store;

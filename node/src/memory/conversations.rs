@@ -1,0 +1,493 @@
+//! Conversations: an ordered message history per conversation. Messages get their id (UUIDv7)
+//! and time on the proposing node and their sequence number when applied, so every node
+//! numbers them alike.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{now_ms, validate};
+use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
+use crate::config::Limits;
+use crate::error::NexusError;
+use crate::store::{
+    codec, keys, ApplyCtx, Store, StoreError, CF_CONVERSATIONS, CF_MESSAGES, CF_MESSAGE_IDS,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub id: String,
+    pub title: String,
+    /// JSON object text.
+    pub metadata: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Also the sequence number of the last message.
+    pub message_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub role: String,
+    pub content: String,
+    pub metadata: String,
+    pub input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+    pub created_at_ms: i64,
+}
+
+/// A message as proposed: everything but its sequence number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub id: String,
+    pub role: String,
+    pub content: String,
+    pub metadata: String,
+    pub input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+}
+
+/// Where a message id points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageLocation {
+    pub conversation_id: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ConversationOp {
+    Create {
+        id: String,
+        title: String,
+        metadata: String,
+        now_ms: i64,
+    },
+    Append {
+        conversation_id: String,
+        messages: Vec<NewMessage>,
+        now_ms: i64,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+impl ConversationOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConversationOp::Create { .. } => "conversation.create",
+            ConversationOp::Append { .. } => "conversation.append",
+            ConversationOp::Delete { .. } => "conversation.delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ConversationReply {
+    Conversation(ConversationRecord),
+    Messages(Vec<MessageRecord>),
+    Deleted { messages: u64 },
+}
+
+fn not_found(id: &str) -> NexusError {
+    NexusError::NotFound(format!("conversation {id} not found"))
+}
+
+pub fn apply(
+    ctx: &mut ApplyCtx<'_>,
+    tenant: &str,
+    op: &ConversationOp,
+) -> Result<Result<ConversationReply, NexusError>, StoreError> {
+    match op {
+        ConversationOp::Create {
+            id,
+            title,
+            metadata,
+            now_ms,
+        } => {
+            let k = keys::conversation_key(tenant, id);
+            if ctx
+                .get_decoded::<ConversationRecord>(CF_CONVERSATIONS, &k)?
+                .is_some()
+            {
+                return Ok(Err(NexusError::AlreadyExists(format!(
+                    "conversation {id} already exists"
+                ))));
+            }
+            let record = ConversationRecord {
+                id: id.clone(),
+                title: title.clone(),
+                metadata: metadata.clone(),
+                created_at_ms: *now_ms,
+                updated_at_ms: *now_ms,
+                message_count: 0,
+            };
+            ctx.put(CF_CONVERSATIONS, &k, &record);
+            Ok(Ok(ConversationReply::Conversation(record)))
+        }
+        ConversationOp::Append {
+            conversation_id,
+            messages,
+            now_ms,
+        } => {
+            let k = keys::conversation_key(tenant, conversation_id);
+            let Some(mut conversation) =
+                ctx.get_decoded::<ConversationRecord>(CF_CONVERSATIONS, &k)?
+            else {
+                return Ok(Err(not_found(conversation_id)));
+            };
+            let mut out = Vec::with_capacity(messages.len());
+            for m in messages {
+                conversation.message_count += 1;
+                let seq = conversation.message_count;
+                let record = MessageRecord {
+                    id: m.id.clone(),
+                    conversation_id: conversation_id.clone(),
+                    seq,
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                    metadata: m.metadata.clone(),
+                    input_tokens: m.input_tokens,
+                    output_tokens: m.output_tokens,
+                    created_at_ms: *now_ms,
+                };
+                ctx.put(
+                    CF_MESSAGES,
+                    &keys::message_key(tenant, conversation_id, seq),
+                    &record,
+                );
+                ctx.put(
+                    CF_MESSAGE_IDS,
+                    &keys::message_id_key(tenant, &m.id),
+                    &MessageLocation {
+                        conversation_id: conversation_id.clone(),
+                        seq,
+                    },
+                );
+                out.push(record);
+            }
+            conversation.updated_at_ms = *now_ms;
+            ctx.put(CF_CONVERSATIONS, &k, &conversation);
+            Ok(Ok(ConversationReply::Messages(out)))
+        }
+        ConversationOp::Delete { id } => {
+            let k = keys::conversation_key(tenant, id);
+            let Some(conversation) = ctx.get_decoded::<ConversationRecord>(CF_CONVERSATIONS, &k)?
+            else {
+                return Ok(Err(not_found(id)));
+            };
+            let prefix = keys::message_prefix(tenant, id);
+            let mut cursor = prefix.clone();
+            loop {
+                let batch = ctx
+                    .store()
+                    .scan_prefix(CF_MESSAGES, &prefix, &cursor, 1024)?;
+                for (_, v) in &batch {
+                    let m: MessageRecord = codec::decode(v)?;
+                    ctx.delete(CF_MESSAGE_IDS, &keys::message_id_key(tenant, &m.id));
+                }
+                match batch.last() {
+                    Some((last, _)) if batch.len() == 1024 => {
+                        cursor = last.clone();
+                        cursor.push(0);
+                    }
+                    _ => break,
+                }
+            }
+            ctx.delete_prefix(CF_MESSAGES, &prefix);
+            ctx.delete(CF_CONVERSATIONS, &k);
+            Ok(Ok(ConversationReply::Deleted {
+                messages: conversation.message_count,
+            }))
+        }
+    }
+}
+
+pub fn read_conversation(
+    store: &Store,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<ConversationRecord>, StoreError> {
+    store.get_decoded(CF_CONVERSATIONS, &keys::conversation_key(tenant, id))
+}
+
+/// A message by id, if it (and its conversation) still exist.
+pub fn read_message(
+    store: &Store,
+    tenant: &str,
+    message_id: &str,
+) -> Result<Option<MessageRecord>, StoreError> {
+    let Some(loc) = store.get_decoded::<MessageLocation>(
+        CF_MESSAGE_IDS,
+        &keys::message_id_key(tenant, message_id),
+    )?
+    else {
+        return Ok(None);
+    };
+    store.get_decoded(
+        CF_MESSAGES,
+        &keys::message_key(tenant, &loc.conversation_id, loc.seq),
+    )
+}
+
+pub struct NewMessageRequest {
+    pub role: String,
+    pub content: String,
+    pub metadata: String,
+    pub input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+}
+
+pub struct ListMessagesRequest {
+    pub conversation_id: String,
+    pub page_size: u32,
+    pub page_token: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub consistency: ReadConsistency,
+}
+
+pub struct ConversationService {
+    node: Arc<ClusterNode>,
+    limits: Limits,
+}
+
+impl ConversationService {
+    pub fn new(node: Arc<ClusterNode>, limits: Limits) -> Self {
+        Self { node, limits }
+    }
+
+    pub async fn create(
+        &self,
+        tenant: &str,
+        id: &str,
+        title: &str,
+        metadata: &str,
+    ) -> Result<ConversationRecord, NexusError> {
+        let id = if id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            validate::conversation_id("id", id)?;
+            id.to_string()
+        };
+        if title.len() > self.limits.max_title_bytes {
+            return Err(NexusError::invalid(
+                "title",
+                format!(
+                    "is {} bytes; the limit is {} (limits.max_title_bytes)",
+                    title.len(),
+                    self.limits.max_title_bytes
+                ),
+            ));
+        }
+        let metadata = validate::metadata("metadata", metadata, &self.limits)?;
+        let op = ConversationOp::Create {
+            id,
+            title: title.to_string(),
+            metadata,
+            now_ms: now_ms(),
+        };
+        match self.propose(tenant, op).await? {
+            ConversationReply::Conversation(c) => Ok(c),
+            other => Err(NexusError::internal(format!(
+                "unexpected reply to create: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn append(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        messages: Vec<NewMessageRequest>,
+    ) -> Result<Vec<MessageRecord>, NexusError> {
+        validate::conversation_id("conversation_id", conversation_id)?;
+        if messages.is_empty() {
+            return Err(NexusError::invalid(
+                "messages",
+                "must contain at least one message",
+            ));
+        }
+        if messages.len() > self.limits.max_batch {
+            return Err(NexusError::invalid(
+                "messages",
+                format!(
+                    "has {} messages; the limit is {} (limits.max_batch)",
+                    messages.len(),
+                    self.limits.max_batch
+                ),
+            ));
+        }
+        let mut new = Vec::with_capacity(messages.len());
+        for (i, m) in messages.into_iter().enumerate() {
+            validate::role(&format!("messages[{i}].role"), &m.role)?;
+            if m.content.len() > self.limits.max_message_bytes {
+                return Err(NexusError::invalid(
+                    format!("messages[{i}].content"),
+                    format!(
+                        "is {} bytes; the limit is {} (limits.max_message_bytes)",
+                        m.content.len(),
+                        self.limits.max_message_bytes
+                    ),
+                ));
+            }
+            let metadata = validate::metadata(
+                &format!("messages[{i}].metadata"),
+                &m.metadata,
+                &self.limits,
+            )?;
+            new.push(NewMessage {
+                id: uuid::Uuid::now_v7().to_string(),
+                role: m.role,
+                content: m.content,
+                metadata,
+                input_tokens: m.input_tokens,
+                output_tokens: m.output_tokens,
+            });
+        }
+        let op = ConversationOp::Append {
+            conversation_id: conversation_id.to_string(),
+            messages: new,
+            now_ms: now_ms(),
+        };
+        match self.propose(tenant, op).await? {
+            ConversationReply::Messages(m) => Ok(m),
+            other => Err(NexusError::internal(format!(
+                "unexpected reply to append: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        tenant: &str,
+        id: &str,
+        consistency: ReadConsistency,
+    ) -> Result<ConversationRecord, NexusError> {
+        validate::conversation_id("id", id)?;
+        self.node.read_barrier(consistency).await?;
+        read_conversation(&self.node.store, tenant, id)?.ok_or_else(|| not_found(id))
+    }
+
+    pub async fn list(
+        &self,
+        tenant: &str,
+        page_size: u32,
+        page_token: &str,
+        consistency: ReadConsistency,
+    ) -> Result<(Vec<ConversationRecord>, String), NexusError> {
+        let page_size = validate::page_size("page_size", page_size, &self.limits)?;
+        let prefix = keys::tenant_prefix(tenant);
+        let start = match validate::decode_page_token("page_token", page_token)? {
+            Some(last_id) => {
+                let mut s = keys::conversation_key(tenant, &String::from_utf8_lossy(&last_id));
+                s.push(0);
+                s
+            }
+            None => prefix.clone(),
+        };
+        self.node.read_barrier(consistency).await?;
+        let rows = self
+            .node
+            .store
+            .scan_prefix(CF_CONVERSATIONS, &prefix, &start, page_size + 1)?;
+        let more = rows.len() > page_size;
+        let conversations = rows
+            .iter()
+            .take(page_size)
+            .map(|(_, v)| codec::decode::<ConversationRecord>(v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::from)?;
+        let next = match (more, conversations.last()) {
+            (true, Some(c)) => validate::encode_page_token(c.id.as_bytes()),
+            _ => String::new(),
+        };
+        Ok((conversations, next))
+    }
+
+    pub async fn list_messages(
+        &self,
+        tenant: &str,
+        req: ListMessagesRequest,
+    ) -> Result<(Vec<MessageRecord>, String), NexusError> {
+        validate::conversation_id("conversation_id", &req.conversation_id)?;
+        let page_size = validate::page_size("page_size", req.page_size, &self.limits)?;
+        validate::time_range(req.since_ms, req.until_ms)?;
+        let after_seq = match validate::decode_page_token("page_token", &req.page_token)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| {
+                NexusError::invalid("page_token", "is not a token this server handed out")
+            })?),
+            None => 0,
+        };
+        self.node.read_barrier(req.consistency).await?;
+        let store = &self.node.store;
+        if read_conversation(store, tenant, &req.conversation_id)?.is_none() {
+            return Err(not_found(&req.conversation_id));
+        }
+        let prefix = keys::message_prefix(tenant, &req.conversation_id);
+        let mut cursor = keys::message_key(tenant, &req.conversation_id, after_seq + 1);
+        let mut out = Vec::with_capacity(page_size);
+        let mut more = false;
+        // Messages are in time order, so the scan can stop at the end of the range.
+        'scan: loop {
+            let rows = store.scan_prefix(CF_MESSAGES, &prefix, &cursor, page_size + 1)?;
+            for (_, v) in &rows {
+                let m: MessageRecord = codec::decode(v).map_err(StoreError::from)?;
+                if m.created_at_ms < req.since_ms {
+                    continue;
+                }
+                if req.until_ms != 0 && m.created_at_ms >= req.until_ms {
+                    break 'scan;
+                }
+                if out.len() == page_size {
+                    more = true;
+                    break 'scan;
+                }
+                out.push(m);
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() > page_size => {
+                    cursor = last.clone();
+                    cursor.push(0);
+                }
+                _ => break,
+            }
+        }
+        let next = match (more, out.last()) {
+            (true, Some(m)) => validate::encode_page_token(&m.seq.to_be_bytes()),
+            _ => String::new(),
+        };
+        Ok((out, next))
+    }
+
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<u64, NexusError> {
+        validate::conversation_id("id", id)?;
+        match self
+            .propose(tenant, ConversationOp::Delete { id: id.to_string() })
+            .await?
+        {
+            ConversationReply::Deleted { messages } => Ok(messages),
+            other => Err(NexusError::internal(format!(
+                "unexpected reply to delete: {other:?}"
+            ))),
+        }
+    }
+
+    async fn propose(
+        &self,
+        tenant: &str,
+        op: ConversationOp,
+    ) -> Result<ConversationReply, NexusError> {
+        let command = Command {
+            tenant: tenant.to_string(),
+            op: Op::Conversation(op),
+        };
+        match self.node.propose(command).await? {
+            Reply::Conversation(r) => Ok(r),
+            other => Err(NexusError::internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Prometheus metrics of the node, served on `/metrics` of the HTTP port.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    Registry::new_custom(Some("nexus".into()), None).expect("valid registry prefix")
+});
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(metric: T) -> T {
+    REGISTRY
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once");
+    metric
+}
+
+/// Latency buckets from 100 µs to ~13 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")
+}
+
+pub static GRPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "grpc_requests_total",
+                "gRPC requests by method and status code",
+            ),
+            &["method", "code"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_request_duration_seconds",
+                "gRPC request latency by method",
+            )
+            .buckets(latency_buckets()),
+            &["method"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static WAL_SYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new("wal_syncs_total", "fsyncs of the write-ahead log").expect("valid metric"),
+    )
+});
+
+pub static WAL_SYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new("wal_sync_duration_seconds", "duration of one WAL fsync")
+                .buckets(latency_buckets()),
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static LOG_ENTRIES_APPENDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "raft_log_entries_appended_total",
+            "entries appended to the local Raft log",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static SEARCH_WATERMARK: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "search_index_watermark",
+            "last log index contained in the full-text index",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static SEARCH_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "search_index_commits_total",
+            "commits of the full-text index",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static RAFT_TERM: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("raft_term", "current Raft term").expect("valid metric"))
+});
+pub static RAFT_IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new("raft_is_leader", "1 when this node is the leader").expect("valid metric"),
+    )
+});
+pub static RAFT_COMMIT_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("raft_commit_index", "committed log index").expect("valid metric"))
+});
+pub static RAFT_APPLIED_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("raft_applied_index", "applied log index").expect("valid metric"))
+});
+pub static RAFT_LAST_LOG_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(IntGauge::new("raft_last_log_index", "last log index").expect("valid metric"))
+});
+pub static RAFT_SNAPSHOT_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new("raft_snapshot_index", "last log index in the snapshot")
+            .expect("valid metric"),
+    )
+});
+
+/// Forces registration of every metric so that `/metrics` lists them before first use.
+pub fn init() {
+    LazyLock::force(&GRPC_REQUESTS);
+    LazyLock::force(&GRPC_SECONDS);
+    LazyLock::force(&WAL_SYNCS);
+    LazyLock::force(&WAL_SYNC_SECONDS);
+    LazyLock::force(&LOG_ENTRIES_APPENDED);
+    LazyLock::force(&SEARCH_WATERMARK);
+    LazyLock::force(&SEARCH_COMMITS);
+    LazyLock::force(&RAFT_TERM);
+    LazyLock::force(&RAFT_IS_LEADER);
+    LazyLock::force(&RAFT_COMMIT_INDEX);
+    LazyLock::force(&RAFT_APPLIED_INDEX);
+    LazyLock::force(&RAFT_LAST_LOG_INDEX);
+    LazyLock::force(&RAFT_SNAPSHOT_INDEX);
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut out)
+        .expect("encoding metrics into a Vec cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}

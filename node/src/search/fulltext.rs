@@ -1,0 +1,700 @@
+//! The full-text (BM25) index of memories and messages, built with tantivy.
+//!
+//! It is derived state: the indexer thread follows the state machine's applied index, reads
+//! the committed entries from the Raft log, and re-indexes whatever each entry touched from the
+//! state machine's current state (so re-indexing an entry twice is harmless). Every tantivy
+//! commit carries the last log index it contains as its payload: that is the watermark a
+//! restarted node resumes from. When the log no longer holds the entries after the watermark
+//! (compacted into a snapshot) or a snapshot replaced the state, the index is rebuilt from
+//! the state machine.
+//!
+//! Hits are checked against the state machine before they are returned, so a memory that
+//! expired or was deleted after it was indexed is never shown.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::EntryPayload;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tokio::sync::watch;
+
+use crate::cluster::log_store::LogStore;
+use crate::cluster::state_machine::AppliedState;
+use crate::cluster::{ClusterNode, Op, ReadConsistency};
+use crate::config::SearchConfig;
+use crate::error::NexusError;
+use crate::memory::conversations::{self, ConversationOp, MessageRecord};
+use crate::memory::kv::{self, MemoryItem, MemoryRecord};
+use crate::observe::metrics;
+use crate::store::{codec, keys, Store, StoreError, CF_KV, CF_MESSAGES};
+
+/// Entries read from the log per indexing step.
+const INDEX_BATCH_ENTRIES: u64 = 2_000;
+/// How often the indexer thread looks at its stop flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Characters of a snippet.
+const SNIPPET_CHARS: usize = 200;
+/// Extra hits fetched beyond the limit, to make up for stale hits that are skipped.
+const OVERFETCH: usize = 16;
+
+const KIND_MEMORY: &str = "memory";
+const KIND_MESSAGE: &str = "message";
+const SEP: char = '\u{1f}';
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HitKind {
+    Memory,
+    Message,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SearchRequest {
+    pub query: String,
+    /// Empty = every kind.
+    pub kinds: Vec<HitKind>,
+    pub namespace: String,
+    pub conversation_id: String,
+    pub role: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: u32,
+    pub consistency: ReadConsistency,
+}
+
+#[derive(Debug, Clone)]
+pub enum HitItem {
+    Memory(MemoryItem),
+    Message(MessageRecord),
+}
+
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub score: f32,
+    pub snippet: String,
+    /// Byte ranges of `snippet` that matched.
+    pub highlights: Vec<(usize, usize)>,
+    pub item: HitItem,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    tenant: Field,
+    kind: Field,
+    namespace: Field,
+    key: Field,
+    conversation: Field,
+    conversation_scope: Field,
+    role: Field,
+    message_id: Field,
+    body: Field,
+    ts: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let fields = Fields {
+        id: b.add_text_field("id", STRING | STORED),
+        tenant: b.add_text_field("tenant", STRING),
+        kind: b.add_text_field("kind", STRING | STORED),
+        namespace: b.add_text_field("namespace", STRING | STORED),
+        key: b.add_text_field("key", STORED),
+        conversation: b.add_text_field("conversation", STRING),
+        conversation_scope: b.add_text_field("conversation_scope", STRING),
+        role: b.add_text_field("role", STRING),
+        message_id: b.add_text_field("message_id", STORED),
+        body: b.add_text_field("body", TEXT | STORED),
+        ts: b.add_i64_field("ts", INDEXED | FAST),
+    };
+    (b.build(), fields)
+}
+
+fn memory_doc_id(tenant: &str, namespace: &str, key: &str) -> String {
+    format!("m{SEP}{tenant}{SEP}{namespace}{SEP}{key}")
+}
+
+fn message_doc_id(tenant: &str, message_id: &str) -> String {
+    format!("g{SEP}{tenant}{SEP}{message_id}")
+}
+
+fn conversation_scope(tenant: &str, conversation_id: &str) -> String {
+    format!("{tenant}{SEP}{conversation_id}")
+}
+
+/// The searchable text of a memory: its key and every string (and object key) in its value.
+fn memory_text(key: &str, value: &str) -> String {
+    fn walk(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push(' ');
+                out.push_str(s);
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Object(o) => o.iter().for_each(|(k, x)| {
+                out.push(' ');
+                out.push_str(k);
+                walk(x, out)
+            }),
+            serde_json::Value::Number(n) => {
+                out.push(' ');
+                out.push_str(&n.to_string());
+            }
+            _ => {}
+        }
+    }
+    let mut out = key.to_string();
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(v) => walk(&v, &mut out),
+        Err(_) => {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    out
+}
+
+pub struct FullTextIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    node: Arc<ClusterNode>,
+    indexed: watch::Receiver<u64>,
+    config: SearchConfig,
+    max_limit: u32,
+    stop: Arc<AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("search index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("search index: {0}")]
+    Store(#[from] StoreError),
+    #[error("search index: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("search index directory: {0}")]
+    OpenDir(#[from] tantivy::directory::error::OpenDirectoryError),
+}
+
+impl From<IndexError> for NexusError {
+    fn from(e: IndexError) -> Self {
+        NexusError::internal(e)
+    }
+}
+
+impl FullTextIndex {
+    /// Opens (or creates) the index in `dir` and starts the indexer thread.
+    pub fn open(
+        dir: &Path,
+        node: Arc<ClusterNode>,
+        config: SearchConfig,
+        max_limit: u32,
+    ) -> Result<Arc<Self>, IndexError> {
+        std::fs::create_dir_all(dir)?;
+        let (schema, fields) = schema();
+        let directory = tantivy::directory::MmapDirectory::open(dir)?;
+        let index = Index::open_or_create(directory, schema)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let watermark = index
+            .load_metas()?
+            .payload
+            .and_then(|p| p.parse::<u64>().ok())
+            .unwrap_or(0);
+        tracing::info!(watermark, "opened full-text index");
+        metrics::SEARCH_WATERMARK.set(watermark as i64);
+        let (indexed_tx, indexed) = watch::channel(watermark);
+        let writer: IndexWriter = index.writer(config.writer_memory_mb.max(15) << 20)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut indexer = Indexer {
+            writer,
+            reader: reader.clone(),
+            fields,
+            store: node.store.clone(),
+            applied: node.applied(),
+            indexed: indexed_tx,
+            watermark,
+            epoch: node.applied().borrow().epoch,
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
+            stop: stop.clone(),
+        };
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("nexus-indexer".into())
+            .spawn(move || {
+                if let Err(e) = indexer.run(&handle) {
+                    tracing::error!(error = %e, "full-text indexer stopped");
+                }
+            })?;
+        Ok(Arc::new(Self {
+            index,
+            reader,
+            fields,
+            node,
+            indexed,
+            config,
+            max_limit,
+            stop,
+            thread: std::sync::Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Last log index the searchable index contains.
+    pub fn watermark(&self) -> u64 {
+        *self.indexed.borrow()
+    }
+
+    /// Stops the indexer after a final commit.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+
+    pub async fn search(&self, tenant: &str, req: &SearchRequest) -> Result<Vec<Hit>, NexusError> {
+        if req.query.trim().is_empty() {
+            return Err(NexusError::invalid("query", "must not be empty"));
+        }
+        if req.query.len() > 4096 {
+            return Err(NexusError::invalid("query", "is longer than 4096 bytes"));
+        }
+        crate::memory::validate::time_range(req.since_ms, req.until_ms)?;
+        let limit = match req.limit {
+            0 => 10,
+            n if n > self.max_limit => {
+                return Err(NexusError::invalid(
+                    "limit",
+                    format!(
+                        "{n} is above the limit of {} (limits.max_page_size)",
+                        self.max_limit
+                    ),
+                ))
+            }
+            n => n as usize,
+        };
+        if !req.namespace.is_empty() {
+            crate::memory::validate::namespace("namespace", &req.namespace)?;
+        }
+        if !req.conversation_id.is_empty() {
+            crate::memory::validate::conversation_id("conversation_id", &req.conversation_id)?;
+        }
+        if !req.role.is_empty() {
+            crate::memory::validate::role("role", &req.role)?;
+        }
+        let read_index = self.node.read_barrier(req.consistency).await?;
+        if req.consistency == ReadConsistency::Linearizable {
+            self.wait_for(read_index).await?;
+        }
+        let this = self.clone_parts();
+        let tenant = tenant.to_string();
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || this.run_query(&tenant, &req, limit))
+            .await
+            .map_err(NexusError::internal)?
+    }
+
+    async fn wait_for(&self, index: u64) -> Result<(), NexusError> {
+        let mut rx = self.indexed.clone();
+        let wait = async move { rx.wait_for(|w| *w >= index).await.map(|_| ()) };
+        match tokio::time::timeout(Duration::from_millis(self.config.wait_timeout_ms), wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NexusError::Unavailable {
+                message: "the search indexer has stopped".into(),
+                leader_id: None,
+                leader_addr: None,
+            }),
+            Err(_) => Err(NexusError::Unavailable {
+                message: format!(
+                    "the search index is at log index {} and has not reached {index} within {} ms; retry, or search with stale consistency",
+                    *self.indexed.borrow(),
+                    self.config.wait_timeout_ms
+                ),
+                leader_id: None,
+                leader_addr: None,
+            }),
+        }
+    }
+
+    fn clone_parts(&self) -> QueryParts {
+        QueryParts {
+            index: self.index.clone(),
+            reader: self.reader.clone(),
+            fields: self.fields,
+            store: self.node.store.clone(),
+        }
+    }
+}
+
+struct QueryParts {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    store: Store,
+}
+
+impl QueryParts {
+    fn run_query(
+        &self,
+        tenant: &str,
+        req: &SearchRequest,
+        limit: usize,
+    ) -> Result<Vec<Hit>, NexusError> {
+        let f = &self.fields;
+        let parser = QueryParser::for_index(&self.index, vec![f.body]);
+        let (text_query, _errors) = parser.parse_query_lenient(&req.query);
+        let term = |field: Field, value: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, value),
+                IndexRecordOption::Basic,
+            ))
+        };
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
+            (Occur::Must, text_query.box_clone()),
+            (Occur::Must, term(f.tenant, tenant)),
+        ];
+        let kinds: BTreeSet<HitKind> = req.kinds.iter().copied().collect();
+        if !kinds.is_empty() {
+            let any: Vec<(Occur, Box<dyn Query>)> = kinds
+                .iter()
+                .map(|k| {
+                    let name = match k {
+                        HitKind::Memory => KIND_MEMORY,
+                        HitKind::Message => KIND_MESSAGE,
+                    };
+                    (Occur::Should, term(f.kind, name))
+                })
+                .collect();
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(any))));
+        }
+        if !req.namespace.is_empty() {
+            clauses.push((Occur::Must, term(f.namespace, &req.namespace)));
+        }
+        if !req.conversation_id.is_empty() {
+            clauses.push((Occur::Must, term(f.conversation, &req.conversation_id)));
+        }
+        if !req.role.is_empty() {
+            clauses.push((Occur::Must, term(f.role, &req.role)));
+        }
+        if req.since_ms != 0 || req.until_ms != 0 {
+            let lower = if req.since_ms != 0 {
+                Bound::Included(Term::from_field_i64(f.ts, req.since_ms))
+            } else {
+                Bound::Unbounded
+            };
+            let upper = if req.until_ms != 0 {
+                Bound::Excluded(Term::from_field_i64(f.ts, req.until_ms))
+            } else {
+                Bound::Unbounded
+            };
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let top = searcher
+            .search(
+                &query,
+                &TopDocs::with_limit(limit + OVERFETCH).order_by_score(),
+            )
+            .map_err(NexusError::internal)?;
+        let mut snippets = SnippetGenerator::create(&searcher, &*text_query, f.body)
+            .map_err(NexusError::internal)?;
+        snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut hits = Vec::with_capacity(limit);
+        for (score, address) in top {
+            if hits.len() == limit {
+                break;
+            }
+            let doc: TantivyDocument = searcher.doc(address).map_err(NexusError::internal)?;
+            let text = |field: Field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let item = match text(f.kind).as_str() {
+                KIND_MEMORY => {
+                    let (namespace, key) = (text(f.namespace), text(f.key));
+                    match kv::read(&self.store, tenant, &namespace, &key)? {
+                        Some(record) => HitItem::Memory(MemoryItem {
+                            namespace,
+                            key,
+                            record,
+                        }),
+                        None => continue,
+                    }
+                }
+                KIND_MESSAGE => {
+                    match conversations::read_message(&self.store, tenant, &text(f.message_id))? {
+                        Some(m) => HitItem::Message(m),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let snippet = snippets.snippet(&text(f.body));
+            hits.push(Hit {
+                score,
+                snippet: snippet.fragment().to_string(),
+                highlights: snippet
+                    .highlighted()
+                    .iter()
+                    .map(|r| (r.start, r.end))
+                    .collect(),
+                item,
+            });
+        }
+        Ok(hits)
+    }
+}
+
+/// The indexer thread's state.
+struct Indexer {
+    writer: IndexWriter,
+    reader: IndexReader,
+    fields: Fields,
+    store: Store,
+    applied: watch::Receiver<AppliedState>,
+    indexed: watch::Sender<u64>,
+    watermark: u64,
+    epoch: u64,
+    commit_interval: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+impl Indexer {
+    fn run(&mut self, rt: &tokio::runtime::Handle) -> Result<(), IndexError> {
+        let mut pending = false;
+        let mut last_commit = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                if pending {
+                    self.commit()?;
+                }
+                return Ok(());
+            }
+            let state = *self.applied.borrow_and_update();
+            if state.epoch != self.epoch {
+                tracing::info!(
+                    epoch = state.epoch,
+                    "state replaced by a snapshot: rebuilding the full-text index"
+                );
+                self.rebuild()?;
+                self.epoch = state.epoch;
+                pending = false;
+                last_commit = Instant::now();
+                continue;
+            }
+            if state.index > self.watermark {
+                let end = state.index.min(self.watermark + INDEX_BATCH_ENTRIES) + 1;
+                let entries = LogStore::read_range(&self.store, self.watermark + 1, end)?;
+                if entries.first().map(|e| e.log_id.index) != Some(self.watermark + 1) {
+                    tracing::info!(
+                        watermark = self.watermark,
+                        "the log no longer holds the entries after the index watermark: rebuilding the full-text index"
+                    );
+                    self.rebuild()?;
+                    pending = false;
+                    last_commit = Instant::now();
+                    continue;
+                }
+                self.index_entries(&entries)?;
+                pending = true;
+                if last_commit.elapsed() >= self.commit_interval {
+                    self.commit()?;
+                    pending = false;
+                    last_commit = Instant::now();
+                }
+                continue;
+            }
+            // Caught up. Commit what is pending once the interval has passed, so that a
+            // trickle of writes does not commit once per write.
+            let wait = if pending {
+                self.commit_interval.saturating_sub(last_commit.elapsed())
+            } else {
+                IDLE_POLL
+            };
+            if pending && wait.is_zero() {
+                self.commit()?;
+                pending = false;
+                last_commit = Instant::now();
+                continue;
+            }
+            let mut applied = self.applied.clone();
+            let _ = rt.block_on(async { tokio::time::timeout(wait, applied.changed()).await });
+        }
+    }
+
+    fn index_entries(
+        &mut self,
+        entries: &[crate::cluster::types::Entry],
+    ) -> Result<(), IndexError> {
+        let f = self.fields;
+        let mut memories: Vec<(String, String, String)> = Vec::new();
+        let mut messages: Vec<(String, String)> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for entry in entries {
+            let EntryPayload::Normal(cmd) = &entry.payload else {
+                continue;
+            };
+            let tenant = &cmd.tenant;
+            match &cmd.op {
+                Op::Kv(op) => {
+                    for (ns, key) in op.touched() {
+                        let id = memory_doc_id(tenant, ns, key);
+                        if seen.insert(id) {
+                            memories.push((tenant.clone(), ns.to_string(), key.to_string()));
+                        }
+                    }
+                }
+                Op::Conversation(ConversationOp::Append { messages: new, .. }) => {
+                    for m in new {
+                        if seen.insert(message_doc_id(tenant, &m.id)) {
+                            messages.push((tenant.clone(), m.id.clone()));
+                        }
+                    }
+                }
+                Op::Conversation(ConversationOp::Delete { id }) => {
+                    // Deletions first: every addition below reflects the current state.
+                    self.writer.delete_term(Term::from_field_text(
+                        f.conversation_scope,
+                        &conversation_scope(tenant, id),
+                    ));
+                }
+                Op::Conversation(ConversationOp::Create { .. }) => {}
+            }
+        }
+        for (tenant, ns, key) in memories {
+            self.writer.delete_term(Term::from_field_text(
+                f.id,
+                &memory_doc_id(&tenant, &ns, &key),
+            ));
+            let record: Option<MemoryRecord> = kv::read(&self.store, &tenant, &ns, &key)?;
+            if let Some(record) = record {
+                self.add_memory(&tenant, &ns, &key, &record)?;
+            }
+        }
+        for (tenant, id) in messages {
+            self.writer
+                .delete_term(Term::from_field_text(f.id, &message_doc_id(&tenant, &id)));
+            if let Some(m) = conversations::read_message(&self.store, &tenant, &id)? {
+                self.add_message(&tenant, &m)?;
+            }
+        }
+        if let Some(last) = entries.last() {
+            self.watermark = last.log_id.index;
+        }
+        Ok(())
+    }
+
+    fn add_memory(
+        &self,
+        tenant: &str,
+        ns: &str,
+        key: &str,
+        r: &MemoryRecord,
+    ) -> Result<(), IndexError> {
+        let f = self.fields;
+        self.writer.add_document(doc!(
+            f.id => memory_doc_id(tenant, ns, key),
+            f.tenant => tenant,
+            f.kind => KIND_MEMORY,
+            f.namespace => ns,
+            f.key => key,
+            f.body => memory_text(key, &r.value),
+            f.ts => r.updated_at_ms,
+        ))?;
+        Ok(())
+    }
+
+    fn add_message(&self, tenant: &str, m: &MessageRecord) -> Result<(), IndexError> {
+        let f = self.fields;
+        self.writer.add_document(doc!(
+            f.id => message_doc_id(tenant, &m.id),
+            f.tenant => tenant,
+            f.kind => KIND_MESSAGE,
+            f.conversation => m.conversation_id.as_str(),
+            f.conversation_scope => conversation_scope(tenant, &m.conversation_id),
+            f.role => m.role.as_str(),
+            f.message_id => m.id.as_str(),
+            f.body => m.content.as_str(),
+            f.ts => m.created_at_ms,
+        ))?;
+        Ok(())
+    }
+
+    /// Re-creates the index from a consistent view of the state machine.
+    fn rebuild(&mut self) -> Result<(), IndexError> {
+        let started = Instant::now();
+        self.writer.delete_all_documents()?;
+        let db_snapshot = self.store.db().snapshot();
+        let applied: Option<crate::cluster::types::LogId> = match db_snapshot
+            .get_cf(
+                self.store.cf(crate::store::CF_SM_META),
+                keys::sm_meta::LAST_APPLIED,
+            )
+            .map_err(StoreError::from)?
+        {
+            Some(b) => Some(codec::decode(&b).map_err(StoreError::from)?),
+            None => None,
+        };
+        let mut docs = 0u64;
+        for item in db_snapshot.iterator_cf(self.store.cf(CF_KV), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let Some((tenant, ns, key)) = keys::parse_kv_key(&k) else {
+                continue;
+            };
+            let record: MemoryRecord = codec::decode(&v).map_err(StoreError::from)?;
+            if !record.is_expired(crate::memory::now_ms()) {
+                self.add_memory(&tenant, &ns, &key, &record)?;
+                docs += 1;
+            }
+        }
+        for item in
+            db_snapshot.iterator_cf(self.store.cf(CF_MESSAGES), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let Some(tenant) = keys::parse_tenant(&k) else {
+                continue;
+            };
+            let m: MessageRecord = codec::decode(&v).map_err(StoreError::from)?;
+            self.add_message(&tenant, &m)?;
+            docs += 1;
+        }
+        drop(db_snapshot);
+        self.watermark = applied.map_or(0, |l| l.index);
+        self.commit()?;
+        tracing::info!(
+            docs,
+            watermark = self.watermark,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the full-text index"
+        );
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), IndexError> {
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&self.watermark.to_string());
+        prepared.commit()?;
+        self.reader.reload()?;
+        metrics::SEARCH_COMMITS.inc();
+        metrics::SEARCH_WATERMARK.set(self.watermark as i64);
+        self.indexed.send_replace(self.watermark);
+        Ok(())
+    }
+}

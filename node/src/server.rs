@@ -1,0 +1,208 @@
+//! Assembles and runs a node: data directory, store, Raft, full-text indexer, the gRPC, peer
+//! and HTTP listeners, the TTL sweeper; and shuts them down in order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nexus_proto::raft::v1::raft_service_server::RaftServiceServer;
+use nexus_proto::v1::cluster_service_server::ClusterServiceServer;
+use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
+use nexus_proto::v1::memory_service_server::MemoryServiceServer;
+use nexus_proto::v1::search_service_server::SearchServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::grpc::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
+use crate::api::http::{router, HttpState};
+use crate::cluster::network::{PeerService, MAX_PEER_MESSAGE_BYTES};
+use crate::cluster::ClusterNode;
+use crate::config::Config;
+use crate::memory::conversations::ConversationService;
+use crate::memory::kv::KvService;
+use crate::search::fulltext::FullTextIndex;
+use crate::store::{format, Store};
+
+/// How often the leader looks for expired memories.
+const TTL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most expired memories removed by one sweep command.
+const TTL_SWEEP_BATCH: usize = 1_000;
+/// How long start-up waits for a leader before serving anyway (requests then get Unavailable).
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr} (is another nexus running? pick another with a flag)"))
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::observe::metrics::init();
+    let found = format::prepare(&config.data_dir)?;
+    tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
+    let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
+
+    // Listen before starting Raft so that a taken port fails fast and clearly.
+    let grpc_listener = bind(config.grpc_addr, "gRPC").await?;
+    let peer_listener = bind(config.peer_addr, "the Raft peer port").await?;
+    let http_listener = bind(config.http_addr, "HTTP").await?;
+
+    let node = ClusterNode::start(&config, store).await?;
+    let index = FullTextIndex::open(
+        &config.data_dir.join("search"),
+        node.clone(),
+        config.search.clone(),
+        config.limits.max_page_size,
+    )?;
+    let kv = Arc::new(KvService::new(node.clone(), config.limits.clone()));
+    let conversations = Arc::new(ConversationService::new(
+        node.clone(),
+        config.limits.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let max = config.limits.max_request_bytes;
+    let memory_svc =
+        MemoryServiceServer::new(MemoryApi { kv: kv.clone() }).max_decoding_message_size(max);
+    let conversation_svc = ConversationServiceServer::new(ConversationApi { conversations })
+        .max_decoding_message_size(max);
+    let search_svc = SearchServiceServer::new(SearchApi {
+        index: index.clone(),
+    })
+    .max_decoding_message_size(max);
+    let cluster_svc = ClusterServiceServer::new(ClusterApi {
+        node: node.clone(),
+        index: index.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(memory_svc)
+        .add_service(conversation_svc)
+        .add_service(search_svc)
+        .add_service(cluster_svc)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer = tonic::transport::Server::builder()
+        .add_service(
+            RaftServiceServer::new(PeerService::new(node.raft.clone()))
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http = axum::serve(
+        http_listener,
+        router(HttpState {
+            node: node.clone(),
+            index: index.clone(),
+        }),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let grpc_task = tokio::spawn(grpc);
+    let peer_task = tokio::spawn(peer);
+    let http_task = tokio::spawn(async move { http.await });
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, peer = %config.peer_addr, "nexus is serving");
+
+    let sweeper = tokio::spawn(ttl_sweeper(node.clone(), kv, stop_rx.clone()));
+    {
+        let node = node.clone();
+        tokio::spawn(async move {
+            match node.wait_for_leader(LEADER_WAIT).await {
+                Ok(leader) => {
+                    tracing::info!(leader, "leader known");
+                    for name in [
+                        "nexus.v1.MemoryService",
+                        "nexus.v1.ConversationService",
+                        "nexus.v1.SearchService",
+                        "nexus.v1.ClusterService",
+                        "",
+                    ] {
+                        health
+                            .set_service_status(name, tonic_health::ServingStatus::Serving)
+                            .await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no leader yet"),
+            }
+        });
+    }
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        r = async { tokio::try_join!(grpc_task, peer_task, http_task) } => {
+            tracing::error!(result = ?r, "a listener stopped unexpectedly");
+        }
+    }
+    let _ = stop_tx.send(true);
+    sweeper.abort();
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    index.shutdown();
+    node.store
+        .db()
+        .flush_wal(true)
+        .context("syncing the WAL at shutdown")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On the leader, removes expired memories now and then through Raft.
+async fn ttl_sweeper(
+    node: Arc<ClusterNode>,
+    kv: Arc<KvService>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(TTL_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        if node.status().role != "leader" {
+            continue;
+        }
+        match kv.purge_expired(TTL_SWEEP_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "removed expired memories"),
+            Err(e) => tracing::debug!(error = %e, "TTL sweep"),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

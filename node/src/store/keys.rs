@@ -1,0 +1,180 @@
+//! Every RocksDB key of the state machine is built here and nowhere else.
+//!
+//! A key begins with the tenant, so a tenant's data is one contiguous range per column family.
+//! Variable-length components are written as a big-endian u16 length and the bytes, which keeps
+//! components unambiguous and makes every component's prefix a key-range prefix. The last
+//! component of a key is written raw so that a prefix of it is a range prefix too. Every key
+//! begins with a byte below 0xFF (a length's high byte is 0 because components are at most a
+//! few hundred bytes), which lets a whole family be cleared with one range deletion.
+
+/// Upper bound, exclusive, of every state-machine key (see module docs).
+pub const KEYSPACE_END: &[u8] = &[0xFF, 0xFF, 0xFF, 0xFF];
+
+fn push_component(out: &mut Vec<u8>, component: &[u8]) {
+    let len = u16::try_from(component.len()).expect("key components are validated to be short");
+    debug_assert!(len < 0xFF00, "a component length must not start with 0xFF");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(component);
+}
+
+/// Reads one length-prefixed component, returning it and the rest.
+fn split_component(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u16::from_be_bytes([*key.first()?, *key.get(1)?]) as usize;
+    let rest = key.get(2..)?;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// The prefix of all of a tenant's keys in any state-machine family.
+pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + tenant.len());
+    push_component(&mut out, tenant.as_bytes());
+    out
+}
+
+/// The tenant a state-machine key begins with.
+pub fn parse_tenant(raw: &[u8]) -> Option<String> {
+    let (tenant, _) = split_component(raw)?;
+    String::from_utf8(tenant.to_vec()).ok()
+}
+
+/// Prefix of a namespace's memories; append a key prefix to narrow it.
+pub fn kv_namespace_prefix(tenant: &str, namespace: &str) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    push_component(&mut out, namespace.as_bytes());
+    out
+}
+
+/// Key of one memory in `kv`.
+pub fn kv_key(tenant: &str, namespace: &str, key: &str) -> Vec<u8> {
+    let mut out = kv_namespace_prefix(tenant, namespace);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Splits a `kv` key into (tenant, namespace, key).
+pub fn parse_kv_key(raw: &[u8]) -> Option<(String, String, String)> {
+    let (tenant, rest) = split_component(raw)?;
+    let (namespace, key) = split_component(rest)?;
+    Some((
+        String::from_utf8(tenant.to_vec()).ok()?,
+        String::from_utf8(namespace.to_vec()).ok()?,
+        String::from_utf8(key.to_vec()).ok()?,
+    ))
+}
+
+/// Key of a conversation record in `conversations`.
+pub fn conversation_key(tenant: &str, conversation_id: &str) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    out.extend_from_slice(conversation_id.as_bytes());
+    out
+}
+
+/// Prefix of a conversation's messages in `messages`.
+pub fn message_prefix(tenant: &str, conversation_id: &str) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    push_component(&mut out, conversation_id.as_bytes());
+    out
+}
+
+/// Key of one message in `messages`: sequence numbers sort numerically.
+pub fn message_key(tenant: &str, conversation_id: &str, seq: u64) -> Vec<u8> {
+    let mut out = message_prefix(tenant, conversation_id);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// The sequence number at the end of a `messages` key.
+pub fn message_key_seq(raw: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = raw.get(raw.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Key of a message id in `message_ids`.
+pub fn message_id_key(tenant: &str, message_id: &str) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    out.extend_from_slice(message_id.as_bytes());
+    out
+}
+
+/// Key of a memory in the expiry index `ttl`.
+pub fn ttl_key(tenant: &str, expires_at_ms: i64, namespace: &str, key: &str) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    out.extend_from_slice(&(expires_at_ms.max(0) as u64).to_be_bytes());
+    push_component(&mut out, namespace.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Splits a `ttl` key into (expires_at_ms, namespace, key); the tenant is known to the caller.
+pub fn parse_ttl_key(raw: &[u8]) -> Option<(i64, String, String)> {
+    let (_tenant, rest) = split_component(raw)?;
+    let ts: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    let (namespace, key) = split_component(&rest[8..])?;
+    Some((
+        u64::from_be_bytes(ts) as i64,
+        String::from_utf8(namespace.to_vec()).ok()?,
+        String::from_utf8(key.to_vec()).ok()?,
+    ))
+}
+
+/// Keys of `sm_meta`.
+pub mod sm_meta {
+    pub const LAST_APPLIED: &[u8] = b"last_applied";
+    pub const MEMBERSHIP: &[u8] = b"membership";
+}
+
+/// Keys of `raft_meta`.
+pub mod raft_meta {
+    pub const VOTE: &[u8] = b"vote";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const LAST_PURGED: &[u8] = b"last_purged";
+}
+
+/// Key of a log entry in `raft_log`.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn log_key_index(raw: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(raw.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_round_trip_and_stay_inside_their_prefixes() {
+        let k = kv_key("default", "notes", "a/b");
+        assert!(k.starts_with(&kv_namespace_prefix("default", "notes")));
+        assert!(k.starts_with(&tenant_prefix("default")));
+        assert_eq!(
+            parse_kv_key(&k),
+            Some(("default".into(), "notes".into(), "a/b".into()))
+        );
+        // A namespace that is a prefix of another never shares its range.
+        assert!(
+            !kv_key("default", "notes2", "x").starts_with(&kv_namespace_prefix("default", "notes"))
+        );
+        // Nor does a tenant.
+        assert!(!kv_key("defaults", "n", "x").starts_with(&tenant_prefix("default")));
+        assert!(k.as_slice() < KEYSPACE_END);
+    }
+
+    #[test]
+    fn message_keys_sort_by_sequence() {
+        let a = message_key("t", "c", 2);
+        let b = message_key("t", "c", 10);
+        assert!(a < b);
+        assert_eq!(message_key_seq(&b), Some(10));
+        assert!(b.starts_with(&message_prefix("t", "c")));
+    }
+
+    #[test]
+    fn ttl_keys_sort_by_expiry_and_parse() {
+        let a = ttl_key("t", 5, "ns", "k");
+        let b = ttl_key("t", 1_000, "a", "a");
+        assert!(a < b);
+        assert_eq!(parse_ttl_key(&a), Some((5, "ns".into(), "k".into())));
+    }
+}

@@ -1,0 +1,152 @@
+//! RocksDB layout of a node: one database, one column family per concern.
+//!
+//! The Raft log and vote live in `raft_log` / `raft_meta`; everything the state machine owns
+//! lives in the `SM_FAMILIES`, whose keys begin with the tenant (see [`keys`]), so a tenant's
+//! data is one contiguous range per family. Values are encoded with [`codec`] (a format byte,
+//! then postcard).
+//!
+//! Durability: the Raft log store writes with the WAL and fsyncs it before it acknowledges an
+//! append (group commit, see `cluster::log_store`). State-machine writes share that WAL
+//! without syncing it themselves: RocksDB recovers the WAL as a prefix, so after a crash the
+//! state machine is at some applied index no later than the durable log, and openraft
+//! re-applies the rest from the log.
+
+pub mod apply;
+pub mod codec;
+pub mod format;
+pub mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+
+pub use apply::ApplyCtx;
+
+/// Raft log entries, keyed by index (u64 big-endian).
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Raft vote, committed log id, last purged log id.
+pub const CF_RAFT_META: &str = "raft_meta";
+/// State-machine metadata: last applied log id and membership.
+pub const CF_SM_META: &str = "sm_meta";
+/// Key-value memories.
+pub const CF_KV: &str = "kv";
+/// Conversation records.
+pub const CF_CONVERSATIONS: &str = "conversations";
+/// Conversation messages, keyed by conversation and sequence number.
+pub const CF_MESSAGES: &str = "messages";
+/// Message id -> (conversation, seq).
+pub const CF_MESSAGE_IDS: &str = "message_ids";
+/// Expiry index of memories with a TTL: tenant, expiry time, namespace, key.
+pub const CF_TTL: &str = "ttl";
+
+/// The families that make up the replicated state machine, and so a snapshot. The order is
+/// part of the snapshot format: a family is written as its index in this list.
+pub const SM_FAMILIES: &[&str] = &[
+    CF_SM_META,
+    CF_KV,
+    CF_CONVERSATIONS,
+    CF_MESSAGES,
+    CF_MESSAGE_IDS,
+    CF_TTL,
+];
+
+const ALL_FAMILIES: &[&str] = &[
+    CF_RAFT_LOG,
+    CF_RAFT_META,
+    CF_SM_META,
+    CF_KV,
+    CF_CONVERSATIONS,
+    CF_MESSAGES,
+    CF_MESSAGE_IDS,
+    CF_TTL,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("decoding a stored value: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The node's RocksDB database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl Store {
+    /// Opens (creating when missing) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.increase_parallelism(2);
+        // Bounded WAL so that restarts replay little.
+        opts.set_max_total_wal_size(256 << 20);
+        let cfs = ALL_FAMILIES.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// A column family handle. The families are created at open, so a missing one is a bug.
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created when the store is opened")
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Reads and decodes one value.
+    pub fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.get(cf, key)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Key-value pairs whose key starts with `prefix`, from `start` (inclusive, must itself
+    /// start with `prefix`) in key order, at most `limit`.
+    pub fn scan_prefix(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(cf),
+            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,19 @@
+//! The Nexus gRPC contract: the public API `nexus.v1` and the internal Raft transport
+//! `nexus.raft.v1`, generated from the .proto files under `proto/nexus/`. Clients in other
+//! languages generate their stubs from the same files.
+
+/// The public API, version 1.
+pub mod v1 {
+    tonic::include_proto!("nexus.v1");
+}
+
+/// The internal node-to-node Raft transport. Not a public API.
+pub mod raft {
+    pub mod v1 {
+        tonic::include_proto!("nexus.raft.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every .proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/nexus_descriptor.bin"));
