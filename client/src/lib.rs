@@ -1,1 +1,87 @@
+//! The Rust SDK for Nexus: typed gRPC clients for every public service on one connection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nexus_client::ClientError> {
+//! let mut nexus = nexus_client::Client::connect("http://127.0.0.1:7700").await?;
+//! let put = nexus.memory.put(nexus_client::pb::PutRequest {
+//!     namespace: "notes".into(), key: "greeting".into(), value: "\"hello\"".into(),
+//!     ..Default::default()
+//! }).await?;
+//! # Ok(()) }
+//! ```
 
+use std::time::Duration;
+
+pub use nexus_proto::v1 as pb;
+use pb::cluster_service_client::ClusterServiceClient;
+use pb::conversation_service_client::ConversationServiceClient;
+use pb::memory_service_client::MemoryServiceClient;
+use pb::search_service_client::SearchServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// The endpoint used when none is given.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7700";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest reply accepted (a page of 1,000 memories of up to 1 MiB each is far larger; pages
+/// of big values should be smaller).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {endpoint}: {message}")]
+    Endpoint { endpoint: String, message: String },
+    #[error("cannot connect to {endpoint}: {source} (is nexus running there? start it with `nexus serve`)")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error(transparent)]
+    Status(#[from] tonic::Status),
+}
+
+/// One connection to a node, with a client per service. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    pub memory: MemoryServiceClient<Channel>,
+    pub conversations: ConversationServiceClient<Channel>,
+    pub search: SearchServiceClient<Channel>,
+    pub cluster: ClusterServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `endpoint` (`http://host:port`; a bare `host:port` is accepted too).
+    pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        let uri = if endpoint.contains("://") {
+            endpoint.to_string()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::Endpoint {
+                endpoint: endpoint.to_string(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            memory: MemoryServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            conversations: ConversationServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            search: SearchServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            cluster: ClusterServiceClient::new(channel),
+        }
+    }
+}

@@ -147,7 +147,7 @@ impl Default for SearchConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: "info,openraft=warn".into(),
             format: "text".into(),
         }
     }
@@ -209,8 +209,8 @@ writer_memory_mb = 64
 wait_timeout_ms = 10000
 
 [log]
-# trace, debug, info, warn or error (RUST_LOG overrides).
-level = "info"
+# A tracing filter: trace, debug, info, warn or error, per module if wanted (RUST_LOG overrides).
+level = "info,openraft=warn"
 # text or json.
 format = "text"
 "#;

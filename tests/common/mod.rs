@@ -1,0 +1,194 @@
+//! Starts real `nexus` processes for integration tests: each in its own temporary data
+//! directory, on 127.0.0.1 ports chosen free at run time, killed when the handle drops (so a
+//! failing test never leaves a process behind).
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nexus_client::{pb, Client};
+
+pub const NEXUS_BIN: &str = env!("CARGO_BIN_EXE_nexus");
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+pub struct Nexus {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub peer_port: u16,
+    pub env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Nexus {
+    /// Starts a node on `data_dir` with extra environment (`NEXUS_*` configuration).
+    pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Nexus {
+        let mut n = Nexus {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            grpc_port: free_port(),
+            http_port: free_port(),
+            peer_port: free_port(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: data_dir.with_extension("log"),
+        };
+        n.spawn();
+        n.wait_ready().await;
+        n
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the node's log file");
+        let mut cmd = Command::new(NEXUS_BIN);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--grpc-addr")
+            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", self.http_port))
+            .arg("--peer-addr")
+            .arg(format!("127.0.0.1:{}", self.peer_port))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning a file handle"))
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("starting nexus"));
+    }
+
+    /// Waits until the node answers Status with a known leader and /readyz is 200.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "nexus exited during start-up with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if let Ok(mut c) = Client::connect(&self.endpoint()).await {
+                if let Ok(s) = c.cluster.status(pb::StatusRequest {}).await {
+                    if s.into_inner().leader_id != 0
+                        && http_get(&self.http("/readyz")).await.0 == 200
+                    {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nexus did not become ready; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.endpoint())
+            .await
+            .expect("connecting to nexus")
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the node is running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for nexus") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("nexus did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the node again on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Nexus {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A tiny HTTP/1.1 GET for the health and metrics endpoints: (status, body).
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Ok(mut s) = tokio::net::TcpStream::connect(host).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
