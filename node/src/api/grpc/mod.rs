@@ -75,7 +75,7 @@ where
         Err(s) => s.code(),
     };
     metrics::GRPC_REQUESTS
-        .with_label_values(&[method, code.description()])
+        .with_label_values(&[method, &format!("{code:?}")])
         .inc();
     metrics::GRPC_SECONDS
         .with_label_values(&[method])
