@@ -11,7 +11,26 @@ use std::time::{Duration, Instant};
 
 use nexus_client::{pb, Client};
 
-pub const NEXUS_BIN: &str = env!("CARGO_BIN_EXE_nexus");
+/// The `nexus` binary: cargo names it for tests of the node package; tests of other packages
+/// (the CLI tests live in the client package, for `nexusctl`) find it beside their own
+/// executable, where `cargo test --workspace` has built it.
+pub fn nexus_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_nexus") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("nexus"))
+        .expect("the target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bin nexus` or `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn free_port() -> u16 {
@@ -65,7 +84,7 @@ impl Nexus {
             .append(true)
             .open(&self.log)
             .expect("opening the node's log file");
-        let mut cmd = Command::new(NEXUS_BIN);
+        let mut cmd = Command::new(nexus_bin());
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)

@@ -1,0 +1,163 @@
+//! The binaries as people and scripts use them: `nexus config default`, refusing a data
+//! directory of a newer format, and `nexusctl` with tables, `-o json` and exit codes.
+
+mod common;
+
+use std::process::Command;
+
+use common::{nexus_bin, Nexus};
+
+const NEXUSCTL_BIN: &str = env!("CARGO_BIN_EXE_nexusctl");
+
+fn nexusctl(endpoint: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(NEXUSCTL_BIN)
+        .args(args)
+        .env("NEXUS_ENDPOINT", endpoint)
+        .output()
+        .expect("running nexusctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn config_default_prints_the_documented_defaults() {
+    let out = Command::new(nexus_bin())
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("grpc_addr = \"127.0.0.1:7700\""));
+    assert!(text.contains("http_addr = \"127.0.0.1:9001\""));
+    assert!(text.contains("data_dir = \"./nexus-data\""));
+    assert!(text.contains("max_key_bytes = 512"));
+}
+
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("FORMAT"), "nexus-data-format 999\n").unwrap();
+    let out = Command::new(nexus_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--peer-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("format 999") && stderr.contains("run a newer nexus"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "nothing was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexusctl_tables_json_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nexus = Nexus::start(&dir.path().join("node"), &[]).await;
+    let ep = nexus.endpoint();
+    let run = |args: &[&str]| nexusctl(&ep, args);
+
+    let (code, out, _) = run(&["status", "-o", "json"]);
+    assert_eq!(code, 0);
+    let s = json(&out);
+    for field in [
+        "node_id",
+        "role",
+        "term",
+        "leader_id",
+        "commit_index",
+        "applied_index",
+        "members",
+    ] {
+        assert!(s.get(field).is_some(), "status -o json lacks {field}: {s}");
+    }
+    assert_eq!(s["role"], "leader");
+    assert_eq!(s["members"].as_array().unwrap().len(), 1);
+    let (code, out, _) = run(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ROLE") && out.contains("leader"));
+
+    assert_eq!(
+        run(&[
+            "memory",
+            "put",
+            "notes",
+            "plan",
+            r#"{"step": "write the tour"}"#
+        ])
+        .0,
+        0
+    );
+    let (code, out, _) = run(&["memory", "get", "notes", "plan", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["value"]["step"], "write the tour");
+    let (_, out, _) = run(&["memory", "list", "notes"]);
+    assert!(out.contains("plan") && out.contains("VERSION"));
+
+    let (code, id, _) = run(&["conv", "create", "--title", "tour"]);
+    assert_eq!(code, 0);
+    let id = id.trim().to_string();
+    assert_eq!(
+        run(&["conv", "append", &id, "user", "how do I search memories?"]).0,
+        0
+    );
+    assert_eq!(
+        run(&["conv", "append", &id, "assistant", "use nexusctl search"]).0,
+        0
+    );
+    let (_, out, _) = run(&["conv", "show", &id, "-o", "json"]);
+    let v = json(&out);
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(v["messages"][1]["role"], "assistant");
+    let (_, out, _) = run(&["conv", "list", "-o", "json"]);
+    assert_eq!(json(&out)[0]["id"], id.as_str());
+    let (_, out, _) = run(&["search", "search", "-o", "json"]);
+    let hits = json(&out);
+    assert_eq!(hits.as_array().unwrap().len(), 2, "{hits}");
+    let (_, out, _) = run(&["search", "tour"]);
+    assert!(out.contains("**tour**"), "highlighted: {out}");
+
+    // Errors: the server's message and exit code 1; nothing reachable: exit code 3.
+    let (code, _, err) = run(&["memory", "put", "notes", "plan", "{broken"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("value") && err.contains("InvalidArgument"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["memory", "get", "notes", "missing"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NotFound"), "{err}");
+    let (code, _, err) = run(&[
+        "memory",
+        "delete",
+        "notes",
+        "plan",
+        "--expected-version",
+        "3",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("FailedPrecondition"), "{err}");
+    let (code, _, _) = run(&["memory", "delete", "notes", "plan"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = nexusctl(
+        &format!("http://127.0.0.1:{}", common::free_port()),
+        &["status"],
+    );
+    assert_eq!(code, 3);
+    assert!(err.contains("cannot connect"), "{err}");
+}
