@@ -12,7 +12,7 @@ use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
 use nexus_proto::v1::search_service_server::SearchServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 use crate::api::http::{router, HttpState};
@@ -35,6 +35,12 @@ async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListe
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr} (is another nexus running? pick another with a flag)"))
+}
+
+/// Accepted connections with Nagle's algorithm off: small replies must not wait for the
+/// peer's delayed ACK (tens of milliseconds per request otherwise).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -93,7 +99,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(search_svc)
         .add_service(cluster_svc)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
+            incoming(grpc_listener),
             stopped(stop_rx.clone()),
         );
     let peer = tonic::transport::Server::builder()
@@ -103,7 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(peer_listener),
+            incoming(peer_listener),
             stopped(stop_rx.clone()),
         );
     let http = axum::serve(
