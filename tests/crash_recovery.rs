@@ -22,8 +22,8 @@ async fn acknowledged_writes_survive_sigkill_and_are_searchable_after_restart() 
     let mut nexus = Nexus::start(
         &dir.path().join("node"),
         &[
-            ("NEXUS_RAFT__SNAPSHOT_EVERY_ENTRIES", "500"),
-            ("NEXUS_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT", "100"),
+            ("NEXUS_RAFT__SNAPSHOT_EVERY_ENTRIES", "50"),
+            ("NEXUS_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT", "10"),
         ],
     )
     .await;

@@ -67,6 +67,10 @@ pub struct RaftConfig {
     pub max_append_entries: u64,
     /// Size of one chunk of a snapshot sent to a follower.
     pub snapshot_chunk_bytes: u64,
+    /// Most client commands proposed together in one log entry (group commit).
+    pub max_batch_commands: usize,
+    /// Most bytes of commands proposed together in one log entry.
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +134,8 @@ impl Default for RaftConfig {
             keep_entries_after_snapshot: 5_000,
             max_append_entries: 512,
             snapshot_chunk_bytes: 4 << 20,
+            max_batch_commands: 512,
+            max_batch_bytes: 4 << 20,
         }
     }
 }
@@ -199,6 +205,10 @@ keep_entries_after_snapshot = 5000
 max_append_entries = 512
 # Size of one chunk of a snapshot sent to a follower: 4 MiB.
 snapshot_chunk_bytes = 4194304
+# Group commit: writes that arrive while a log entry is being made durable are proposed
+# together in the next entry, up to this many commands and bytes.
+max_batch_commands = 512
+max_batch_bytes = 4194304
 
 [search]
 # Most time between a write and its full-text commit while writes keep coming.

@@ -98,20 +98,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(conversation_svc)
         .add_service(search_svc)
         .add_service(cluster_svc)
-        .serve_with_incoming_shutdown(
-            incoming(grpc_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
     let peer = tonic::transport::Server::builder()
         .add_service(
             RaftServiceServer::new(PeerService::new(node.raft.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            incoming(peer_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
     let http = axum::serve(
         http_listener,
         router(HttpState {

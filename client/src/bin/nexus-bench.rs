@@ -3,7 +3,7 @@
 //! `nexus-bench write` measures this machine's fsync latency (the floor of one durable write),
 //! starts a `nexus` from the same target directory on a temporary data directory, and drives
 //! it with 1 and 64 concurrent clients writing 1 KiB values: throughput, p50/p99 latency, and
-//! log entries per WAL fsync (group commit), beside the node's peak memory.
+//! writes per WAL fsync (group commit), beside the node's peak memory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,11 @@ fn ms(micros: u64) -> String {
 /// fsync latency of the filesystem under `dir`: 4 KiB appended and fdatasync'ed, 300 times.
 fn fsync_latency(dir: &Path) -> anyhow::Result<(u64, u64, f64)> {
     let path = dir.join("fsync-probe");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let block = vec![0xA5u8; 4096];
     let mut lat = Vec::new();
     let started = Instant::now();
@@ -96,7 +100,9 @@ impl Drop for Node {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_node(bin: &Path, data: &Path) -> anyhow::Result<Node> {
@@ -138,8 +144,10 @@ async fn start_node(bin: &Path, data: &Path) -> anyhow::Result<Node> {
 async fn metric(http: &str, name: &str) -> anyhow::Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(http).await?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
     body.lines()
@@ -151,9 +159,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
@@ -165,10 +175,15 @@ struct RunResult {
     p50: u64,
     p99: u64,
     max: u64,
-    entries_per_sync: f64,
+    writes_per_sync: f64,
 }
 
-async fn run_writes(node: &Node, clients: usize, seconds: u64, value: &str) -> anyhow::Result<RunResult> {
+async fn run_writes(
+    node: &Node,
+    clients: usize,
+    seconds: u64,
+    value: &str,
+) -> anyhow::Result<RunResult> {
     let mut conns = Vec::new();
     for _ in 0..clients {
         conns.push(Client::connect(&node.endpoint).await?);
@@ -201,14 +216,14 @@ async fn run_writes(node: &Node, clients: usize, seconds: u64, value: &str) -> a
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let syncs0 = metric(&node.http, "nexus_wal_syncs_total").await?;
-    let entries0 = metric(&node.http, "nexus_raft_log_entries_appended_total").await?;
+    let entries0 = metric(&node.http, "nexus_raft_proposal_batch_commands_sum").await?;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let syncs1 = metric(&node.http, "nexus_wal_syncs_total").await?;
-    let entries1 = metric(&node.http, "nexus_raft_log_entries_appended_total").await?;
+    let entries1 = metric(&node.http, "nexus_raft_proposal_batch_commands_sum").await?;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {
@@ -222,19 +237,31 @@ async fn run_writes(node: &Node, clients: usize, seconds: u64, value: &str) -> a
         p50: percentile(&all, 0.5),
         p99: percentile(&all, 0.99),
         max: all.last().copied().unwrap_or(0),
-        entries_per_sync: (entries1 - entries0) / (syncs1 - syncs0).max(1.0),
+        writes_per_sync: (entries1 - entries0) / (syncs1 - syncs0).max(1.0),
     })
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok())))
-        .map_or("?".into(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
+        .and_then(|s| {
+            s.lines().next().and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
+        });
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores ({cpu}), {mem} RAM")
 }
@@ -246,7 +273,9 @@ fn update_section(report: &Path, name: &str, body: &str) -> anyhow::Result<()> {
     let current = std::fs::read_to_string(report).unwrap_or_else(|_| "# Benchmarks\n".into());
     let section = format!("{start}\n{body}{end}");
     let next = match (current.find(&start), current.find(&end)) {
-        (Some(s), Some(e)) if e > s => format!("{}{}{}", &current[..s], section, &current[e + end.len()..]),
+        (Some(s), Some(e)) if e > s => {
+            format!("{}{}{}", &current[..s], section, &current[e + end.len()..])
+        }
         _ => format!("{}\n{}\n", current.trim_end(), section),
     };
     std::fs::write(report, next)?;
@@ -259,26 +288,42 @@ async fn write_bench(a: WriteArgs) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name("nexus"),
     };
     if !bin.exists() {
-        bail!("{} not found: build it with `cargo build --release --bin nexus` or pass --nexus", bin.display());
+        bail!(
+            "{} not found: build it with `cargo build --release --bin nexus` or pass --nexus",
+            bin.display()
+        );
     }
     std::fs::create_dir_all(&a.work_dir)?;
     let data = a.work_dir.join(format!("write-{}", std::process::id()));
-    eprintln!("[1/3] measuring fsync latency under {}", a.work_dir.display());
+    eprintln!(
+        "[1/3] measuring fsync latency under {}",
+        a.work_dir.display()
+    );
     let (f50, f99, fps) = fsync_latency(&a.work_dir)?;
-    eprintln!("      fdatasync p50 {} ms, p99 {} ms, {:.0}/s", ms(f50), ms(f99), fps);
+    eprintln!(
+        "      fdatasync p50 {} ms, p99 {} ms, {:.0}/s",
+        ms(f50),
+        ms(f99),
+        fps
+    );
     eprintln!("[2/3] starting {} on {}", bin.display(), data.display());
     let node = start_node(&bin, &data).await?;
     let value = format!("\"{}\"", "v".repeat(a.value_bytes.saturating_sub(2)));
     let mut results = Vec::new();
     for (i, &clients) in a.clients.iter().enumerate() {
-        eprintln!("[3/3] run {}/{}: {clients} client(s) for {} s", i + 1, a.clients.len(), a.seconds);
+        eprintln!(
+            "[3/3] run {}/{}: {clients} client(s) for {} s",
+            i + 1,
+            a.clients.len(),
+            a.seconds
+        );
         let r = run_writes(&node, clients, a.seconds, &value).await?;
         eprintln!(
-            "      {:.0} writes/s, p50 {} ms, p99 {} ms, {:.1} entries per fsync",
+            "      {:.0} writes/s, p50 {} ms, p99 {} ms, {:.1} writes per WAL fsync",
             r.ops as f64 / r.secs,
             ms(r.p50),
             ms(r.p99),
-            r.entries_per_sync
+            r.writes_per_sync
         );
         results.push(r);
     }
@@ -307,7 +352,7 @@ async fn write_bench(a: WriteArgs) -> anyhow::Result<()> {
         ms(f99),
         fps
     ));
-    body.push_str("| clients | writes/s | p50 ms | p99 ms | max ms | log entries per WAL fsync | writes/s ÷ fsyncs/s |\n");
+    body.push_str("| clients | writes/s | p50 ms | p99 ms | max ms | writes per WAL fsync | writes/s ÷ machine fsyncs/s |\n");
     body.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &results {
         let tput = r.ops as f64 / r.secs;
@@ -318,11 +363,13 @@ async fn write_bench(a: WriteArgs) -> anyhow::Result<()> {
             ms(r.p50),
             ms(r.p99),
             ms(r.max),
-            r.entries_per_sync,
+            r.writes_per_sync,
             tput / fps
         ));
     }
-    body.push_str(&format!("\nPeak memory (VmHWM) of the node over the run: {rss:.0} MiB.\n\n"));
+    body.push_str(&format!(
+        "\nPeak memory (VmHWM) of the node over the run: {rss:.0} MiB.\n\n"
+    ));
     update_section(&a.report, "bench:write", &body)?;
     eprintln!("wrote {}", a.report.display());
     print!("{body}");

@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::error::NexusError;
 use crate::store::Store;
 pub use state_machine::AppliedState;
-pub use types::{Command, NexusNode, NodeId, Op, Raft, Reply};
+pub use types::{Command, NexusNode, NodeId, Op, Proposal, Raft, Reply};
+
+type Responder = tokio::sync::oneshot::Sender<Result<Reply, NexusError>>;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +65,7 @@ pub struct ClusterNode {
     pub store: Store,
     applied: watch::Receiver<AppliedState>,
     committed: Arc<AtomicU64>,
+    proposals: tokio::sync::mpsc::UnboundedSender<(Command, Responder)>,
 }
 
 impl ClusterNode {
@@ -109,20 +112,40 @@ impl ClusterNode {
             raft.initialize(BTreeMap::from([(config.node_id, me)]))
                 .await?;
         }
-        Ok(Arc::new(Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let node = Arc::new(Self {
             id: config.node_id,
             raft,
             store,
             applied,
             committed,
-        }))
+            proposals: tx,
+        });
+        tokio::spawn(batch_proposals(
+            Arc::downgrade(&node),
+            rx,
+            config.raft.max_batch_commands.max(1),
+            config.raft.max_batch_bytes,
+        ));
+        Ok(node)
     }
 
     /// Replicates a command and returns what applying it produced, once it is committed on a
-    /// majority and applied here.
+    /// majority and applied here. Commands of concurrent callers share a log entry.
     pub async fn propose(&self, command: Command) -> Result<Reply, NexusError> {
-        match self.raft.client_write(command).await {
-            Ok(response) => response.data,
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || self.unavailable("the node is shutting down", None, None);
+        self.proposals.send((command, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Proposes one entry holding `commands`; one result per command.
+    async fn propose_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<types::Response>, NexusError> {
+        match self.raft.client_write(Proposal { commands }).await {
+            Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self
                 .unavailable(
                     "this node is not the leader",
@@ -255,5 +278,65 @@ impl ClusterNode {
             })?
             .current_leader
             .ok_or_else(|| NexusError::internal("leader vanished"))
+    }
+}
+
+/// Group commit above openraft: openraft 0.9 makes each log entry durable before it takes the
+/// next one, so the commands that arrive while one entry is being fsynced are proposed
+/// together as the next entry (up to `max_commands` / `max_bytes`). One entry is in flight
+/// at a time; under load the batches grow by themselves, and a lone client pays no wait.
+async fn batch_proposals(
+    node: std::sync::Weak<ClusterNode>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Command, Responder)>,
+    max_commands: usize,
+    max_bytes: usize,
+) {
+    let mut carry: Option<(Command, Responder)> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.0.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < max_commands {
+            match rx.try_recv() {
+                Ok(p) => {
+                    let size = p.0.approx_size();
+                    if bytes + size > max_bytes {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let (commands, responders): (Vec<Command>, Vec<Responder>) = batch.into_iter().unzip();
+        let n = commands.len();
+        crate::observe::metrics::PROPOSAL_BATCH_COMMANDS.observe(n as f64);
+        match node.propose_batch(commands).await {
+            Ok(results) if results.len() == n => {
+                for (tx, r) in responders.into_iter().zip(results) {
+                    let _ = tx.send(r);
+                }
+            }
+            Ok(results) => {
+                let e = NexusError::internal(format!("{} results for {n} commands", results.len()));
+                for tx in responders {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for tx in responders {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }

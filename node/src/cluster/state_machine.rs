@@ -96,20 +96,27 @@ impl StateMachine {
         ))
     }
 
-    fn apply_one(&self, entry: &Entry) -> Result<Response, StoreError> {
+    /// Applies one entry atomically: all its commands and the new watermark in one write.
+    fn apply_one(&self, entry: &Entry) -> Result<Vec<Response>, StoreError> {
         let mut ctx = ApplyCtx::new(&self.store);
-        let response = match &entry.payload {
-            EntryPayload::Blank => Ok(Reply::None),
-            EntryPayload::Normal(Command { tenant, op }) => match op {
-                Op::Kv(op) => kv::apply(&mut ctx, tenant, op)?.map(Reply::Kv),
-                Op::Conversation(op) => {
-                    conversations::apply(&mut ctx, tenant, op)?.map(Reply::Conversation)
+        let responses = match &entry.payload {
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(proposal) => {
+                let mut out = Vec::with_capacity(proposal.commands.len());
+                for Command { tenant, op } in &proposal.commands {
+                    out.push(match op {
+                        Op::Kv(op) => kv::apply(&mut ctx, tenant, op)?.map(Reply::Kv),
+                        Op::Conversation(op) => {
+                            conversations::apply(&mut ctx, tenant, op)?.map(Reply::Conversation)
+                        }
+                    });
                 }
-            },
+                out
+            }
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                 ctx.put(CF_SM_META, keys::sm_meta::MEMBERSHIP, &stored);
-                Ok(Reply::None)
+                Vec::new()
             }
         };
         ctx.put(CF_SM_META, keys::sm_meta::LAST_APPLIED, &entry.log_id);
@@ -118,7 +125,7 @@ impl StateMachine {
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.store.db().write_opt(ctx.into_batch(), &opts)?;
-        Ok(response)
+        Ok(responses)
     }
 
     fn current_snapshot_path(&self) -> PathBuf {
@@ -133,7 +140,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         read_applied(&self.store).map_err(|e| sm_err(ErrorVerb::Read, e))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -47,13 +47,29 @@ impl std::fmt::Display for Command {
     }
 }
 
+/// One Raft entry's payload: the commands of concurrent clients, proposed together so that
+/// they share one log append and one fsync (group commit), and applied in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub commands: Vec<Command>,
+}
+
+impl Command {
+    /// Roughly how many bytes this command adds to a log entry, to bound proposal batches.
+    pub fn approx_size(&self) -> usize {
+        let body = match &self.op {
+            Op::Kv(op) => op.approx_size(),
+            Op::Conversation(op) => op.approx_size(),
+        };
+        self.tenant.len() + body + 16
+    }
+}
+
 /// What applying a command produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Reply {
     Kv(KvReply),
     Conversation(ConversationReply),
-    /// Blank and membership entries.
-    None,
 }
 
 /// A command's outcome: a reply, or a rejection decided deterministically by the state machine.
@@ -61,8 +77,8 @@ pub type Response = Result<Reply, NexusError>;
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Proposal,
+        R = Vec<Response>,
         NodeId = u64,
         Node = NexusNode,
         SnapshotData = tokio::fs::File,

@@ -76,6 +76,31 @@ pub enum ConversationOp {
 }
 
 impl ConversationOp {
+    pub fn approx_size(&self) -> usize {
+        match self {
+            ConversationOp::Create {
+                id,
+                title,
+                metadata,
+                ..
+            } => id.len() + title.len() + metadata.len() + 16,
+            ConversationOp::Append {
+                conversation_id,
+                messages,
+                ..
+            } => {
+                conversation_id.len()
+                    + messages
+                        .iter()
+                        .map(|m| {
+                            m.id.len() + m.role.len() + m.content.len() + m.metadata.len() + 16
+                        })
+                        .sum::<usize>()
+            }
+            ConversationOp::Delete { id } => id.len(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ConversationOp::Create { .. } => "conversation.create",
@@ -180,22 +205,9 @@ pub fn apply(
                 return Ok(Err(not_found(id)));
             };
             let prefix = keys::message_prefix(tenant, id);
-            let mut cursor = prefix.clone();
-            loop {
-                let batch = ctx
-                    .store()
-                    .scan_prefix(CF_MESSAGES, &prefix, &cursor, 1024)?;
-                for (_, v) in &batch {
-                    let m: MessageRecord = codec::decode(v)?;
-                    ctx.delete(CF_MESSAGE_IDS, &keys::message_id_key(tenant, &m.id));
-                }
-                match batch.last() {
-                    Some((last, _)) if batch.len() == 1024 => {
-                        cursor = last.clone();
-                        cursor.push(0);
-                    }
-                    _ => break,
-                }
+            for (_, v) in ctx.scan_prefix(CF_MESSAGES, &prefix)? {
+                let m: MessageRecord = codec::decode(&v)?;
+                ctx.delete(CF_MESSAGE_IDS, &keys::message_id_key(tenant, &m.id));
             }
             ctx.delete_prefix(CF_MESSAGES, &prefix);
             ctx.delete(CF_CONVERSATIONS, &k);

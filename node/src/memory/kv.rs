@@ -72,6 +72,21 @@ impl KvOp {
         }
     }
 
+    pub fn approx_size(&self) -> usize {
+        match self {
+            KvOp::Put {
+                namespace,
+                key,
+                value,
+                ..
+            } => namespace.len() + key.len() + value.len() + 32,
+            KvOp::Delete { namespace, key, .. } => namespace.len() + key.len() + 16,
+            KvOp::PurgeExpired { items, .. } => {
+                items.iter().map(|(n, k, _)| n.len() + k.len() + 8).sum()
+            }
+        }
+    }
+
     /// The memories this command may change, for derived indexes: (namespace, key).
     pub fn touched(&self) -> Vec<(&str, &str)> {
         match self {

@@ -76,6 +76,19 @@ pub static LOG_ENTRIES_APPENDED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static PROPOSAL_BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "raft_proposal_batch_commands",
+                "client commands per proposed log entry",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets")),
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static SEARCH_WATERMARK: LazyLock<IntGauge> = LazyLock::new(|| {
     register(
         IntGauge::new(
@@ -127,6 +140,7 @@ pub fn init() {
     LazyLock::force(&WAL_SYNCS);
     LazyLock::force(&WAL_SYNC_SECONDS);
     LazyLock::force(&LOG_ENTRIES_APPENDED);
+    LazyLock::force(&PROPOSAL_BATCH_COMMANDS);
     LazyLock::force(&SEARCH_WATERMARK);
     LazyLock::force(&SEARCH_COMMITS);
     LazyLock::force(&RAFT_TERM);

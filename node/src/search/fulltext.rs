@@ -548,34 +548,36 @@ impl Indexer {
         let mut messages: Vec<(String, String)> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         for entry in entries {
-            let EntryPayload::Normal(cmd) = &entry.payload else {
+            let EntryPayload::Normal(proposal) = &entry.payload else {
                 continue;
             };
-            let tenant = &cmd.tenant;
-            match &cmd.op {
-                Op::Kv(op) => {
-                    for (ns, key) in op.touched() {
-                        let id = memory_doc_id(tenant, ns, key);
-                        if seen.insert(id) {
-                            memories.push((tenant.clone(), ns.to_string(), key.to_string()));
+            for cmd in &proposal.commands {
+                let tenant = &cmd.tenant;
+                match &cmd.op {
+                    Op::Kv(op) => {
+                        for (ns, key) in op.touched() {
+                            let id = memory_doc_id(tenant, ns, key);
+                            if seen.insert(id) {
+                                memories.push((tenant.clone(), ns.to_string(), key.to_string()));
+                            }
                         }
                     }
-                }
-                Op::Conversation(ConversationOp::Append { messages: new, .. }) => {
-                    for m in new {
-                        if seen.insert(message_doc_id(tenant, &m.id)) {
-                            messages.push((tenant.clone(), m.id.clone()));
+                    Op::Conversation(ConversationOp::Append { messages: new, .. }) => {
+                        for m in new {
+                            if seen.insert(message_doc_id(tenant, &m.id)) {
+                                messages.push((tenant.clone(), m.id.clone()));
+                            }
                         }
                     }
+                    Op::Conversation(ConversationOp::Delete { id }) => {
+                        // Deletions first: every addition below reflects the current state.
+                        self.writer.delete_term(Term::from_field_text(
+                            f.conversation_scope,
+                            &conversation_scope(tenant, id),
+                        ));
+                    }
+                    Op::Conversation(ConversationOp::Create { .. }) => {}
                 }
-                Op::Conversation(ConversationOp::Delete { id }) => {
-                    // Deletions first: every addition below reflects the current state.
-                    self.writer.delete_term(Term::from_field_text(
-                        f.conversation_scope,
-                        &conversation_scope(tenant, id),
-                    ));
-                }
-                Op::Conversation(ConversationOp::Create { .. }) => {}
             }
         }
         for (tenant, ns, key) in memories {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine (Rust toolchain, Python 3 with pip, Debian's apt) lacks to
+# build and test Nexus. Sourced by scripts/serve and scripts/test; safe to run again.
+#  - libclang: the rocksdb crate generates its bindings with bindgen at build time.
+#  - grpcio + grpcio-tools (tests only): the Python client test generates stubs from proto/.
+set -euo pipefail
+
+have_libclang() {
+  ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so' && return 0
+  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+}
+
+nexus_install_build_prereqs() {
+  if have_libclang; then
+    return 0
+  fi
+  echo "==> installing clang and libclang-dev (needed by the rocksdb crate's bindgen)" >&2
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  if ! command -v apt-get >/dev/null; then
+    echo "error: libclang is missing and apt-get is not available; install libclang (LLVM) and retry" >&2
+    return 1
+  fi
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-dev >/dev/null
+}
+
+nexus_install_test_prereqs() {
+  nexus_install_build_prereqs
+  if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+    echo "==> installing Python grpcio and grpcio-tools (for the cross-language client test)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "${BASH_SOURCE[0]}")/../tests/python/requirements.txt"
+  fi
+}
