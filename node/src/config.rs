@@ -294,6 +294,7 @@ fn is_config_key(key: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment's error
 mod tests {
     use super::*;
 

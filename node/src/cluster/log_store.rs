@@ -7,6 +7,9 @@
 //! reach the WAL in call order and an fsync covers everything written before it, so callbacks
 //! complete in order and never claim more than is durable.
 
+// openraft's StorageError is large by design; every storage method returns it.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -265,6 +265,9 @@ pub struct ListRequest {
     pub consistency: ReadConsistency,
 }
 
+/// Expired memories of one tenant: (namespace, key, expires_at_ms).
+pub type ExpiredItems = (String, Vec<(String, String, i64)>);
+
 /// The key-value memory API of a node.
 pub struct KvService {
     node: Arc<ClusterNode>,
@@ -445,13 +448,9 @@ impl KvService {
 
     /// Finds memories of any tenant that have expired by `now`, at most `limit`, grouped by
     /// tenant, for the sweeper to propose `PurgeExpired`.
-    pub fn expired(
-        &self,
-        now: i64,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<(String, String, i64)>)>, StoreError> {
+    pub fn expired(&self, now: i64, limit: usize) -> Result<Vec<ExpiredItems>, StoreError> {
         let store = &self.node.store;
-        let mut out: Vec<(String, Vec<(String, String, i64)>)> = Vec::new();
+        let mut out: Vec<ExpiredItems> = Vec::new();
         let mut found = 0;
         let mut seek: Vec<u8> = Vec::new();
         while found < limit {

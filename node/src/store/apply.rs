@@ -86,7 +86,7 @@ impl<'a> ApplyCtx<'a> {
         &self,
         cf: &'static str,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<super::KeyValues, StoreError> {
         let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for (k, v) in self.store.scan_prefix(cf, prefix, prefix, usize::MAX)? {
             if !self.range_deleted(cf, &k) {

@@ -23,6 +23,9 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 
 pub use apply::ApplyCtx;
 
+/// Key-value pairs as read from a column family, in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Raft log entries, keyed by index (u64 big-endian).
 pub const CF_RAFT_LOG: &str = "raft_log";
 /// Raft vote, committed log id, last purged log id.
@@ -134,7 +137,7 @@ impl Store {
         prefix: &[u8],
         start: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<KeyValues, StoreError> {
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(cf),
