@@ -25,6 +25,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// The internal Raft transport between nodes.
     pub peer_addr: SocketAddr,
+    /// Members of a new static cluster, `ID=PEER_ADDR[/API_ADDR],...`, the same on every
+    /// node (as etcd's --initial-cluster). Read on the very first start only; unset, a node
+    /// starts a one-member cluster of itself.
+    pub initial_cluster: Option<String>,
     pub limits: Limits,
     pub raft: RaftConfig,
     pub search: SearchConfig,
@@ -101,6 +105,7 @@ impl Default for Config {
             grpc_addr: "127.0.0.1:7700".parse().expect("valid address"),
             http_addr: "127.0.0.1:9001".parse().expect("valid address"),
             peer_addr: "127.0.0.1:7701".parse().expect("valid address"),
+            initial_cluster: None,
             limits: Limits::default(),
             raft: RaftConfig::default(),
             search: SearchConfig::default(),
@@ -174,6 +179,8 @@ grpc_addr = "127.0.0.1:7700"
 http_addr = "127.0.0.1:9001"
 # The internal Raft transport between nodes.
 peer_addr = "127.0.0.1:7701"
+# Members of a new static cluster, the same on every node (read on the very first start):
+# initial_cluster = "1=10.0.0.1:7701/10.0.0.1:7700,2=10.0.0.2:7701/10.0.0.2:7700,3=10.0.0.3:7701/10.0.0.3:7700"
 
 [limits]
 # Longest memory key, in bytes.
@@ -238,6 +245,8 @@ pub struct FlagOverrides {
     pub http_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_cluster: Option<String>,
 }
 
 impl Config {
@@ -277,6 +286,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "grpc_addr",
     "http_addr",
     "peer_addr",
+    "initial_cluster",
     "limits",
     "raft",
     "search",

@@ -42,6 +42,9 @@ struct ServeArgs {
     peer_addr: Option<std::net::SocketAddr>,
     #[arg(long)]
     node_id: Option<u64>,
+    /// Members of a new static cluster: ID=PEER_ADDR[/API_ADDR],... (same on every node).
+    #[arg(long)]
+    initial_cluster: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +62,7 @@ fn load(args: ServeArgs) -> anyhow::Result<Config> {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         peer_addr: args.peer_addr,
+        initial_cluster: args.initial_cluster,
     };
     Config::load(args.config.as_deref(), flags).map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }

@@ -101,7 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
     let peer = tonic::transport::Server::builder()
         .add_service(
-            RaftServiceServer::new(PeerService::new(node.raft.clone()))
+            RaftServiceServer::new(PeerService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
         )

@@ -53,7 +53,50 @@ pub struct Nexus {
 impl Nexus {
     /// Starts a node on `data_dir` with extra environment (`NEXUS_*` configuration).
     pub async fn start(data_dir: &Path, env: &[(&str, &str)]) -> Nexus {
-        let mut n = Nexus {
+        let mut n = Nexus::new(data_dir, env);
+        n.spawn();
+        n.wait_ready().await;
+        n
+    }
+
+    /// Starts `size` nodes as one static cluster (`--initial-cluster`), each in a folder of
+    /// `dir`, and waits until every one knows the leader.
+    pub async fn start_cluster(dir: &Path, size: u64, env: &[(&str, &str)]) -> Vec<Nexus> {
+        let mut nodes: Vec<Nexus> = (1..=size)
+            .map(|id| Nexus::new(&dir.join(format!("node{id}")), env))
+            .collect();
+        let members = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "{}=127.0.0.1:{}/127.0.0.1:{}",
+                    i + 1,
+                    n.peer_port,
+                    n.grpc_port
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.env.push(("NEXUS_NODE_ID".into(), (i + 1).to_string()));
+            n.env
+                .push(("NEXUS_INITIAL_CLUSTER".into(), members.clone()));
+            n.spawn();
+        }
+        for n in nodes.iter_mut() {
+            n.wait_ready().await;
+        }
+        nodes
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn new(data_dir: &Path, env: &[(&str, &str)]) -> Nexus {
+        Nexus {
             child: None,
             data_dir: data_dir.to_path_buf(),
             grpc_port: free_port(),
@@ -64,10 +107,7 @@ impl Nexus {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             log: data_dir.with_extension("log"),
-        };
-        n.spawn();
-        n.wait_ready().await;
-        n
+        }
     }
 
     pub fn endpoint(&self) -> String {

@@ -26,6 +26,54 @@ pub use types::{Command, NexusNode, NodeId, Op, Proposal, Raft, Reply};
 
 type Responder = tokio::sync::oneshot::Sender<Result<Reply, NexusError>>;
 
+/// How long a follower waits for the leader on a forwarded write or read index.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The members a brand-new cluster starts with: `--initial-cluster` (every node of a static
+/// cluster is started with the same list), or this node alone.
+fn initial_members(config: &Config) -> anyhow::Result<BTreeMap<NodeId, NexusNode>> {
+    let me = NexusNode {
+        peer_addr: config.peer_addr.to_string(),
+        api_addr: config.grpc_addr.to_string(),
+    };
+    let Some(spec) = config
+        .initial_cluster
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return Ok(BTreeMap::from([(config.node_id, me)]));
+    };
+    let mut members = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("initial_cluster: {part:?} is not ID=PEER_ADDR[/API_ADDR]")
+        })?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("initial_cluster: {id:?} is not a node id"))?;
+        let (peer, api) = addrs.split_once('/').unwrap_or((addrs, ""));
+        let node = if id == config.node_id {
+            me.clone()
+        } else {
+            NexusNode {
+                peer_addr: peer.trim().to_string(),
+                api_addr: api.trim().to_string(),
+            }
+        };
+        if members.insert(id, node).is_some() {
+            anyhow::bail!("initial_cluster: node {id} is listed twice");
+        }
+    }
+    if !members.contains_key(&config.node_id) {
+        anyhow::bail!(
+            "initial_cluster does not list this node (node_id {})",
+            config.node_id
+        );
+    }
+    Ok(members)
+}
+
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadConsistency {
@@ -66,6 +114,7 @@ pub struct ClusterNode {
     applied: watch::Receiver<AppliedState>,
     committed: Arc<AtomicU64>,
     proposals: tokio::sync::mpsc::UnboundedSender<(Command, Responder)>,
+    peers: network::PeerChannels,
 }
 
 impl ClusterNode {
@@ -101,16 +150,12 @@ impl ClusterNode {
         )
         .await?;
         if first_boot {
-            let me = NexusNode {
-                peer_addr: config.peer_addr.to_string(),
-                api_addr: config.grpc_addr.to_string(),
-            };
+            let members = initial_members(config)?;
             tracing::info!(
                 node_id = config.node_id,
                 "first start: initializing a one-member cluster"
             );
-            raft.initialize(BTreeMap::from([(config.node_id, me)]))
-                .await?;
+            raft.initialize(members).await?;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Self {
@@ -120,6 +165,7 @@ impl ClusterNode {
             applied,
             committed,
             proposals: tx,
+            peers: network::PeerChannels::default(),
         });
         tokio::spawn(batch_proposals(
             Arc::downgrade(&node),
@@ -139,8 +185,38 @@ impl ClusterNode {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Proposes one entry holding `commands`; one result per command.
+    /// Proposes one entry holding `commands` on the leader: here, or forwarded to it. If
+    /// leadership moves while the entry is proposed here, the callers get Unavailable naming
+    /// the new leader and may retry.
     async fn propose_batch(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<types::Response>, NexusError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l != self.id => {
+                let addr = self.member_peer_addr(l).ok_or_else(|| {
+                    self.unavailable("the leader's address is unknown", Some(l), None)
+                })?;
+                match self
+                    .peers
+                    .forward(
+                        &addr,
+                        &network::ForwardRequest::Propose(commands),
+                        FORWARD_TIMEOUT,
+                    )
+                    .await?
+                {
+                    network::ForwardReply::Responses(r) => Ok(r),
+                    other => Err(NexusError::internal(format!("leader answered {other:?}"))),
+                }
+            }
+            _ => self.propose_local(commands).await,
+        }
+    }
+
+    /// Proposes on this node only (a request forwarded by a follower is not forwarded again).
+    pub async fn propose_local(
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<types::Response>, NexusError> {
@@ -161,12 +237,9 @@ impl ClusterNode {
         }
     }
 
-    /// Waits until this node may serve a read of the given consistency, and returns the log
-    /// index the read reflects at least.
-    pub async fn read_barrier(&self, consistency: ReadConsistency) -> Result<u64, NexusError> {
-        if consistency == ReadConsistency::Stale {
-            return Ok(self.applied.borrow().index);
-        }
+    /// The read index, confirmed by this node as leader (openraft's read index: leadership
+    /// confirmed with a quorum, state machine applied up to it).
+    pub async fn read_index_local(&self) -> Result<u64, NexusError> {
         match self.raft.ensure_linearizable().await {
             Ok(read_log_id) => Ok(read_log_id.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(self
@@ -182,6 +255,54 @@ impl ClusterNode {
                 Err(self.unavailable(&format!("raft stopped: {e}"), None, None))
             }
         }
+    }
+
+    /// Waits until this node may serve a read of the given consistency, and returns the log
+    /// index the read reflects at least. A follower asks the leader for the read index and
+    /// waits until it has applied that far itself.
+    pub async fn read_barrier(&self, consistency: ReadConsistency) -> Result<u64, NexusError> {
+        if consistency == ReadConsistency::Stale {
+            return Ok(self.applied.borrow().index);
+        }
+        let leader = self.raft.metrics().borrow().current_leader;
+        let index = match leader {
+            Some(l) if l == self.id => return self.read_index_local().await,
+            Some(l) => {
+                let addr = self.member_peer_addr(l).ok_or_else(|| {
+                    self.unavailable("the leader's address is unknown", Some(l), None)
+                })?;
+                match self
+                    .peers
+                    .forward(&addr, &network::ForwardRequest::ReadIndex, FORWARD_TIMEOUT)
+                    .await?
+                {
+                    network::ForwardReply::ReadIndex(i) => i,
+                    other => {
+                        return Err(NexusError::internal(format!("leader answered {other:?}")))
+                    }
+                }
+            }
+            None => return Err(self.unavailable("no leader is elected", None, None)),
+        };
+        let mut applied = self.applied.clone();
+        let caught_up = async move { applied.wait_for(|a| a.index >= index).await.map(|_| ()) };
+        match tokio::time::timeout(FORWARD_TIMEOUT, caught_up).await {
+            Ok(Ok(())) => Ok(index),
+            _ => Err(self.unavailable(
+                &format!("this node has not applied the read index {index} in time"),
+                leader,
+                None,
+            )),
+        }
+    }
+
+    fn member_peer_addr(&self, id: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.peer_addr.clone())
     }
 
     fn unavailable(

@@ -169,11 +169,90 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// The server side of the peer port: hands each RPC to the local Raft.
 pub struct PeerService {
     raft: Raft,
+    node: std::sync::Arc<super::ClusterNode>,
 }
 
 impl PeerService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(node: std::sync::Arc<super::ClusterNode>) -> Self {
+        Self {
+            raft: node.raft.clone(),
+            node,
+        }
+    }
+}
+
+/// What a follower asks of the leader on behalf of its clients.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub enum ForwardRequest {
+    /// Propose these commands as one entry.
+    Propose(Vec<super::Command>),
+    /// Confirm leadership and return the read index.
+    ReadIndex,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub enum ForwardReply {
+    Responses(Vec<super::types::Response>),
+    ReadIndex(u64),
+}
+
+/// Connections to other nodes' peer ports for forwarded requests, made lazily and reused.
+#[derive(Default)]
+pub struct PeerChannels {
+    channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
+}
+
+impl PeerChannels {
+    fn client(
+        &self,
+        peer_addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, crate::error::NexusError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(peer_addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(peer_uri(peer_addr))
+                    .map_err(|e| {
+                        crate::error::NexusError::internal(format!(
+                            "bad peer address {peer_addr}: {e}"
+                        ))
+                    })?
+                    .connect_timeout(PEER_CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(peer_addr.to_string(), c.clone());
+                c
+            }
+        };
+        Ok(RaftServiceClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// Sends a forwarded request to the leader's peer port.
+    pub async fn forward(
+        &self,
+        peer_addr: &str,
+        request: &ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardReply, crate::error::NexusError> {
+        use crate::error::NexusError;
+        let mut client = self.client(peer_addr)?;
+        let mut req = tonic::Request::new(RaftMessage {
+            payload: codec::encode(request),
+        });
+        req.set_timeout(timeout);
+        let reply = client
+            .forward(req)
+            .await
+            .map_err(|s| NexusError::Unavailable {
+                message: format!("forwarding to the leader at {peer_addr}: {}", s.message()),
+                leader_id: None,
+                leader_addr: None,
+            })?;
+        let decoded: Result<ForwardReply, NexusError> =
+            codec::decode(&reply.into_inner().payload).map_err(NexusError::internal)?;
+        decoded
     }
 }
 
@@ -218,10 +297,22 @@ impl RaftService for PeerService {
 
     async fn forward(
         &self,
-        _request: tonic::Request<RaftMessage>,
+        request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "write forwarding between nodes is not implemented yet; send writes to the leader",
-        ))
+        let req: ForwardRequest = decode_request(request)?;
+        // Served locally only: a request is forwarded at most once.
+        let result = match req {
+            ForwardRequest::Propose(commands) => self
+                .node
+                .propose_local(commands)
+                .await
+                .map(ForwardReply::Responses),
+            ForwardRequest::ReadIndex => self
+                .node
+                .read_index_local()
+                .await
+                .map(ForwardReply::ReadIndex),
+        };
+        reply(&result)
     }
 }
