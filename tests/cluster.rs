@@ -170,3 +170,99 @@ async fn three_nodes_serve_any_request_and_survive_losing_the_leader() {
         );
     }
 }
+
+fn voters(members: &[pb::Member]) -> Vec<u64> {
+    members.iter().filter(|m| m.voter).map(|m| m.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn membership_grows_and_shrinks_without_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = Nexus::start_cluster(dir.path(), 3, &[]).await;
+    let leader = agreed_leader(&nodes).await;
+    let follower = (leader + 1) % 3;
+    let mut admin = nodes[follower].client().await;
+    put_retrying(&mut admin, "before", "\"grown\"").await;
+
+    let mut fourth = Nexus::launch(
+        &dir.path().join("node4"),
+        &[("NEXUS_NODE_ID", "4"), ("NEXUS_JOIN", "true")],
+    );
+    // Membership changes go through any node (a follower forwards them).
+    let members = admin
+        .cluster
+        .add_member(pb::AddMemberRequest {
+            id: 4,
+            peer_addr: format!("127.0.0.1:{}", fourth.peer_port),
+            api_addr: format!("127.0.0.1:{}", fourth.grpc_port),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert!(
+        members.iter().any(|m| m.id == 4 && !m.voter),
+        "learner: {members:?}"
+    );
+    fourth.wait_ready().await;
+    let members = admin
+        .cluster
+        .promote_member(pb::PromoteMemberRequest { id: 4 })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(voters(&members), vec![1, 2, 3, 4]);
+    let mut on_fourth = fourth.client().await;
+    assert_eq!(
+        get(&mut on_fourth, "before").await.unwrap().value,
+        "\"grown\""
+    );
+    put_retrying(&mut on_fourth, "from-4", "\"hello from node 4\"").await;
+
+    // Errors name what is wrong and change nothing.
+    let e = admin
+        .cluster
+        .promote_member(pb::PromoteMemberRequest { id: 9 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = admin
+        .cluster
+        .remove_member(pb::RemoveMemberRequest { id: 9 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = admin
+        .cluster
+        .add_member(pb::AddMemberRequest {
+            id: 5,
+            peer_addr: String::new(),
+            api_addr: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // Shrink: remove a node that is not the admin's; the rest keep serving.
+    let removed = (0..3).find(|i| *i != follower).unwrap() as u64 + 1;
+    let members = admin
+        .cluster
+        .remove_member(pb::RemoveMemberRequest { id: removed })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert!(!members.iter().any(|m| m.id == removed), "{members:?}");
+    assert_eq!(voters(&members).len(), 3);
+    agreed_leader(&nodes).await;
+    put_retrying(&mut admin, "after-shrink", "\"still serving\"").await;
+    assert_eq!(
+        get(&mut on_fourth, "after-shrink").await.unwrap().value,
+        "\"still serving\""
+    );
+    assert_eq!(
+        get(&mut on_fourth, "from-4").await.unwrap().value,
+        "\"hello from node 4\""
+    );
+}

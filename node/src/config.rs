@@ -29,6 +29,9 @@ pub struct Config {
     /// node (as etcd's --initial-cluster). Read on the very first start only; unset, a node
     /// starts a one-member cluster of itself.
     pub initial_cluster: Option<String>,
+    /// Start as a node to be added to an existing cluster (`nexusctl member add`) instead of
+    /// initializing a cluster on the first start.
+    pub join: bool,
     pub limits: Limits,
     pub raft: RaftConfig,
     pub search: SearchConfig,
@@ -106,6 +109,7 @@ impl Default for Config {
             http_addr: "127.0.0.1:9001".parse().expect("valid address"),
             peer_addr: "127.0.0.1:7701".parse().expect("valid address"),
             initial_cluster: None,
+            join: false,
             limits: Limits::default(),
             raft: RaftConfig::default(),
             search: SearchConfig::default(),
@@ -181,6 +185,9 @@ http_addr = "127.0.0.1:9001"
 peer_addr = "127.0.0.1:7701"
 # Members of a new static cluster, the same on every node (read on the very first start):
 # initial_cluster = "1=10.0.0.1:7701/10.0.0.1:7700,2=10.0.0.2:7701/10.0.0.2:7700,3=10.0.0.3:7701/10.0.0.3:7700"
+# Start as a node to be added to an existing cluster (nexusctl member add) instead of
+# initializing a cluster on the first start.
+join = false
 
 [limits]
 # Longest memory key, in bytes.
@@ -247,6 +254,8 @@ pub struct FlagOverrides {
     pub peer_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<bool>,
 }
 
 impl Config {
@@ -287,6 +296,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http_addr",
     "peer_addr",
     "initial_cluster",
+    "join",
     "limits",
     "raft",
     "search",

@@ -45,6 +45,9 @@ struct ServeArgs {
     /// Members of a new static cluster: ID=PEER_ADDR[/API_ADDR],... (same on every node).
     #[arg(long)]
     initial_cluster: Option<String>,
+    /// Wait to be added to an existing cluster instead of initializing one.
+    #[arg(long)]
+    join: bool,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +66,7 @@ fn load(args: ServeArgs) -> anyhow::Result<Config> {
         http_addr: args.http_addr,
         peer_addr: args.peer_addr,
         initial_cluster: args.initial_cluster,
+        join: args.join.then_some(true),
     };
     Config::load(args.config.as_deref(), flags).map_err(|e| anyhow::anyhow!("configuration: {e}"))
 }

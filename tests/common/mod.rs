@@ -90,6 +90,13 @@ impl Nexus {
         nodes
     }
 
+    /// Starts a node without waiting for it (a `--join` node knows no leader until added).
+    pub fn launch(data_dir: &Path, env: &[(&str, &str)]) -> Nexus {
+        let mut n = Nexus::new(data_dir, env);
+        n.spawn();
+        n
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

@@ -46,6 +46,30 @@ enum Command {
     },
     /// Full-text search over memories and messages.
     Search(SearchArgs),
+    /// Cluster membership.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add a node (started with `nexus serve --join`) as a learner; returns once it caught up.
+    Add {
+        id: u64,
+        /// host:port of its peer port.
+        peer_addr: String,
+        /// host:port of its gRPC API.
+        #[arg(long, default_value = "")]
+        api_addr: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a member.
+    Remove { id: u64 },
+    /// List the members.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -278,6 +302,26 @@ fn print_memories(items: &[pb::MemoryItem], out: Output) {
     println!("{t}");
 }
 
+fn member_json(m: &pb::Member) -> Value {
+    json!({"id": m.id, "peer_addr": m.peer_addr, "api_addr": m.api_addr, "voter": m.voter})
+}
+
+fn print_members(members: &[pb::Member], out: Output) {
+    if out == Output::Json {
+        return print_json(&Value::Array(members.iter().map(member_json).collect()));
+    }
+    let mut t = table(&["MEMBER", "API", "PEER", "VOTER"]);
+    for x in members {
+        t.add_row(vec![
+            x.id.to_string(),
+            x.api_addr.clone(),
+            x.peer_addr.clone(),
+            x.voter.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
 fn print_messages(messages: &[pb::Message]) {
     let mut t = table(&["SEQ", "TIME", "ROLE", "CONTENT"]);
     for m in messages {
@@ -320,11 +364,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     match cli.command {
         Command::Status => {
             let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
-            let members: Vec<Value> = s
-                .members
-                .iter()
-                .map(|m| json!({"id": m.id, "peer_addr": m.peer_addr, "api_addr": m.api_addr, "voter": m.voter}))
-                .collect();
+            let members: Vec<Value> = s.members.iter().map(member_json).collect();
             if out == Output::Json {
                 print_json(&json!({
                     "node_id": s.node_id, "role": s.role, "term": s.term, "leader_id": s.leader_id,
@@ -350,16 +390,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                     s.version.clone(),
                 ]);
                 println!("{t}");
-                let mut m = table(&["MEMBER", "API", "PEER", "VOTER"]);
-                for x in &s.members {
-                    m.add_row(vec![
-                        x.id.to_string(),
-                        x.api_addr.clone(),
-                        x.peer_addr.clone(),
-                        x.voter.to_string(),
-                    ]);
-                }
-                println!("{m}");
+                print_members(&s.members, out);
             }
         }
         Command::Memory { command } => match command {
@@ -605,6 +636,48 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 }
             }
         },
+        Command::Member { command } => {
+            let members = match command {
+                MemberCommand::Add {
+                    id,
+                    peer_addr,
+                    api_addr,
+                } => {
+                    eprintln!("adding node {id} as a learner; waiting for it to catch up...");
+                    c.cluster
+                        .add_member(pb::AddMemberRequest {
+                            id,
+                            peer_addr,
+                            api_addr,
+                        })
+                        .await?
+                        .into_inner()
+                        .members
+                }
+                MemberCommand::Promote { id } => {
+                    c.cluster
+                        .promote_member(pb::PromoteMemberRequest { id })
+                        .await?
+                        .into_inner()
+                        .members
+                }
+                MemberCommand::Remove { id } => {
+                    c.cluster
+                        .remove_member(pb::RemoveMemberRequest { id })
+                        .await?
+                        .into_inner()
+                        .members
+                }
+                MemberCommand::List => {
+                    c.cluster
+                        .status(pb::StatusRequest {})
+                        .await?
+                        .into_inner()
+                        .members
+                }
+            };
+            print_members(&members, out);
+        }
         Command::Search(a) => {
             let kinds = a
                 .kind

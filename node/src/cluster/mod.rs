@@ -84,6 +84,14 @@ pub enum ReadConsistency {
     Stale,
 }
 
+/// A change to the cluster's membership, made by the leader.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum MembershipChange {
+    AddLearner { id: NodeId, node: NexusNode },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
+}
+
 /// A member as `Status` reports it.
 #[derive(Debug, Clone)]
 pub struct MemberStatus {
@@ -149,7 +157,12 @@ impl ClusterNode {
             state_machine,
         )
         .await?;
-        if first_boot {
+        if first_boot && config.join {
+            tracing::info!(
+                node_id = config.node_id,
+                "first start with --join: waiting to be added to a cluster (nexusctl member add)"
+            );
+        } else if first_boot {
             let members = initial_members(config)?;
             tracing::info!(
                 node_id = config.node_id,
@@ -293,6 +306,105 @@ impl ClusterNode {
                 leader,
                 None,
             )),
+        }
+    }
+
+    /// Changes the membership on the leader: here, or forwarded to it.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), NexusError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l != self.id => {
+                let addr = self.member_peer_addr(l).ok_or_else(|| {
+                    self.unavailable("the leader's address is unknown", Some(l), None)
+                })?;
+                match self
+                    .peers
+                    .forward(
+                        &addr,
+                        &network::ForwardRequest::Membership(change),
+                        FORWARD_TIMEOUT * 6,
+                    )
+                    .await?
+                {
+                    network::ForwardReply::Done => Ok(()),
+                    other => Err(NexusError::internal(format!("leader answered {other:?}"))),
+                }
+            }
+            _ => self.change_membership_local(change).await,
+        }
+    }
+
+    pub async fn change_membership_local(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(), NexusError> {
+        use openraft::ChangeMembers;
+        use std::collections::BTreeSet;
+        let status = self.status();
+        let member = |id: NodeId| status.members.iter().find(|m| m.id == id);
+        let result = match change {
+            MembershipChange::AddLearner { id, node } => {
+                if id == 0 {
+                    return Err(NexusError::invalid("id", "must not be 0"));
+                }
+                if node.peer_addr.is_empty() {
+                    return Err(NexusError::invalid("peer_addr", "must not be empty"));
+                }
+                if member(id).is_some_and(|m| m.voter) {
+                    return Err(NexusError::AlreadyExists(format!(
+                        "node {id} is already a voter"
+                    )));
+                }
+                self.raft.add_learner(id, node, true).await
+            }
+            MembershipChange::Promote { id } => {
+                match member(id) {
+                    None => {
+                        return Err(NexusError::NotFound(format!(
+                            "node {id} is not a member; add it first"
+                        )))
+                    }
+                    Some(m) if m.voter => return Ok(()),
+                    Some(_) => {}
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+            }
+            MembershipChange::Remove { id } => match member(id) {
+                None => return Err(NexusError::NotFound(format!("node {id} is not a member"))),
+                Some(m) if m.voter => {
+                    if status.members.iter().filter(|m| m.voter).count() == 1 {
+                        return Err(NexusError::precondition(
+                            "id",
+                            format!("node {id} is the last voter"),
+                        ));
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                }
+                Some(_) => {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                }
+            },
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self
+                .unavailable(
+                    "this node is not the leader",
+                    f.leader_id,
+                    f.leader_node.map(|n| n.api_addr),
+                )),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(NexusError::precondition("membership", e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => {
+                Err(self.unavailable(&format!("raft stopped: {e}"), None, None))
+            }
         }
     }
 

@@ -188,12 +188,15 @@ pub enum ForwardRequest {
     Propose(Vec<super::Command>),
     /// Confirm leadership and return the read index.
     ReadIndex,
+    /// Change the membership.
+    Membership(super::MembershipChange),
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub enum ForwardReply {
     Responses(Vec<super::types::Response>),
     ReadIndex(u64),
+    Done,
 }
 
 /// Connections to other nodes' peer ports for forwarded requests, made lazily and reused.
@@ -307,6 +310,11 @@ impl RaftService for PeerService {
                 .propose_local(commands)
                 .await
                 .map(ForwardReply::Responses),
+            ForwardRequest::Membership(change) => self
+                .node
+                .change_membership_local(change)
+                .await
+                .map(|()| ForwardReply::Done),
             ForwardRequest::ReadIndex => self
                 .node
                 .read_index_local()

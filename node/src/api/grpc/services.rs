@@ -10,7 +10,7 @@ use nexus_proto::v1::search_service_server::SearchService;
 use tonic::{Request, Response, Status};
 
 use super::{consistency, convert, handle};
-use crate::cluster::ClusterNode;
+use crate::cluster::{ClusterNode, MembershipChange, NexusNode, ReadConsistency};
 use crate::memory::conversations::{self, ListMessagesRequest, NewMessageRequest};
 use crate::memory::kv::{self, KvService};
 use crate::search::fulltext::{FullTextIndex, SearchRequest};
@@ -270,8 +270,64 @@ pub struct ClusterApi {
     pub index: Arc<FullTextIndex>,
 }
 
+impl ClusterApi {
+    /// The members after a change: a read barrier first, so that a follower that forwarded
+    /// the change shows it too.
+    async fn members(&self) -> Result<pb::MembershipResponse, crate::error::NexusError> {
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        Ok(pb::MembershipResponse {
+            members: convert::status(self.node.status(), 0).members,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        handle("cluster.add_member", request, |_, r| async move {
+            let node = NexusNode {
+                peer_addr: r.peer_addr,
+                api_addr: r.api_addr,
+            };
+            self.node
+                .change_membership(MembershipChange::AddLearner { id: r.id, node })
+                .await?;
+            self.members().await
+        })
+        .await
+    }
+
+    async fn promote_member(
+        &self,
+        request: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        handle("cluster.promote_member", request, |_, r| async move {
+            self.node
+                .change_membership(MembershipChange::Promote { id: r.id })
+                .await?;
+            self.members().await
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        handle("cluster.remove_member", request, |_, r| async move {
+            self.node
+                .change_membership(MembershipChange::Remove { id: r.id })
+                .await?;
+            self.members().await
+        })
+        .await
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
