@@ -85,3 +85,44 @@ impl Client {
         }
     }
 }
+
+/// Splits a comma-separated endpoint list (`NEXUS_ENDPOINT=http://a:7700,http://b:7700`).
+pub fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Whether a failed request may be sent again to another node. A request that never reached
+/// a server may always be retried; one that got `UNAVAILABLE` only when it is idempotent (a
+/// read), because a write may have been committed before the answer was lost.
+pub fn is_retryable(e: &ClientError, idempotent: bool) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Status(s) => idempotent && s.code() == tonic::Code::Unavailable,
+        ClientError::Endpoint { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_lists_and_retry_rules() {
+        assert_eq!(
+            split_endpoints(" http://a:1, b:2 ,,"),
+            vec!["http://a:1".to_string(), "b:2".to_string()]
+        );
+        let unavailable = ClientError::Status(tonic::Status::unavailable("no leader"));
+        assert!(is_retryable(&unavailable, true));
+        assert!(
+            !is_retryable(&unavailable, false),
+            "a write may have been committed"
+        );
+        let invalid = ClientError::Status(tonic::Status::invalid_argument("key"));
+        assert!(!is_retryable(&invalid, true));
+    }
+}

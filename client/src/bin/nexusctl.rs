@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 #[derive(Parser)]
 #[command(name = "nexusctl", version, about = "Administer and use a Nexus node")]
 struct Cli {
-    /// Node to talk to.
+    /// Node(s) to talk to, comma separated: the next one is tried when a node cannot be
+    /// reached (and, for reads, when it answers Unavailable).
     #[arg(long, global = true, env = "NEXUS_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
     /// Output format.
@@ -29,7 +30,7 @@ enum Output {
     Json,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// The node's view of the cluster: role, term, leader, indexes, members.
     Status,
@@ -53,7 +54,7 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum MemberCommand {
     /// Add a node (started with `nexus serve --join`) as a learner; returns once it caught up.
     Add {
@@ -72,7 +73,7 @@ enum MemberCommand {
     List,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum MemoryCommand {
     /// Create or replace a memory: VALUE is JSON text (quote strings: '"text"').
     Put {
@@ -114,7 +115,7 @@ enum MemoryCommand {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum ConvCommand {
     /// Create a conversation.
     Create {
@@ -166,7 +167,7 @@ enum ConvCommand {
     Delete { id: String },
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct SearchArgs {
     query: String,
     /// memory or message (repeat for both; default both).
@@ -358,10 +359,46 @@ fn highlight(snippet: &str, ranges: &[pb::Highlight]) -> String {
     out
 }
 
-async fn run(cli: Cli) -> Result<(), ClientError> {
-    let out = cli.output;
-    let mut c = Client::connect(&cli.endpoint).await?;
-    match cli.command {
+impl Command {
+    /// Reads can be retried on another node; writes only when they never reached one.
+    fn is_idempotent(&self) -> bool {
+        match self {
+            Command::Status | Command::Search(_) => true,
+            Command::Memory { command } => matches!(
+                command,
+                MemoryCommand::Get { .. } | MemoryCommand::List { .. }
+            ),
+            Command::Conv { command } => {
+                matches!(command, ConvCommand::Show { .. } | ConvCommand::List { .. })
+            }
+            Command::Member { command } => matches!(command, MemberCommand::List),
+        }
+    }
+}
+
+/// Runs the command against the endpoints in turn, as far as it is safe to retry.
+async fn run_with_failover(cli: Cli) -> Result<(), ClientError> {
+    let endpoints = nexus_client::split_endpoints(&cli.endpoint);
+    let idempotent = cli.command.is_idempotent();
+    let mut last = ClientError::Endpoint {
+        endpoint: cli.endpoint.clone(),
+        message: "no endpoint given".into(),
+    };
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        match run(endpoint, cli.output, cli.command.clone()).await {
+            Err(e) if nexus_client::is_retryable(&e, idempotent) && i + 1 < endpoints.len() => {
+                eprintln!("note: {endpoint}: {e}; trying {}", endpoints[i + 1]);
+                last = e;
+            }
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
+async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), ClientError> {
+    let mut c = Client::connect(endpoint).await?;
+    match command {
         Command::Status => {
             let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
             let members: Vec<Value> = s.members.iter().map(member_json).collect();
@@ -757,7 +794,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run_with_failover(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ClientError::Status(s)) => {
             eprintln!("error: {} ({:?})", s.message(), s.code());
