@@ -25,5 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    // etcd's KV subset, for the benchmark that compares a Nexus cluster with an etcd cluster.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("bench/etcd/kv.proto").display()
+    );
+    let etcd = protox::compile(["etcd/kv.proto"], [root.join("bench")])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_fds(etcd)?;
     Ok(())
 }

@@ -7,7 +7,8 @@ set -euo pipefail
 
 have_libclang() {
   ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so' && return 0
-  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+  # libclang.so itself, not libclang-cpp.so (which a bare clang install brings and bindgen cannot use)
+  compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null
 }
 
 nexus_install_build_prereqs() {

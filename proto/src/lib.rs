@@ -14,6 +14,12 @@ pub mod raft {
     }
 }
 
+/// A client for the subset of etcd v3's KV API that `nexus-bench cluster` drives etcd with
+/// (proto/bench/etcd/kv.proto). Not part of Nexus.
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 /// Encoded `FileDescriptorSet` of every .proto file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/nexus_descriptor.bin"));

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod linearizability;
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,6 +36,15 @@ pub fn nexus_bin() -> PathBuf {
 }
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+static CLUSTER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held by a test that runs a whole cluster under load, so that such tests of one test binary
+/// run one at a time (libtest runs tests in parallel; several clusters at once on a 2-core
+/// machine turn election timeouts into noise).
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    CLUSTER_TESTS.lock().await
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -46,6 +58,8 @@ pub struct Nexus {
     pub grpc_port: u16,
     pub http_port: u16,
     pub peer_port: u16,
+    /// The address the node listens for peers on (and its peer connections come from).
+    pub peer_host: String,
     pub env: Vec<(String, String)>,
     log: PathBuf,
 }
@@ -65,17 +79,54 @@ impl Nexus {
         let mut nodes: Vec<Nexus> = (1..=size)
             .map(|id| Nexus::new(&dir.join(format!("node{id}")), env))
             .collect();
-        let members = nodes
+        let peers: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.peer_port))
+            .collect();
+        Self::launch_cluster(&mut nodes, &peers).await;
+        nodes
+    }
+
+    /// Like `start_cluster`, with every peer connection through a proxy the test controls
+    /// (`proxy::Network`) so that it can cut the network between nodes. Node N listens for
+    /// peers on 127.0.0.(10+N).
+    pub async fn start_cluster_behind_proxy(
+        dir: &Path,
+        size: u64,
+        env: &[(&str, &str)],
+    ) -> (Vec<Nexus>, proxy::Network) {
+        let mut nodes: Vec<Nexus> = (1..=size)
+            .map(|id| {
+                let mut n = Nexus::new(&dir.join(format!("node{id}")), env);
+                n.peer_host = format!("127.0.0.{}", 10 + id);
+                n
+            })
+            .collect();
+        let targets: Vec<proxy::Target> = nodes
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                format!(
-                    "{}=127.0.0.1:{}/127.0.0.1:{}",
-                    i + 1,
-                    n.peer_port,
-                    n.grpc_port
-                )
+                let source: std::net::IpAddr = n.peer_host.parse().unwrap();
+                proxy::Target {
+                    id: i as u64 + 1,
+                    listen: std::net::SocketAddr::new(source, n.peer_port),
+                    source,
+                }
             })
+            .collect();
+        let (network, addrs) = proxy::Network::start(&targets).await;
+        let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        Self::launch_cluster(&mut nodes, &peers).await;
+        (nodes, network)
+    }
+
+    /// Starts `nodes` as one static cluster whose members reach node i at `peers[i]`.
+    async fn launch_cluster(nodes: &mut [Nexus], peers: &[String]) {
+        let members = nodes
+            .iter()
+            .zip(peers)
+            .enumerate()
+            .map(|(i, (n, peer))| format!("{}={peer}/127.0.0.1:{}", i + 1, n.grpc_port))
             .collect::<Vec<_>>()
             .join(",");
         for (i, n) in nodes.iter_mut().enumerate() {
@@ -87,7 +138,6 @@ impl Nexus {
         for n in nodes.iter_mut() {
             n.wait_ready().await;
         }
-        nodes
     }
 
     /// Starts a node without waiting for it (a `--join` node knows no leader until added).
@@ -95,6 +145,17 @@ impl Nexus {
         let mut n = Nexus::new(data_dir, env);
         n.spawn();
         n
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Starts the node again without waiting for it (to restart a whole cluster at once).
+    pub fn restart_no_wait(&mut self) {
+        assert!(self.child.is_none(), "stop the node first");
+        self.spawn();
     }
 
     /// Whether the process is running.
@@ -109,6 +170,7 @@ impl Nexus {
             grpc_port: free_port(),
             http_port: free_port(),
             peer_port: free_port(),
+            peer_host: "127.0.0.1".into(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -140,7 +202,7 @@ impl Nexus {
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--peer-addr")
-            .arg(format!("127.0.0.1:{}", self.peer_port))
+            .arg(format!("{}:{}", self.peer_host, self.peer_port))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("cloning a file handle"))

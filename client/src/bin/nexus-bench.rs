@@ -4,6 +4,10 @@
 //! starts a `nexus` from the same target directory on a temporary data directory, and drives
 //! it with 1 and 64 concurrent clients writing 1 KiB values: throughput, p50/p99 latency, and
 //! writes per WAL fsync (group commit), beside the node's peak memory.
+//!
+//! `nexus-bench cluster` starts a 3-node Nexus cluster, then a 3-member etcd cluster, on this
+//! machine and drives both with the same load (1 KiB values; 1 and 64 clients; writes, then
+//! linearizable reads), and writes both, and their ratio, to docs/benchmarks.md.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use nexus_client::{pb, Client};
+use nexus_proto::etcd;
+use nexus_proto::etcd::kv_client::KvClient;
+use nexus_proto::v1::memory_service_client::MemoryServiceClient;
 
 #[derive(Parser)]
 #[command(name = "nexus-bench", about = "Benchmarks of a real Nexus node")]
@@ -27,23 +34,50 @@ struct Cli {
 enum Bench {
     /// Single-node write throughput and latency at several concurrencies.
     Write(WriteArgs),
+    /// A 3-node Nexus cluster against a 3-node etcd cluster on this machine, same load.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Nexus,
+    Etcd,
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The etcd server binary (Debian's etcd-server package).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// Members of each cluster (client i talks to member i mod N).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(clap::Args)]
 struct WriteArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+/// What every benchmark takes.
+#[derive(clap::Args)]
+struct LoadArgs {
     /// The nexus binary (default: beside this one).
     #[arg(long)]
     nexus: Option<PathBuf>,
     /// Concurrent clients, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     clients: Vec<usize>,
-    /// Seconds of measurement per concurrency (after one second of warm-up).
+    /// Seconds of measurement per run (after one second of warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Bytes per value.
     #[arg(long, default_value_t = 1024)]
     value_bytes: usize,
-    /// Where the data directory is made (its filesystem is what is measured).
+    /// Where data directories are made (their filesystem is what is measured).
     #[arg(long, default_value = "target/bench")]
     work_dir: PathBuf,
     /// Markdown file to update (the section between this benchmark's markers is replaced).
@@ -106,7 +140,19 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 async fn start_node(bin: &Path, data: &Path) -> anyhow::Result<Node> {
-    let (g, h, p) = (free_port()?, free_port()?, free_port()?);
+    let ports = (free_port()?, free_port()?, free_port()?);
+    let node = spawn_nexus(bin, data, ports, &[])?;
+    wait_for_leader(&node).await?;
+    Ok(node)
+}
+
+/// Starts `nexus serve` on 127.0.0.1 with (gRPC, HTTP, peer) ports and extra environment.
+fn spawn_nexus(
+    bin: &Path,
+    data: &Path,
+    (g, h, p): (u16, u16, u16),
+    env: &[(&str, String)],
+) -> anyhow::Result<Node> {
     let log = std::fs::File::create(data.with_extension("log"))?;
     let child = Command::new(bin)
         .args(["serve", "--data-dir"])
@@ -114,30 +160,125 @@ async fn start_node(bin: &Path, data: &Path) -> anyhow::Result<Node> {
         .args(["--grpc-addr", &format!("127.0.0.1:{g}")])
         .args(["--http-addr", &format!("127.0.0.1:{h}")])
         .args(["--peer-addr", &format!("127.0.0.1:{p}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let node = Node {
+    Ok(Node {
         child,
         endpoint: format!("http://127.0.0.1:{g}"),
         http: format!("127.0.0.1:{h}"),
-    };
+    })
+}
+
+/// Waits until `node` knows a leader (and, alone, is it).
+async fn wait_for_leader(node: &Node) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(mut c) = Client::connect(&node.endpoint).await {
             if let Ok(s) = c.cluster.status(pb::StatusRequest {}).await {
-                if s.into_inner().role == "leader" {
-                    return Ok(node);
+                if s.into_inner().leader_id != 0 {
+                    return Ok(());
                 }
             }
         }
         if Instant::now() > deadline {
-            bail!("nexus did not become leader within 60 s");
+            bail!("nexus at {} knew no leader within 60 s", node.endpoint);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A static `size`-node Nexus cluster on loopback, data under `dir`.
+async fn start_nexus_cluster(bin: &Path, dir: &Path, size: usize) -> anyhow::Result<Vec<Node>> {
+    let mut ports = Vec::new();
+    for _ in 0..size {
+        ports.push((free_port()?, free_port()?, free_port()?));
+    }
+    let members = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (g, _, p))| format!("{}=127.0.0.1:{p}/127.0.0.1:{g}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, &ports) in ports.iter().enumerate() {
+        let env = [
+            ("NEXUS_NODE_ID", (i + 1).to_string()),
+            ("NEXUS_INITIAL_CLUSTER", members.clone()),
+        ];
+        nodes.push(spawn_nexus(
+            bin,
+            &dir.join(format!("nexus{}", i + 1)),
+            ports,
+            &env,
+        )?);
+    }
+    for n in &nodes {
+        wait_for_leader(n).await?;
+    }
+    Ok(nodes)
+}
+
+/// A `size`-member etcd cluster on loopback (`etcd` flags as its docs give for a static
+/// cluster), data under `dir`; waits until a write succeeds.
+async fn start_etcd_cluster(bin: &Path, dir: &Path, size: usize) -> anyhow::Result<Vec<Node>> {
+    let mut ports = Vec::new();
+    for _ in 0..size {
+        ports.push((free_port()?, free_port()?));
+    }
+    let members = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("e{}=http://127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut nodes = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let data = dir.join(format!("etcd{}", i + 1));
+        let log = std::fs::File::create(data.with_extension("log"))?;
+        let child = Command::new(bin)
+            .arg(format!("--name=e{}", i + 1))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
+            ))
+            .arg(format!("--initial-cluster={members}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=nexus-bench")
+            .arg("--log-level=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        nodes.push(Node {
+            child,
+            endpoint: format!("http://127.0.0.1:{c}"),
+            http: String::new(),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in &nodes {
+        loop {
+            let ok = match Driver::connect(System::Etcd, &n.endpoint).await {
+                Ok(mut d) => d.put("ready".into(), "1").await.is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("etcd at {} did not accept a write within 60 s", n.endpoint);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(nodes)
 }
 
 /// Reads one counter from /metrics.
@@ -178,34 +319,128 @@ struct RunResult {
     writes_per_sync: f64,
 }
 
-async fn run_writes(
-    node: &Node,
-    clients: usize,
+impl RunResult {
+    fn per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+/// One client connection of a system under test: Nexus's MemoryService or etcd's KV service,
+/// driven with the same operations.
+#[derive(Clone)]
+enum Driver {
+    Nexus(MemoryServiceClient<tonic::transport::Channel>),
+    Etcd(KvClient<tonic::transport::Channel>),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    /// A put of a new key.
+    Write,
+    /// A linearizable read of one of `READ_KEYS` existing keys.
+    Read,
+}
+
+/// Keys that the read workload reads (written before it starts).
+const READ_KEYS: usize = 1000;
+
+impl Driver {
+    async fn connect(system: System, endpoint: &str) -> anyhow::Result<Driver> {
+        Ok(match system {
+            System::Nexus => Driver::Nexus(Client::connect(endpoint).await?.memory),
+            System::Etcd => Driver::Etcd(KvClient::new(
+                tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?,
+            )),
+        })
+    }
+
+    async fn put(&mut self, key: String, value: &str) -> anyhow::Result<()> {
+        match self {
+            Driver::Nexus(c) => {
+                c.put(pb::PutRequest {
+                    namespace: "bench".into(),
+                    key,
+                    value: value.to_string(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+            Driver::Etcd(c) => {
+                c.put(etcd::PutRequest {
+                    key: key.into_bytes(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A linearizable read that must find the key.
+    async fn get(&mut self, key: String) -> anyhow::Result<()> {
+        let found = match self {
+            Driver::Nexus(c) => c
+                .get(pb::GetRequest {
+                    namespace: "bench".into(),
+                    key: key.clone(),
+                    consistency: pb::Consistency::Linearizable as i32,
+                })
+                .await?
+                .into_inner()
+                .item
+                .is_some(),
+            Driver::Etcd(c) => !c
+                .range(etcd::RangeRequest {
+                    key: key.clone().into_bytes(),
+                    serializable: false,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .kvs
+                .is_empty(),
+        };
+        if !found {
+            bail!("{key} was written but is not found");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `workload` on every driver concurrently for one second of warm-up and `seconds` of
+/// measurement. With `wal_metrics` (a node's HTTP address), also the writes per WAL fsync.
+async fn run_load(
+    drivers: Vec<Driver>,
+    workload: Workload,
     seconds: u64,
     value: &str,
+    wal_metrics: Option<&str>,
 ) -> anyhow::Result<RunResult> {
-    let mut conns = Vec::new();
-    for _ in 0..clients {
-        conns.push(Client::connect(&node.endpoint).await?);
-    }
+    let clients = drivers.len();
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (id, mut c) in conns.into_iter().enumerate() {
+    for (id, mut d) in drivers.into_iter().enumerate() {
         let (measuring, stop, value) = (measuring.clone(), stop.clone(), value.to_string());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = 0u64;
+            let mut rng = (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                c.memory
-                    .put(pb::PutRequest {
-                        namespace: "bench".into(),
-                        key: format!("c{clients}/{id}/{i}"),
-                        value: value.clone(),
-                        ..Default::default()
-                    })
-                    .await?;
+                match workload {
+                    Workload::Write => d.put(format!("c{clients}/{id}/{i}"), &value).await?,
+                    Workload::Read => {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        d.get(format!("r/{}", rng % READ_KEYS as u64)).await?
+                    }
+                }
                 if measuring.load(Ordering::Relaxed) {
                     lat.push(t.elapsed().as_micros() as u64);
                 }
@@ -214,16 +449,32 @@ async fn run_writes(
             Ok::<_, anyhow::Error>(lat)
         }));
     }
+    let wal = |http: &str| {
+        let http = http.to_string();
+        async move {
+            Ok::<_, anyhow::Error>((
+                metric(&http, "nexus_wal_syncs_total").await?,
+                metric(&http, "nexus_raft_proposal_batch_commands_sum").await?,
+            ))
+        }
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let syncs0 = metric(&node.http, "nexus_wal_syncs_total").await?;
-    let entries0 = metric(&node.http, "nexus_raft_proposal_batch_commands_sum").await?;
+    let before = match wal_metrics {
+        Some(h) => Some(wal(h).await?),
+        None => None,
+    };
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    let syncs1 = metric(&node.http, "nexus_wal_syncs_total").await?;
-    let entries1 = metric(&node.http, "nexus_raft_proposal_batch_commands_sum").await?;
+    let writes_per_sync = match (wal_metrics, before) {
+        (Some(h), Some((syncs0, cmds0))) => {
+            let (syncs1, cmds1) = wal(h).await?;
+            (cmds1 - cmds0) / (syncs1 - syncs0).max(1.0)
+        }
+        _ => 0.0,
+    };
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {
@@ -237,8 +488,21 @@ async fn run_writes(
         p50: percentile(&all, 0.5),
         p99: percentile(&all, 0.99),
         max: all.last().copied().unwrap_or(0),
-        writes_per_sync: (entries1 - entries0) / (syncs1 - syncs0).max(1.0),
+        writes_per_sync,
     })
+}
+
+async fn run_writes(
+    node: &Node,
+    clients: usize,
+    seconds: u64,
+    value: &str,
+) -> anyhow::Result<RunResult> {
+    let mut drivers = Vec::new();
+    for _ in 0..clients {
+        drivers.push(Driver::connect(System::Nexus, &node.endpoint).await?);
+    }
+    run_load(drivers, Workload::Write, seconds, value, Some(&node.http)).await
 }
 
 fn machine() -> String {
@@ -282,17 +546,8 @@ fn update_section(report: &Path, name: &str, body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn write_bench(a: WriteArgs) -> anyhow::Result<()> {
-    let bin = match a.nexus {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("nexus"),
-    };
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release --bin nexus` or pass --nexus",
-            bin.display()
-        );
-    }
+async fn write_bench(WriteArgs { load: a }: WriteArgs) -> anyhow::Result<()> {
+    let bin = nexus_binary(a.nexus.clone())?;
     std::fs::create_dir_all(&a.work_dir)?;
     let data = a.work_dir.join(format!("write-{}", std::process::id()));
     eprintln!(
@@ -376,9 +631,146 @@ async fn write_bench(a: WriteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn nexus_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let bin = match given {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("nexus"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin nexus` or pass --nexus",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Every (workload, clients) run against one cluster.
+async fn measure_cluster(
+    system: System,
+    nodes: &[Node],
+    a: &ClusterArgs,
+    value: &str,
+) -> anyhow::Result<Vec<(Workload, RunResult)>> {
+    let mut setup = Driver::connect(system, &nodes[0].endpoint).await?;
+    for k in 0..READ_KEYS {
+        setup.put(format!("r/{k}"), value).await?;
+    }
+    let mut out = Vec::new();
+    for workload in [Workload::Write, Workload::Read] {
+        for &clients in &a.load.clients {
+            let mut drivers = Vec::new();
+            for i in 0..clients {
+                drivers.push(Driver::connect(system, &nodes[i % nodes.len()].endpoint).await?);
+            }
+            eprintln!(
+                "      {system:?}: {workload:?}, {clients} client(s), {} s",
+                a.load.seconds
+            );
+            let r = run_load(drivers, workload, a.load.seconds, value, None).await?;
+            eprintln!(
+                "        {:.0} ops/s, p50 {} ms, p99 {} ms",
+                r.per_sec(),
+                ms(r.p50),
+                ms(r.p99)
+            );
+            out.push((workload, r));
+        }
+    }
+    Ok(out)
+}
+
+async fn cluster_bench(a: ClusterArgs) -> anyhow::Result<()> {
+    let bin = nexus_binary(a.load.nexus.clone())?;
+    if !a.etcd.exists() {
+        bail!(
+            "{} not found: install Debian's etcd-server (scripts/bench-cluster does) or pass --etcd",
+            a.etcd.display()
+        );
+    }
+    let etcd_version = Command::new(&a.etcd)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+        .unwrap_or_else(|| "etcd".into());
+    let work = a
+        .load
+        .work_dir
+        .join(format!("cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    // Both values are the same bytes; Nexus stores JSON, so it is a JSON string.
+    let value = format!("\"{}\"", "v".repeat(a.load.value_bytes.saturating_sub(2)));
+
+    eprintln!(
+        "[1/2] {}-node Nexus cluster under {}",
+        a.nodes,
+        work.display()
+    );
+    let nodes = start_nexus_cluster(&bin, &work, a.nodes).await?;
+    let nexus = measure_cluster(System::Nexus, &nodes, &a, &value).await?;
+    let nexus_rss: f64 = nodes.iter().map(|n| peak_rss_mib(n.child.id())).sum();
+    drop(nodes);
+
+    eprintln!("[2/2] {}-member etcd cluster ({etcd_version})", a.nodes);
+    let nodes = start_etcd_cluster(&a.etcd, &work, a.nodes).await?;
+    let etcd = measure_cluster(System::Etcd, &nodes, &a, &value).await?;
+    let etcd_rss: f64 = nodes.iter().map(|n| peak_rss_mib(n.child.id())).sum();
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&work);
+
+    let mut body = String::new();
+    body.push_str("## 3-node cluster against etcd (issue: cluster)\n\n");
+    body.push_str(&format!(
+        "Command: `scripts/bench-cluster` (builds release binaries, installs Debian's etcd-server, runs `target/release/nexus-bench cluster --nodes {} --clients {} --seconds {} --value-bytes {}`)\n\n",
+        a.nodes,
+        a.load.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+        a.load.seconds,
+        a.load.value_bytes
+    ));
+    body.push_str(&format!(
+        "Machine: {}. Date: {}. Both clusters run {} members on loopback on this machine, one after the other, data on the filesystem of `{}`. Client i connects to member i mod {} (a follower forwards to its leader in both systems). Writes put a {}-byte value to a new key; reads are linearizable gets (Nexus: read index, the default; etcd: `serializable: false`, the default) of 1,000 existing keys. etcd: {etcd_version}, default flags.\n\n",
+        machine(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        a.nodes,
+        a.load.work_dir.display(),
+        a.nodes,
+        a.load.value_bytes
+    ));
+    body.push_str("| workload | clients | Nexus ops/s | Nexus p50 ms | Nexus p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | Nexus ÷ etcd throughput | Nexus ÷ etcd p99 |\n");
+    body.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for ((w, n), (_, e)) in nexus.iter().zip(&etcd) {
+        body.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} |\n",
+            match w {
+                Workload::Write => "write",
+                Workload::Read => "linearizable read",
+            },
+            n.clients,
+            n.per_sec(),
+            ms(n.p50),
+            ms(n.p99),
+            e.per_sec(),
+            ms(e.p50),
+            ms(e.p99),
+            n.per_sec() / e.per_sec(),
+            n.p99 as f64 / e.p99.max(1) as f64
+        ));
+    }
+    body.push_str(&format!(
+        "\nPeak memory (VmHWM) summed over the members: Nexus {nexus_rss:.0} MiB, etcd {etcd_rss:.0} MiB.\n\n"
+    ));
+    update_section(&a.load.report, "bench:cluster", &body)?;
+    eprintln!("wrote {}", a.load.report.display());
+    print!("{body}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Bench::Write(a) => write_bench(a).await,
+        Bench::Cluster(a) => cluster_bench(a).await,
     }
 }

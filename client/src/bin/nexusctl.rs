@@ -52,6 +52,17 @@ enum Command {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// Cluster operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum ClusterCommand {
+    /// Hand leadership to voter ID (e.g. before restarting the leader's machine).
+    TransferLeader { id: u64 },
 }
 
 #[derive(Subcommand, Clone)]
@@ -372,6 +383,8 @@ impl Command {
                 matches!(command, ConvCommand::Show { .. } | ConvCommand::List { .. })
             }
             Command::Member { command } => matches!(command, MemberCommand::List),
+            // Transferring to the node that already leads is a no-op: safe to repeat.
+            Command::Cluster { .. } => true,
         }
     }
 }
@@ -714,6 +727,21 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
                 }
             };
             print_members(&members, out);
+        }
+        Command::Cluster {
+            command: ClusterCommand::TransferLeader { id },
+        } => {
+            eprintln!("handing leadership to node {id}...");
+            let r = c
+                .cluster
+                .transfer_leader(pb::TransferLeaderRequest { id })
+                .await?
+                .into_inner();
+            if out == Output::Json {
+                print_json(&json!({"leader_id": r.leader_id, "term": r.term}));
+            } else {
+                println!("node {} leads (term {})", r.leader_id, r.term);
+            }
         }
         Command::Search(a) => {
             let kinds = a

@@ -25,9 +25,13 @@ pub use state_machine::AppliedState;
 pub use types::{Command, NexusNode, NodeId, Op, Proposal, Raft, Reply};
 
 type Responder = tokio::sync::oneshot::Sender<Result<Reply, NexusError>>;
+type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, NexusError>>;
 
 /// How long a follower waits for the leader on a forwarded write or read index.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the leader waits for a quorum to commit a proposal before answering Unavailable.
+/// The outcome of such a write is unknown: it is committed if a quorum comes back in time.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The members a brand-new cluster starts with: `--initial-cluster` (every node of a static
 /// cluster is started with the same list), or this node alone.
@@ -53,13 +57,19 @@ fn initial_members(config: &Config) -> anyhow::Result<BTreeMap<NodeId, NexusNode
             .parse()
             .map_err(|_| anyhow::anyhow!("initial_cluster: {id:?} is not a node id"))?;
         let (peer, api) = addrs.split_once('/').unwrap_or((addrs, ""));
-        let node = if id == config.node_id {
-            me.clone()
-        } else {
-            NexusNode {
-                peer_addr: peer.trim().to_string(),
-                api_addr: api.trim().to_string(),
+        // A node's own entry is the address others reach it at; it may differ from the
+        // address it listens on (`--peer-addr`) behind NAT, a proxy or a Kubernetes Service.
+        let or_mine = |listed: &str, mine: &String| {
+            let listed = listed.trim();
+            if id == config.node_id && listed.is_empty() {
+                mine.clone()
+            } else {
+                listed.to_string()
             }
+        };
+        let node = NexusNode {
+            peer_addr: or_mine(peer, &me.peer_addr),
+            api_addr: or_mine(api, &me.api_addr),
         };
         if members.insert(id, node).is_some() {
             anyhow::bail!("initial_cluster: node {id} is listed twice");
@@ -72,6 +82,21 @@ fn initial_members(config: &Config) -> anyhow::Result<BTreeMap<NodeId, NexusNode
         );
     }
     Ok(members)
+}
+
+/// Keeps `last` at the most recent leader that `metrics` reported.
+async fn remember_leader(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, NexusNode>>,
+    last: Arc<AtomicU64>,
+) {
+    loop {
+        if let Some(l) = metrics.borrow_and_update().current_leader {
+            last.store(l, Ordering::Relaxed);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How fresh a read must be.
@@ -122,7 +147,14 @@ pub struct ClusterNode {
     applied: watch::Receiver<AppliedState>,
     committed: Arc<AtomicU64>,
     proposals: tokio::sync::mpsc::UnboundedSender<(Command, Responder)>,
+    /// Linearizable readers waiting for a read index (`batch_read_index`).
+    read_waiters: tokio::sync::mpsc::UnboundedSender<ReadWaiter>,
     peers: network::PeerChannels,
+    /// The last leader this node knew of (0: none yet), named in Unavailable replies while no
+    /// leader is known, e.g. on a node cut off in a minority.
+    last_leader: Arc<AtomicU64>,
+    /// Counts election holds (`hold_elections`); only the latest one re-enables elections.
+    election_holds: Arc<AtomicU64>,
 }
 
 impl ClusterNode {
@@ -149,10 +181,13 @@ impl ClusterNode {
             && log_store.get_log_state().await?.last_log_id.is_none();
         let (state_machine, applied) =
             state_machine::StateMachine::open(store.clone(), &config.data_dir.join("snapshots"))?;
+        let transport = network::PeerTransport::new(config.peer_addr);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            network::NetworkFactory,
+            network::NetworkFactory {
+                transport: transport.clone(),
+            },
             log_store,
             state_machine,
         )
@@ -171,6 +206,7 @@ impl ClusterNode {
             raft.initialize(members).await?;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (read_tx, read_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Self {
             id: config.node_id,
             raft,
@@ -178,8 +214,16 @@ impl ClusterNode {
             applied,
             committed,
             proposals: tx,
-            peers: network::PeerChannels::default(),
+            read_waiters: read_tx,
+            peers: network::PeerChannels::new(transport),
+            last_leader: Arc::new(AtomicU64::new(0)),
+            election_holds: Arc::new(AtomicU64::new(0)),
         });
+        tokio::spawn(remember_leader(
+            node.raft.metrics(),
+            node.last_leader.clone(),
+        ));
+        tokio::spawn(batch_read_index(Arc::downgrade(&node), read_rx));
         tokio::spawn(batch_proposals(
             Arc::downgrade(&node),
             rx,
@@ -233,7 +277,18 @@ impl ClusterNode {
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<types::Response>, NexusError> {
-        match self.raft.client_write(Proposal { commands }).await {
+        let write = self.raft.client_write(Proposal { commands });
+        let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, write).await else {
+            return Err(self.unavailable(
+                &format!(
+                    "no quorum: the write was not committed within {COMMIT_TIMEOUT:?} \
+                     (its outcome is unknown: it takes effect if a quorum returns in time)"
+                ),
+                None,
+                None,
+            ));
+        };
+        match result {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self
                 .unavailable(
@@ -277,26 +332,11 @@ impl ClusterNode {
         if consistency == ReadConsistency::Stale {
             return Ok(self.applied.borrow().index);
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stopped = || self.unavailable("the node is shutting down", None, None);
+        self.read_waiters.send(tx).map_err(|_| stopped())?;
+        let index = rx.await.map_err(|_| stopped())??;
         let leader = self.raft.metrics().borrow().current_leader;
-        let index = match leader {
-            Some(l) if l == self.id => return self.read_index_local().await,
-            Some(l) => {
-                let addr = self.member_peer_addr(l).ok_or_else(|| {
-                    self.unavailable("the leader's address is unknown", Some(l), None)
-                })?;
-                match self
-                    .peers
-                    .forward(&addr, &network::ForwardRequest::ReadIndex, FORWARD_TIMEOUT)
-                    .await?
-                {
-                    network::ForwardReply::ReadIndex(i) => i,
-                    other => {
-                        return Err(NexusError::internal(format!("leader answered {other:?}")))
-                    }
-                }
-            }
-            None => return Err(self.unavailable("no leader is elected", None, None)),
-        };
         let mut applied = self.applied.clone();
         let caught_up = async move { applied.wait_for(|a| a.index >= index).await.map(|_| ()) };
         match tokio::time::timeout(FORWARD_TIMEOUT, caught_up).await {
@@ -309,29 +349,215 @@ impl ClusterNode {
         }
     }
 
+    /// One read-index round for every reader waiting in `batch_read_index`: confirmed here as
+    /// leader, or asked of the leader.
+    async fn read_index_round(&self) -> Result<u64, NexusError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.id => self.read_index_local().await,
+            Some(l) => {
+                let addr = self.member_peer_addr(l).ok_or_else(|| {
+                    self.unavailable("the leader's address is unknown", Some(l), None)
+                })?;
+                match self
+                    .peers
+                    .forward(&addr, &network::ForwardRequest::ReadIndex, FORWARD_TIMEOUT)
+                    .await?
+                {
+                    network::ForwardReply::ReadIndex(i) => Ok(i),
+                    other => Err(NexusError::internal(format!("leader answered {other:?}"))),
+                }
+            }
+            None => Err(self.unavailable("no leader is elected", None, None)),
+        }
+    }
+
     /// Changes the membership on the leader: here, or forwarded to it.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), NexusError> {
+        self.on_leader(
+            network::ForwardRequest::Membership(change.clone()),
+            FORWARD_TIMEOUT * 6,
+            self.change_membership_local(change),
+        )
+        .await
+    }
+
+    /// Hands leadership to voter `to` (see `transfer_leader_local`), from any node.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), NexusError> {
+        self.on_leader(
+            network::ForwardRequest::TransferLeader(to),
+            FORWARD_TIMEOUT * 3,
+            self.transfer_leader_local(to),
+        )
+        .await
+    }
+
+    /// Runs `here` when this node leads (or knows no leader: `here` then answers for itself),
+    /// or sends `request` to the leader's peer port.
+    async fn on_leader(
+        &self,
+        request: network::ForwardRequest,
+        timeout: Duration,
+        here: impl std::future::Future<Output = Result<(), NexusError>>,
+    ) -> Result<(), NexusError> {
         let leader = self.raft.metrics().borrow().current_leader;
         match leader {
             Some(l) if l != self.id => {
                 let addr = self.member_peer_addr(l).ok_or_else(|| {
                     self.unavailable("the leader's address is unknown", Some(l), None)
                 })?;
-                match self
-                    .peers
-                    .forward(
-                        &addr,
-                        &network::ForwardRequest::Membership(change),
-                        FORWARD_TIMEOUT * 6,
-                    )
-                    .await?
-                {
+                match self.peers.forward(&addr, &request, timeout).await? {
                     network::ForwardReply::Done => Ok(()),
                     other => Err(NexusError::internal(format!("leader answered {other:?}"))),
                 }
             }
-            _ => self.change_membership_local(change).await,
+            _ => here.await,
         }
+    }
+
+    /// Leadership transfer on the leader. openraft 0.9 has no transfer of its own, and a
+    /// follower refuses to vote while its leader lease (election_timeout_max since it last
+    /// heard from the leader) runs, so the leader:
+    /// 1. waits until the target has replicated its whole log (a candidate with less log
+    ///    cannot win);
+    /// 2. holds elections on the other voters for a few election timeouts (they still vote,
+    ///    they only do not campaign; the hold ends by itself, so a target that dies mid-way
+    ///    costs one hold of availability, never safety);
+    /// 3. stops its heartbeats and waits out the lease;
+    /// 4. has the target campaign, and waits until it leads.
+    ///
+    /// Heartbeats are re-enabled whatever happens. Writes that arrive meanwhile are still
+    /// replicated (and extend the lease, delaying the handover); they are not lost.
+    pub async fn transfer_leader_local(&self, to: NodeId) -> Result<(), NexusError> {
+        let status = self.status();
+        match status.members.iter().find(|m| m.id == to) {
+            None => return Err(NexusError::NotFound(format!("node {to} is not a member"))),
+            Some(m) if !m.voter => {
+                return Err(NexusError::precondition(
+                    "id",
+                    format!("node {to} is a learner; promote it first"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if status.role != "leader" {
+            return Err(self.unavailable("this node is not the leader", status.leader_id, None));
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        let timers = self.raft.config();
+        let lease = Duration::from_millis(timers.election_timeout_max);
+        let target_addr = self
+            .member_peer_addr(to)
+            .ok_or_else(|| NexusError::internal(format!("node {to} has no peer address")))?;
+
+        // 1. The target has the whole log.
+        let caught_up = async {
+            let mut metrics = self.raft.metrics();
+            loop {
+                let done = {
+                    let m = metrics.borrow_and_update();
+                    let last = m.last_log_index;
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&to).cloned().flatten())
+                        .map(|l| l.index);
+                    last.is_some() && matched >= last
+                };
+                if done || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(FORWARD_TIMEOUT, caught_up)
+            .await
+            .is_err()
+        {
+            return Err(self.unavailable(
+                &format!("node {to} did not catch up with the log in {FORWARD_TIMEOUT:?}"),
+                None,
+                None,
+            ));
+        }
+
+        // 2. Hold the other voters' elections.
+        let hold = lease * 4 + Duration::from_secs(2);
+        for m in status.members.iter().filter(|m| m.voter && m.id != to) {
+            if m.id == self.id {
+                self.hold_elections(hold);
+                continue;
+            }
+            let r = self
+                .peers
+                .forward(
+                    &m.node.peer_addr,
+                    &network::ForwardRequest::HoldElections(hold.as_millis() as u64),
+                    FORWARD_TIMEOUT,
+                )
+                .await;
+            if let Err(e) = r {
+                // An unreachable voter may campaign; the handover may then take one more
+                // election, which is still safe.
+                tracing::warn!(node = m.id, error = %e, "could not hold elections");
+            }
+        }
+
+        // 3-4. Let the lease run out, then the target campaigns.
+        self.raft.runtime_config().heartbeat(false);
+        let result = async {
+            tokio::time::sleep(lease + Duration::from_millis(50)).await;
+            self.peers
+                .forward(
+                    &target_addr,
+                    &network::ForwardRequest::Elect,
+                    FORWARD_TIMEOUT,
+                )
+                .await?;
+            let mut metrics = self.raft.metrics();
+            let took_over = async {
+                metrics
+                    .wait_for(|m| m.current_leader == Some(to))
+                    .await
+                    .is_ok()
+            };
+            match tokio::time::timeout(lease * 3 + Duration::from_secs(1), took_over).await {
+                Ok(true) => Ok(()),
+                _ => Err(self.unavailable(
+                    &format!("node {to} did not take over leadership in time"),
+                    None,
+                    None,
+                )),
+            }
+        }
+        .await;
+        self.raft.runtime_config().heartbeat(true);
+        result
+    }
+
+    /// Does not start elections for `hold` (during a leadership transfer to another node).
+    pub fn hold_elections(&self, hold: Duration) {
+        let raft = self.raft.clone();
+        let generation = self.election_holds.fetch_add(1, Ordering::SeqCst) + 1;
+        let holds = self.election_holds.clone();
+        raft.runtime_config().elect(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            // A later hold extends this one.
+            if holds.load(Ordering::SeqCst) == generation {
+                raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Starts an election now (the target of a leadership transfer).
+    pub async fn campaign(&self) -> Result<(), NexusError> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| self.unavailable(&format!("raft stopped: {e}"), None, None))
     }
 
     pub async fn change_membership_local(
@@ -427,9 +653,16 @@ impl ClusterNode {
             (Some(id), None) => (Some(id), self.member_api_addr(id)),
             other => other,
         };
+        let last = self.last_leader.load(Ordering::Relaxed);
         let hint = match (&leader_id, &leader_addr) {
             (Some(id), Some(addr)) => format!("; the leader is node {id} at {addr}"),
             (Some(id), None) => format!("; the leader is node {id}"),
+            _ if last != 0 => match self.member_api_addr(last) {
+                Some(addr) => {
+                    format!("; no leader is known now, the last was node {last} at {addr}")
+                }
+                None => format!("; no leader is known now, the last was node {last}"),
+            },
             _ => "; no leader is known".to_string(),
         };
         NexusError::Unavailable {
@@ -518,6 +751,35 @@ impl ClusterNode {
 /// next one, so the commands that arrive while one entry is being fsynced are proposed
 /// together as the next entry (up to `max_commands` / `max_bytes`). One entry is in flight
 /// at a time; under load the batches grow by themselves, and a lone client pays no wait.
+/// Serves linearizable readers in rounds, as etcd does: every reader waiting when a round
+/// starts shares its read index (one quorum confirmation on the leader, or one `Forward`
+/// to it from a follower); readers that arrive during a round wait for the next one, since
+/// a round that began before a read arrived may miss a write acknowledged before it.
+async fn batch_read_index(
+    node: std::sync::Weak<ClusterNode>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadWaiter>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(node) = node.upgrade() else { return };
+        crate::observe::metrics::READ_INDEX_BATCH_READS.observe(waiters.len() as f64);
+        let result = match tokio::time::timeout(FORWARD_TIMEOUT, node.read_index_round()).await {
+            Ok(r) => r,
+            Err(_) => Err(node.unavailable(
+                &format!("no quorum confirmed the read index within {FORWARD_TIMEOUT:?}"),
+                None,
+                None,
+            )),
+        };
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
 async fn batch_proposals(
     node: std::sync::Weak<ClusterNode>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(Command, Responder)>,

@@ -29,8 +29,46 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest message on the peer port (append batches and snapshot chunks stay below it).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
+/// How this node connects to other nodes' peer ports: the one place where peer connections
+/// are configured, for Raft messages and forwarded requests alike. Mutual TLS (the security
+/// issue) is added here as a `tonic::transport::ClientTlsConfig` built from a rustls
+/// configuration; `Endpoint::tls_config` is the hook.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTransport {
+    /// Outgoing peer connections leave from this address: the IP of `--peer-addr` when it is a
+    /// specific address (not 0.0.0.0 / ::), so that firewalls and the partition tests' proxy
+    /// can tell which node a connection comes from.
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+impl PeerTransport {
+    pub fn new(peer_addr: std::net::SocketAddr) -> Self {
+        let ip = peer_addr.ip();
+        PeerTransport {
+            source_ip: (!ip.is_unspecified()).then_some(ip),
+        }
+    }
+
+    /// A lazily connecting channel to a peer's address (`HOST:PORT` or a URL).
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .local_address(self.source_ip);
+        Ok(endpoint.connect_lazy())
+    }
+}
+
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    pub transport: PeerTransport,
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
@@ -39,6 +77,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerClient {
             target,
             node: node.clone(),
+            transport: self.transport.clone(),
             client: None,
         }
     }
@@ -47,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     target: NodeId,
     node: NexusNode,
+    transport: PeerTransport,
     client: Option<RaftServiceClient<Channel>>,
 }
 
@@ -54,29 +94,16 @@ pub struct PeerClient {
 #[error("{0}")]
 struct TransportError(String);
 
-fn peer_uri(addr: &str) -> String {
-    if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 impl PeerClient {
     fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(peer_uri(&self.node.peer_addr))
-            .map_err(|e| {
-                Unreachable::new(&TransportError(format!(
-                    "bad peer address {}: {e}",
-                    self.node.peer_addr
-                )))
-            })?
-            .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let client = RaftServiceClient::new(endpoint.connect_lazy())
+        let channel = self
+            .transport
+            .channel(&self.node.peer_addr)
+            .map_err(|e| Unreachable::new(&TransportError(e)))?;
+        let client = RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
         self.client = Some(client.clone());
@@ -190,6 +217,12 @@ pub enum ForwardRequest {
     ReadIndex,
     /// Change the membership.
     Membership(super::MembershipChange),
+    /// Hand leadership to this node (sent to the leader).
+    TransferLeader(NodeId),
+    /// Do not start elections for this many milliseconds (sent by a leader handing over).
+    HoldElections(u64),
+    /// Campaign now (sent by a leader handing over to this node).
+    Elect,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -200,12 +233,19 @@ pub enum ForwardReply {
 }
 
 /// Connections to other nodes' peer ports for forwarded requests, made lazily and reused.
-#[derive(Default)]
 pub struct PeerChannels {
+    transport: PeerTransport,
     channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
 }
 
 impl PeerChannels {
+    pub fn new(transport: PeerTransport) -> Self {
+        PeerChannels {
+            transport,
+            channels: Default::default(),
+        }
+    }
+
     fn client(
         &self,
         peer_addr: &str,
@@ -214,15 +254,10 @@ impl PeerChannels {
         let channel = match channels.get(peer_addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(peer_uri(peer_addr))
-                    .map_err(|e| {
-                        crate::error::NexusError::internal(format!(
-                            "bad peer address {peer_addr}: {e}"
-                        ))
-                    })?
-                    .connect_timeout(PEER_CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let c = self
+                    .transport
+                    .channel(peer_addr)
+                    .map_err(crate::error::NexusError::internal)?;
                 channels.insert(peer_addr.to_string(), c.clone());
                 c
             }
@@ -320,6 +355,16 @@ impl RaftService for PeerService {
                 .read_index_local()
                 .await
                 .map(ForwardReply::ReadIndex),
+            ForwardRequest::TransferLeader(to) => self
+                .node
+                .transfer_leader_local(to)
+                .await
+                .map(|()| ForwardReply::Done),
+            ForwardRequest::HoldElections(millis) => {
+                self.node.hold_elections(Duration::from_millis(millis));
+                Ok(ForwardReply::Done)
+            }
+            ForwardRequest::Elect => self.node.campaign().await.map(|()| ForwardReply::Done),
         };
         reply(&result)
     }

@@ -222,6 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             s.index = index;
             s.epoch += 1;
         });
+        crate::observe::metrics::RAFT_SNAPSHOTS_INSTALLED.inc();
         tracing::info!(snapshot = %meta.snapshot_id, index, "installed snapshot");
         Ok(())
     }

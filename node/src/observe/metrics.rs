@@ -133,6 +133,29 @@ pub static RAFT_SNAPSHOT_INDEX: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static READ_INDEX_BATCH_READS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "read_index_batch_reads",
+                "linearizable reads served by one read-index round",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 11).expect("valid buckets")),
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static RAFT_SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "raft_snapshots_installed_total",
+            "snapshots received from the leader and installed (a follower too far behind)",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Forces registration of every metric so that `/metrics` lists them before first use.
 pub fn init() {
     LazyLock::force(&GRPC_REQUESTS);
@@ -149,6 +172,8 @@ pub fn init() {
     LazyLock::force(&RAFT_APPLIED_INDEX);
     LazyLock::force(&RAFT_LAST_LOG_INDEX);
     LazyLock::force(&RAFT_SNAPSHOT_INDEX);
+    LazyLock::force(&RAFT_SNAPSHOTS_INSTALLED);
+    LazyLock::force(&READ_INDEX_BATCH_READS);
 }
 
 /// The text exposition of every metric.

@@ -328,6 +328,24 @@ impl ClusterService for ClusterApi {
         .await
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        handle("cluster.transfer_leader", request, |_, r| async move {
+            if r.id == 0 {
+                return Err(crate::error::NexusError::invalid("id", "must not be 0"));
+            }
+            self.node.transfer_leader(r.id).await?;
+            let s = self.node.status();
+            Ok(pb::TransferLeaderResponse {
+                leader_id: s.leader_id.unwrap_or(0),
+                term: s.term,
+            })
+        })
+        .await
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
