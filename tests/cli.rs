@@ -92,6 +92,17 @@ async fn nexusctl_tables_json_and_exit_codes() {
     assert_eq!(code, 0);
     assert!(out.contains("ROLE") && out.contains("leader"));
 
+    // Leadership transfer: to the leader itself it is a no-op; to a non-member, exit 1.
+    let (code, out, _) = run(&["cluster", "transfer-leader", "1", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["leader_id"], 1);
+    let (code, out, _) = run(&["cluster", "transfer-leader", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("node 1 leads (term "), "{out}");
+    let (code, _, err) = run(&["cluster", "transfer-leader", "7"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("node 7 is not a member"), "{err}");
+
     assert_eq!(
         run(&[
             "memory",

@@ -133,10 +133,27 @@ impl Drop for Node {
     }
 }
 
+/// A port free now, below Linux's ephemeral range (32768-60999), so that the outgoing
+/// connections of the servers started before it cannot take it in the meantime.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 5_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..10_000 {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 20000 and 32000")
 }
 
 async fn start_node(bin: &Path, data: &Path) -> anyhow::Result<Node> {
@@ -296,6 +313,20 @@ async fn metric(http: &str, name: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("metric {name} not found"))
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses): utime is the 12th,
+            // stime the 13th, in clock ticks (100 per second on Linux).
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -317,6 +348,8 @@ struct RunResult {
     p99: u64,
     max: u64,
     writes_per_sync: f64,
+    /// Server CPU time per operation (cluster runs).
+    cpu_us_per_op: f64,
 }
 
 impl RunResult {
@@ -489,6 +522,7 @@ async fn run_load(
         p99: percentile(&all, 0.99),
         max: all.last().copied().unwrap_or(0),
         writes_per_sync,
+        cpu_us_per_op: 0.0,
     })
 }
 
@@ -667,12 +701,17 @@ async fn measure_cluster(
                 "      {system:?}: {workload:?}, {clients} client(s), {} s",
                 a.load.seconds
             );
-            let r = run_load(drivers, workload, a.load.seconds, value, None).await?;
+            let cpu = || nodes.iter().map(|n| cpu_seconds(n.child.id())).sum::<f64>();
+            let cpu0 = cpu();
+            let mut r = run_load(drivers, workload, a.load.seconds, value, None).await?;
+            // Server CPU per operation, over warm-up and measurement together.
+            r.cpu_us_per_op = (cpu() - cpu0) * 1e6 / (r.per_sec() * (a.load.seconds + 1) as f64);
             eprintln!(
-                "        {:.0} ops/s, p50 {} ms, p99 {} ms",
+                "        {:.0} ops/s, p50 {} ms, p99 {} ms, {:.0} µs of server CPU per op",
                 r.per_sec(),
                 ms(r.p50),
-                ms(r.p99)
+                ms(r.p99),
+                r.cpu_us_per_op
             );
             out.push((workload, r));
         }
@@ -738,11 +777,11 @@ async fn cluster_bench(a: ClusterArgs) -> anyhow::Result<()> {
         a.nodes,
         a.load.value_bytes
     ));
-    body.push_str("| workload | clients | Nexus ops/s | Nexus p50 ms | Nexus p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | Nexus ÷ etcd throughput | Nexus ÷ etcd p99 |\n");
-    body.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    body.push_str("| workload | clients | Nexus ops/s | Nexus p50 ms | Nexus p99 ms | etcd ops/s | etcd p50 ms | etcd p99 ms | Nexus ÷ etcd throughput | Nexus ÷ etcd p99 | server CPU µs/op Nexus / etcd |\n");
+    body.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for ((w, n), (_, e)) in nexus.iter().zip(&etcd) {
         body.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.0} / {:.0} |\n",
             match w {
                 Workload::Write => "write",
                 Workload::Read => "linearizable read",
@@ -755,7 +794,9 @@ async fn cluster_bench(a: ClusterArgs) -> anyhow::Result<()> {
             ms(e.p50),
             ms(e.p99),
             n.per_sec() / e.per_sec(),
-            n.p99 as f64 / e.p99.max(1) as f64
+            n.p99 as f64 / e.p99.max(1) as f64,
+            n.cpu_us_per_op,
+            e.cpu_us_per_op
         ));
     }
     body.push_str(&format!(
