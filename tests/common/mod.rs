@@ -45,11 +45,29 @@ pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     CLUSTER_TESTS.lock().await
 }
 
+/// A port that is free now on every address, below Linux's ephemeral range (32768-60999):
+/// the kernel never hands it out as the source port of an outgoing connection, so a node
+/// that is restarted on it (or bound to its own 127.0.0.x) finds it free again.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 10_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..20_000 {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 pub struct Nexus {
