@@ -51,7 +51,9 @@ fn step(state: &State, op: &Op, outcome: &Outcome) -> Option<State> {
     let next_version = state.as_ref().map_or(1, |(_, v)| v + 1);
     match (op, outcome) {
         (Op::Get, Outcome::Read(seen)) => (seen == state).then(|| state.clone()),
-        (Op::Get, Outcome::Unknown) => Some(state.clone()),
+        // An operation with an unknown outcome need not be linearized at all, so taking it as
+        // one that changed nothing adds only orders to search, never an explanation.
+        (Op::Get, Outcome::Unknown) => None,
         (Op::Put { value }, Outcome::Written(v)) => {
             (*v == next_version).then(|| Some((value.clone(), *v)))
         }
@@ -66,11 +68,7 @@ fn step(state: &State, op: &Op, outcome: &Outcome) -> Option<State> {
         }
         (Op::Cas { expected, value }, Outcome::Unknown) => {
             let current = state.as_ref().map_or(0, |(_, v)| *v);
-            Some(if current == *expected {
-                Some((value.clone(), next_version))
-            } else {
-                state.clone()
-            })
+            (current == *expected).then(|| Some((value.clone(), next_version)))
         }
         _ => None,
     }
