@@ -194,36 +194,34 @@ async fn client_loop(
         seq += 1;
         let value = format!("\"c{id}-{seq}\"");
         let call = micros(start);
+        let write = |expected_version: Option<u64>| {
+            let mut c = c.memory.clone();
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(timed(pb::PutRequest {
+                    namespace: "lin".into(),
+                    key,
+                    value,
+                    expected_version,
+                    ..Default::default()
+                }))
+                .await
+                .map(|r| Outcome::Written(r.into_inner().item.map_or(0, |i| i.version)))
+            }
+        };
         let (op, result) = match rng % 10 {
             0..=3 => (
                 Op::Put {
                     value: value.clone(),
                 },
-                c.memory
-                    .put(timed(pb::PutRequest {
-                        namespace: "lin".into(),
-                        key: key.clone(),
-                        value: value.clone(),
-                        ..Default::default()
-                    }))
-                    .await
-                    .map(|r| Outcome::Written(r.into_inner().item.map_or(0, |i| i.version))),
+                write(None).await,
             ),
             4..=5 => (
                 Op::Cas {
                     expected: known_version[k],
                     value: value.clone(),
                 },
-                c.memory
-                    .put(timed(pb::PutRequest {
-                        namespace: "lin".into(),
-                        key: key.clone(),
-                        value: value.clone(),
-                        expected_version: Some(known_version[k]),
-                        ..Default::default()
-                    }))
-                    .await
-                    .map(|r| Outcome::Written(r.into_inner().item.map_or(0, |i| i.version))),
+                write(Some(known_version[k])).await,
             ),
             _ => (
                 Op::Get,
