@@ -382,14 +382,22 @@ impl ClusterNode {
         .await
     }
 
-    /// Hands leadership to voter `to` (see `transfer_leader_local`), from any node.
+    /// Hands leadership to voter `to` (see `transfer_leader_local`), from any node. Returns
+    /// once the old leader saw `to` take over and this node knows it too (a follower learns
+    /// of the new leader from its first append; waited for up to a few election timeouts, so
+    /// that a status read right after agrees).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), NexusError> {
         self.on_leader(
             network::ForwardRequest::TransferLeader(to),
             FORWARD_TIMEOUT * 3,
             self.transfer_leader_local(to),
         )
-        .await
+        .await?;
+        let wait = Duration::from_millis(self.raft.config().election_timeout_max * 3);
+        let mut metrics = self.raft.metrics();
+        let _ =
+            tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader == Some(to))).await;
+        Ok(())
     }
 
     /// Runs `here` when this node leads (or knows no leader: `here` then answers for itself),

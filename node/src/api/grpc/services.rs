@@ -337,9 +337,11 @@ impl ClusterService for ClusterApi {
                 return Err(crate::error::NexusError::invalid("id", "must not be 0"));
             }
             self.node.transfer_leader(r.id).await?;
+            // The old leader saw r.id take over; this node's term is that of the new
+            // leader once it has heard from it (transfer_leader waits for that).
             let s = self.node.status();
             Ok(pb::TransferLeaderResponse {
-                leader_id: s.leader_id.unwrap_or(0),
+                leader_id: r.id,
                 term: s.term,
             })
         })
