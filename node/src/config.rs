@@ -83,7 +83,8 @@ pub struct RaftConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SearchConfig {
-    /// Most time between a write and its full-text commit while writes keep coming.
+    /// Most time between a write and its full-text commit when no search asks for it (a
+    /// linearizable search has the index commit as soon as it holds what the search must see).
     pub commit_interval_ms: u64,
     /// Memory of the full-text index writer, in MiB.
     pub writer_memory_mb: usize,
@@ -152,7 +153,7 @@ impl Default for RaftConfig {
 impl Default for SearchConfig {
     fn default() -> Self {
         Self {
-            commit_interval_ms: 100,
+            commit_interval_ms: 1000,
             writer_memory_mb: 64,
             wait_timeout_ms: 10_000,
         }
@@ -225,8 +226,9 @@ max_batch_commands = 512
 max_batch_bytes = 4194304
 
 [search]
-# Most time between a write and its full-text commit while writes keep coming.
-commit_interval_ms = 100
+# Most time between a write and its full-text commit when no search asks for it (a
+# linearizable search has the index commit as soon as it holds what the search must see).
+commit_interval_ms = 1000
 # Memory of the full-text index writer, in MiB.
 writer_memory_mb = 64
 # How long a linearizable search waits for the index to catch up before Unavailable.

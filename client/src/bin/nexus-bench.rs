@@ -38,7 +38,7 @@ enum Bench {
     Cluster(ClusterArgs),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum System {
     Nexus,
     Etcd,
@@ -52,6 +52,13 @@ struct ClusterArgs {
     /// Members of each cluster (client i talks to member i mod N).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Run one system only and print its figures without touching the report (for
+    /// profiling: `perf record -a` while it runs).
+    #[arg(long, value_enum)]
+    only: Option<System>,
+    /// Workloads to run, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "write,read")]
+    workloads: Vec<Workload>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -366,7 +373,7 @@ enum Driver {
     Etcd(KvClient<tonic::transport::Channel>),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum Workload {
     /// A put of a new key.
     Write,
@@ -691,7 +698,7 @@ async fn measure_cluster(
         setup.put(format!("r/{k}"), value).await?;
     }
     let mut out = Vec::new();
-    for workload in [Workload::Write, Workload::Read] {
+    for &workload in &a.workloads {
         for &clients in &a.load.clients {
             let mut drivers = Vec::new();
             for i in 0..clients {
@@ -741,6 +748,19 @@ async fn cluster_bench(a: ClusterArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     // Both values are the same bytes; Nexus stores JSON, so it is a JSON string.
     let value = format!("\"{}\"", "v".repeat(a.load.value_bytes.saturating_sub(2)));
+
+    if let Some(only) = a.only {
+        let nodes = match only {
+            System::Nexus => start_nexus_cluster(&bin, &work, a.nodes).await?,
+            System::Etcd => start_etcd_cluster(&a.etcd, &work, a.nodes).await?,
+        };
+        let pids: Vec<String> = nodes.iter().map(|n| n.child.id().to_string()).collect();
+        eprintln!("      server pids: {}", pids.join(","));
+        measure_cluster(only, &nodes, &a, &value).await?;
+        drop(nodes);
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
 
     eprintln!(
         "[1/2] {}-node Nexus cluster under {}",

@@ -181,12 +181,12 @@ impl ClusterNode {
             && log_store.get_log_state().await?.last_log_id.is_none();
         let (state_machine, applied) =
             state_machine::StateMachine::open(store.clone(), &config.data_dir.join("snapshots"))?;
-        let transport = network::PeerTransport::new(config.peer_addr);
+        let peers = network::PeerChannels::new(network::PeerTransport::new(config.peer_addr));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
             network::NetworkFactory {
-                transport: transport.clone(),
+                peers: peers.clone(),
             },
             log_store,
             state_machine,
@@ -215,7 +215,7 @@ impl ClusterNode {
             committed,
             proposals: tx,
             read_waiters: read_tx,
-            peers: network::PeerChannels::new(transport),
+            peers,
             last_leader: Arc::new(AtomicU64::new(0)),
             election_holds: Arc::new(AtomicU64::new(0)),
         });

@@ -2,8 +2,13 @@
 //! `nexus.raft.v1.RaftService` on the peer port. Messages travel in the value codec (a format
 //! byte, then postcard), so a node refuses a message format it does not know.
 //!
-//! Connections are made lazily and reused; a transport failure is reported to openraft as
-//! `Unreachable`, which makes it back off, and a remote Raft error is passed through as-is.
+//! One HTTP/2 connection per peer address, made lazily and shared by replication, heartbeats,
+//! votes, snapshots and forwarded requests (`PeerChannels`). openraft 0.9 asks for a new
+//! network client for every linearizable-read round (`ensure_linearizable` sends its
+//! heartbeats through fresh clients), so a connection per client cost a TCP handshake, a
+//! source-port search in `bind` and a TIME-WAIT socket per read round: most of a leader's CPU
+//! under a read load. A transport failure is reported to openraft as `Unreachable`, which
+//! makes it back off, and a remote Raft error is passed through as-is.
 
 use std::time::Duration;
 
@@ -65,9 +70,9 @@ impl PeerTransport {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
-    pub transport: PeerTransport,
+    pub peers: PeerChannels,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -77,8 +82,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerClient {
             target,
             node: node.clone(),
-            transport: self.transport.clone(),
-            client: None,
+            peers: self.peers.clone(),
         }
     }
 }
@@ -86,8 +90,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     target: NodeId,
     node: NexusNode,
-    transport: PeerTransport,
-    client: Option<RaftServiceClient<Channel>>,
+    peers: PeerChannels,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,21 +98,6 @@ pub struct PeerClient {
 struct TransportError(String);
 
 impl PeerClient {
-    fn client(&mut self) -> Result<RaftServiceClient<Channel>, Unreachable> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let channel = self
-            .transport
-            .channel(&self.node.peer_addr)
-            .map_err(|e| Unreachable::new(&TransportError(e)))?;
-        let client = RaftServiceClient::new(channel)
-            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
-        self.client = Some(client.clone());
-        Ok(client)
-    }
-
     async fn call<Req, Resp, E>(
         &mut self,
         req: &Req,
@@ -121,7 +109,10 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut client = self.client()?;
+        let mut client = self
+            .peers
+            .client(&self.node.peer_addr)
+            .map_err(|e| Unreachable::new(&TransportError(e)))?;
         let mut request = tonic::Request::new(RaftMessage {
             payload: codec::encode(req),
         });
@@ -134,8 +125,7 @@ impl PeerClient {
         let reply = match result {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                // The connection is re-made on the next call.
-                self.client = None;
+                self.peers.on_error(&self.node.peer_addr, &status);
                 let e = TransportError(format!("{rpc:?} to node {}: {status}", self.target));
                 return Err(match status.code() {
                     tonic::Code::Unavailable
@@ -232,10 +222,12 @@ pub enum ForwardReply {
     Done,
 }
 
-/// Connections to other nodes' peer ports for forwarded requests, made lazily and reused.
+/// Connections to other nodes' peer ports: one lazily made HTTP/2 channel per address, shared
+/// by every Raft message and forwarded request to it (a cheap clone per call).
+#[derive(Clone)]
 pub struct PeerChannels {
     transport: PeerTransport,
-    channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
 }
 
 impl PeerChannels {
@@ -246,18 +238,12 @@ impl PeerChannels {
         }
     }
 
-    fn client(
-        &self,
-        peer_addr: &str,
-    ) -> Result<RaftServiceClient<Channel>, crate::error::NexusError> {
+    fn client(&self, peer_addr: &str) -> Result<RaftServiceClient<Channel>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let channel = match channels.get(peer_addr) {
             Some(c) => c.clone(),
             None => {
-                let c = self
-                    .transport
-                    .channel(peer_addr)
-                    .map_err(crate::error::NexusError::internal)?;
+                let c = self.transport.channel(peer_addr)?;
                 channels.insert(peer_addr.to_string(), c.clone());
                 c
             }
@@ -265,6 +251,17 @@ impl PeerChannels {
         Ok(RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// After a failed call: a connection-level failure drops the channel, so the next call
+    /// dials afresh (tonic would redial too, but a new channel also drops whatever requests
+    /// are queued on a connection that went bad). Timeouts keep it: under load or while a
+    /// peer is paused they say nothing about the connection.
+    fn on_error(&self, peer_addr: &str, status: &tonic::Status) {
+        if status.code() == tonic::Code::Unavailable {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels.remove(peer_addr);
+        }
     }
 
     /// Sends a forwarded request to the leader's peer port.
@@ -275,19 +272,19 @@ impl PeerChannels {
         timeout: Duration,
     ) -> Result<ForwardReply, crate::error::NexusError> {
         use crate::error::NexusError;
-        let mut client = self.client(peer_addr)?;
+        let mut client = self.client(peer_addr).map_err(NexusError::internal)?;
         let mut req = tonic::Request::new(RaftMessage {
             payload: codec::encode(request),
         });
         req.set_timeout(timeout);
-        let reply = client
-            .forward(req)
-            .await
-            .map_err(|s| NexusError::Unavailable {
+        let reply = client.forward(req).await.map_err(|s| {
+            self.on_error(peer_addr, &s);
+            NexusError::Unavailable {
                 message: format!("forwarding to the leader at {peer_addr}: {}", s.message()),
                 leader_id: None,
                 leader_addr: None,
-            })?;
+            }
+        })?;
         let decoded: Result<ForwardReply, NexusError> =
             codec::decode(&reply.into_inner().payload).map_err(NexusError::internal)?;
         decoded

@@ -169,6 +169,9 @@ pub struct FullTextIndex {
     fields: Fields,
     node: Arc<ClusterNode>,
     indexed: watch::Receiver<u64>,
+    /// The highest log index a waiting search needs searchable: the indexer commits as soon
+    /// as it has indexed that far, instead of waiting for its commit interval.
+    wanted: watch::Sender<u64>,
     config: SearchConfig,
     max_limit: u32,
     stop: Arc<AtomicBool>,
@@ -217,7 +220,12 @@ impl FullTextIndex {
         tracing::info!(watermark, "opened full-text index");
         metrics::SEARCH_WATERMARK.set(watermark as i64);
         let (indexed_tx, indexed) = watch::channel(watermark);
-        let writer: IndexWriter = index.writer(config.writer_memory_mb.max(15) << 20)?;
+        let (wanted, wanted_rx) = watch::channel(watermark);
+        // One indexing thread: every thread makes a segment (with its own hash table, sized
+        // from its share of the budget) per commit, and the merges that follow cost more than
+        // a second thread saves on the small documents we index.
+        let writer: IndexWriter =
+            index.writer_with_num_threads(1, config.writer_memory_mb.max(15) << 20)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut indexer = Indexer {
             writer,
@@ -226,6 +234,7 @@ impl FullTextIndex {
             store: node.store.clone(),
             applied: node.applied(),
             indexed: indexed_tx,
+            wanted: wanted_rx,
             watermark,
             epoch: node.applied().borrow().epoch,
             commit_interval: Duration::from_millis(config.commit_interval_ms),
@@ -245,6 +254,7 @@ impl FullTextIndex {
             fields,
             node,
             indexed,
+            wanted,
             config,
             max_limit,
             stop,
@@ -309,6 +319,16 @@ impl FullTextIndex {
     }
 
     async fn wait_for(&self, index: u64) -> Result<(), NexusError> {
+        if *self.indexed.borrow() >= index {
+            return Ok(());
+        }
+        self.wanted.send_if_modified(|w| {
+            let raise = *w < index;
+            if raise {
+                *w = index;
+            }
+            raise
+        });
         let mut rx = self.indexed.clone();
         let wait = async move { rx.wait_for(|w| *w >= index).await.map(|_| ()) };
         match tokio::time::timeout(Duration::from_millis(self.config.wait_timeout_ms), wait).await {
@@ -470,6 +490,7 @@ struct Indexer {
     store: Store,
     applied: watch::Receiver<AppliedState>,
     indexed: watch::Sender<u64>,
+    wanted: watch::Receiver<u64>,
     watermark: u64,
     epoch: u64,
     commit_interval: Duration,
@@ -514,29 +535,45 @@ impl Indexer {
                 }
                 self.index_entries(&entries)?;
                 pending = true;
-                if last_commit.elapsed() >= self.commit_interval {
+                if last_commit.elapsed() >= self.commit_interval || self.searcher_waits() {
                     self.commit()?;
                     pending = false;
                     last_commit = Instant::now();
                 }
                 continue;
             }
-            // Caught up. Commit what is pending once the interval has passed, so that a
-            // trickle of writes does not commit once per write.
+            // Caught up. Commit what is pending when a search waits for it, or once the
+            // interval has passed: a stream of writes with nobody searching does not commit
+            // (a new segment, then merges) once per write.
             let wait = if pending {
                 self.commit_interval.saturating_sub(last_commit.elapsed())
             } else {
                 IDLE_POLL
             };
-            if pending && wait.is_zero() {
+            if pending && (wait.is_zero() || self.searcher_waits()) {
                 self.commit()?;
                 pending = false;
                 last_commit = Instant::now();
                 continue;
             }
             let mut applied = self.applied.clone();
-            let _ = rt.block_on(async { tokio::time::timeout(wait, applied.changed()).await });
+            let mut wanted = self.wanted.clone();
+            let _ = rt.block_on(async {
+                tokio::time::timeout(wait, async {
+                    tokio::select! {
+                        _ = applied.changed() => {}
+                        _ = wanted.changed() => {}
+                    }
+                })
+                .await
+            });
         }
+    }
+
+    /// A search waits for an index this indexer has reached but not committed.
+    fn searcher_waits(&mut self) -> bool {
+        let wanted = *self.wanted.borrow_and_update();
+        wanted > *self.indexed.borrow() && wanted <= self.watermark
     }
 
     fn index_entries(
