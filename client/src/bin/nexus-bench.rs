@@ -56,6 +56,9 @@ struct ClusterArgs {
     /// profiling: `perf record -a` while it runs).
     #[arg(long, value_enum)]
     only: Option<System>,
+    /// Every client connects to this member (0-based) instead of member i mod N.
+    #[arg(long)]
+    member: Option<usize>,
     /// Workloads to run, comma separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "write,read")]
     workloads: Vec<Workload>,
@@ -702,7 +705,8 @@ async fn measure_cluster(
         for &clients in &a.load.clients {
             let mut drivers = Vec::new();
             for i in 0..clients {
-                drivers.push(Driver::connect(system, &nodes[i % nodes.len()].endpoint).await?);
+                let at = a.member.map_or(i % nodes.len(), |m| m % nodes.len());
+                drivers.push(Driver::connect(system, &nodes[at].endpoint).await?);
             }
             eprintln!(
                 "      {system:?}: {workload:?}, {clients} client(s), {} s",

@@ -40,6 +40,8 @@ use crate::store::{codec, keys, Store, StoreError, CF_KV, CF_MESSAGES};
 
 /// Entries read from the log per indexing step.
 const INDEX_BATCH_ENTRIES: u64 = 2_000;
+/// How long new entries wait to be indexed together when no search asks for them.
+const INDEX_DELAY: Duration = Duration::from_millis(50);
 /// How often the indexer thread looks at its stop flag while idle.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Characters of a snippet.
@@ -561,7 +563,13 @@ impl Indexer {
             let _ = rt.block_on(async {
                 tokio::time::timeout(wait, async {
                     tokio::select! {
-                        _ = applied.changed() => {}
+                        // New entries are indexed a little later, in one batch with whatever
+                        // follows, unless a search asks for them first: a thread wake-up (and
+                        // one to tantivy's) per write would compete with the write path.
+                        _ = async {
+                            let _ = applied.changed().await;
+                            tokio::time::sleep(INDEX_DELAY).await;
+                        } => {}
                         _ = wanted.changed() => {}
                     }
                 })
