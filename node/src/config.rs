@@ -36,6 +36,22 @@ pub struct Config {
     pub raft: RaftConfig,
     pub search: SearchConfig,
     pub log: LogConfig,
+    pub peer_tls: PeerTlsConfig,
+}
+
+/// Mutual TLS between nodes on the peer port: every node presents `cert_file` (as the server
+/// of its peer port and as the client of others') and accepts only peers whose certificate
+/// chains to `ca_file`. All three files, or none (plaintext, for loopback and trusted
+/// networks). A peer's certificate must name the host of its peer address (DNS or IP SAN).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// PEM certificate chain of this node.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that peers' certificates must chain to.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +131,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             search: SearchConfig::default(),
             log: LogConfig::default(),
+            peer_tls: PeerTlsConfig::default(),
         }
     }
 }
@@ -239,6 +256,14 @@ wait_timeout_ms = 10000
 level = "info,openraft=warn"
 # text or json.
 format = "text"
+
+[peer_tls]
+# Mutual TLS between nodes on the peer port: all three PEM files, or none (plaintext).
+# Each node presents cert_file and accepts only peers whose certificate chains to ca_file;
+# a certificate must name the host of its node's peer address (DNS or IP SAN).
+# cert_file = "/etc/nexus/tls/node.pem"
+# key_file = "/etc/nexus/tls/node.key"
+# ca_file = "/etc/nexus/tls/ca.pem"
 "#;
 
 /// Values given on the command line; unset ones leave the lower layers alone.
@@ -289,30 +314,19 @@ impl Config {
     }
 }
 
-/// The top-level keys of `Config`: other `NEXUS_*` variables (such as nexusctl's
-/// `NEXUS_ENDPOINT`) belong to other programs and are not configuration errors here.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "node_id",
-    "data_dir",
-    "grpc_addr",
-    "http_addr",
-    "peer_addr",
-    "initial_cluster",
-    "join",
-    "limits",
-    "raft",
-    "search",
-    "log",
-];
-
+/// Whether `NEXUS_<key>` is configuration: its first part is a top-level key of `Config`
+/// (taken from `Config` itself, so a new section cannot be forgotten here). Other `NEXUS_*`
+/// variables (such as nexusctl's `NEXUS_ENDPOINT`) belong to other programs and are not
+/// configuration errors here.
 fn is_config_key(key: &str) -> bool {
+    static TOP_LEVEL_KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let keys = TOP_LEVEL_KEYS.get_or_init(|| match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => Vec::new(),
+    });
     let key = key.to_ascii_lowercase();
-    TOP_LEVEL_KEYS.iter().any(|t| {
-        key == *t
-            || key
-                .strip_prefix(t)
-                .is_some_and(|rest| rest.starts_with("__"))
-    })
+    let top = key.split("__").next().unwrap_or_default();
+    keys.iter().any(|t| t == top)
 }
 
 #[cfg(test)]
@@ -336,6 +350,7 @@ mod tests {
             jail.set_env("NEXUS_GRPC_ADDR", "127.0.0.1:2000");
             jail.set_env("NEXUS_LIMITS__MAX_PAGE_SIZE", "10");
             jail.set_env("NEXUS_ENDPOINT", "http://elsewhere:1");
+            jail.set_env("NEXUS_PEER_TLS__CA_FILE", "/etc/ca.pem");
             let flags = FlagOverrides {
                 node_id: Some(7),
                 ..Default::default()
@@ -346,6 +361,11 @@ mod tests {
             assert_eq!(c.limits.max_key_bytes, 64, "the file wins over defaults");
             assert_eq!(c.limits.max_page_size, 10);
             assert_eq!(c.http_addr, Config::default().http_addr);
+            assert_eq!(
+                c.peer_tls.ca_file.as_deref(),
+                Some(Path::new("/etc/ca.pem")),
+                "every section is reachable from the environment"
+            );
             Ok(())
         });
     }

@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 use crate::api::http::{router, HttpState};
-use crate::cluster::network::{PeerService, MAX_PEER_MESSAGE_BYTES};
+use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
 use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::memory::conversations::ConversationService;
@@ -46,6 +46,7 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 /// Runs a node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     crate::observe::metrics::init();
+    let peer_tls = PeerTls::load(&config.peer_tls)?;
     let found = format::prepare(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
     let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
@@ -55,7 +56,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let peer_listener = bind(config.peer_addr, "the Raft peer port").await?;
     let http_listener = bind(config.http_addr, "HTTP").await?;
 
-    let node = ClusterNode::start(&config, store).await?;
+    let node = ClusterNode::start(&config, store, peer_tls.clone()).await?;
     let index = FullTextIndex::open(
         &config.data_dir.join("search"),
         node.clone(),
@@ -99,7 +100,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(search_svc)
         .add_service(cluster_svc)
         .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
-    let peer = tonic::transport::Server::builder()
+    let mut peer = tonic::transport::Server::builder();
+    if let Some(tls) = &peer_tls {
+        peer = peer.tls_config(tls.server())?;
+        tracing::info!("peer port: mutual TLS");
+    }
+    let peer = peer
         .add_service(
             RaftServiceServer::new(PeerService::new(node.clone()))
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)

@@ -32,6 +32,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the leader waits for a quorum to commit a proposal before answering Unavailable.
 /// The outcome of such a write is unknown: it is committed if a quorum comes back in time.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
+/// `AddMember` fails when the new learner's replication makes no progress for this long.
+const LEARNER_STALL: Duration = Duration::from_secs(10);
 
 /// The members a brand-new cluster starts with: `--initial-cluster` (every node of a static
 /// cluster is started with the same list), or this node alone.
@@ -161,7 +163,13 @@ impl ClusterNode {
     /// Opens the log and state machine on `store` and starts Raft. On the very first start
     /// (no vote, no log) the node initializes a one-member cluster of itself; afterwards it
     /// recovers its state from disk.
-    pub async fn start(config: &Config, store: Store) -> anyhow::Result<Arc<Self>> {
+    /// Starts Raft on `store`; `peer_tls` (from `network::PeerTls::load`) secures the
+    /// connections this node makes to its peers.
+    pub async fn start(
+        config: &Config,
+        store: Store,
+        peer_tls: Option<network::PeerTls>,
+    ) -> anyhow::Result<Arc<Self>> {
         let raft_config = openraft::Config {
             cluster_name: "nexus".into(),
             heartbeat_interval: config.raft.heartbeat_interval_ms,
@@ -181,7 +189,8 @@ impl ClusterNode {
             && log_store.get_log_state().await?.last_log_id.is_none();
         let (state_machine, applied) =
             state_machine::StateMachine::open(store.clone(), &config.data_dir.join("snapshots"))?;
-        let peers = network::PeerChannels::new(network::PeerTransport::new(config.peer_addr));
+        let peers =
+            network::PeerChannels::new(network::PeerTransport::new(config.peer_addr, peer_tls));
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -589,7 +598,15 @@ impl ClusterNode {
                         "node {id} is already a voter"
                     )));
                 }
-                self.raft.add_learner(id, node, true).await
+                // openraft's blocking add_learner gives up waiting after a short while and
+                // answers Ok even when the learner is unreachable, so the wait is ours.
+                let addr = node.peer_addr.clone();
+                let added = self
+                    .raft
+                    .add_learner(id, node, false)
+                    .await
+                    .map_err(|e| self.membership_error(e))?;
+                return self.wait_for_learner(id, &addr, added.log_id.index).await;
             }
             MembershipChange::Promote { id } => {
                 match member(id) {
@@ -625,19 +642,71 @@ impl ClusterNode {
                 }
             },
         };
-        match result {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(self
-                .unavailable(
-                    "this node is not the leader",
-                    f.leader_id,
-                    f.leader_node.map(|n| n.api_addr),
-                )),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(NexusError::precondition("membership", e.to_string()))
+        result.map(|_| ()).map_err(|e| self.membership_error(e))
+    }
+
+    fn membership_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, types::NexusNode>>,
+    ) -> NexusError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.unavailable(
+                "this node is not the leader",
+                f.leader_id,
+                f.leader_node.map(|n| n.api_addr),
+            ),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                NexusError::precondition("membership", e.to_string())
             }
-            Err(RaftError::Fatal(e)) => {
-                Err(self.unavailable(&format!("raft stopped: {e}"), None, None))
+            RaftError::Fatal(e) => self.unavailable(&format!("raft stopped: {e}"), None, None),
+        }
+    }
+
+    /// Waits until learner `id` holds the log up to `index` (the entry that added it). Fails
+    /// with Unavailable when its replication makes no progress for `LEARNER_STALL` (a node
+    /// that is down, unreachable, or whose TLS certificate the cluster refuses); the node then
+    /// stays a learner, which costs nothing but retries, until it is removed.
+    async fn wait_for_learner(&self, id: NodeId, addr: &str, index: u64) -> Result<(), NexusError> {
+        let mut metrics = self.raft.metrics();
+        let mut best: Option<u64> = None;
+        let mut stall_deadline = tokio::time::Instant::now() + LEARNER_STALL;
+        loop {
+            let (leading, matched) = {
+                let m = metrics.borrow_and_update();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                (m.current_leader == Some(self.id), matched)
+            };
+            if matched >= Some(index) {
+                return Ok(());
+            }
+            if !leading {
+                return Err(self.unavailable(
+                    &format!("leadership changed while node {id} was catching up; it was added as a learner, retry to wait for it"),
+                    None,
+                    None,
+                ));
+            }
+            if matched > best {
+                best = matched;
+                stall_deadline = tokio::time::Instant::now() + LEARNER_STALL;
+            }
+            match tokio::time::timeout_at(stall_deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.unavailable("raft stopped", None, None)),
+                Err(_) => {
+                    return Err(self.unavailable(
+                        &format!(
+                            "node {id} was added as a learner but has received no log for {}s: check that it runs and is reachable at {addr} (with a certificate from the cluster's CA when peer TLS is on), or remove it (nexusctl member remove {id})",
+                            LEARNER_STALL.as_secs()
+                        ),
+                        None,
+                        None,
+                    ))
+                }
             }
         }
     }

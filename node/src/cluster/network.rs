@@ -24,7 +24,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
 
 use super::types::{NexusNode, NodeId, Raft, TypeConfig};
 use crate::store::codec;
@@ -34,38 +36,100 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest message on the peer port (append batches and snapshot chunks stay below it).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Mutual TLS on the peer port (rustls, through tonic's TLS configuration): the node's
+/// certificate and key, and the CA that peers' certificates must chain to. The same identity
+/// serves the peer port and dials other nodes, so a node without a certificate from the
+/// cluster's CA can neither send a Raft message to a member nor be sent one.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    identity: Identity,
+    ca: Certificate,
+}
+
+impl PeerTls {
+    /// Reads the PEM files of `[peer_tls]`; `None` when none is set. Errors name the setting.
+    pub fn load(config: &crate::config::PeerTlsConfig) -> anyhow::Result<Option<PeerTls>> {
+        use anyhow::Context;
+        let files = [
+            ("peer_tls.cert_file", &config.cert_file),
+            ("peer_tls.key_file", &config.key_file),
+            ("peer_tls.ca_file", &config.ca_file),
+        ];
+        if files.iter().all(|(_, f)| f.is_none()) {
+            return Ok(None);
+        }
+        if let Some((name, _)) = files.iter().find(|(_, f)| f.is_none()) {
+            anyhow::bail!("{name} is not set: peer TLS needs cert_file, key_file and ca_file");
+        }
+        let mut pem = Vec::new();
+        for (name, file) in files {
+            let path = file.as_ref().expect("checked above");
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("{name}: reading {}", path.display()))?;
+            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+                anyhow::bail!("{name}: {} is not a PEM file", path.display());
+            }
+            pem.push(bytes);
+        }
+        Ok(Some(PeerTls {
+            identity: Identity::from_pem(&pem[0], &pem[1]),
+            ca: Certificate::from_pem(&pem[2]),
+        }))
+    }
+
+    /// The peer port's server side: presents the node's certificate, requires a client
+    /// certificate that chains to the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+    }
+
+    fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+    }
+}
+
 /// How this node connects to other nodes' peer ports: the one place where peer connections
-/// are configured, for Raft messages and forwarded requests alike. Mutual TLS (the security
-/// issue) is added here as a `tonic::transport::ClientTlsConfig` built from a rustls
-/// configuration; `Endpoint::tls_config` is the hook.
+/// are configured, for Raft messages and forwarded requests alike.
 #[derive(Clone, Debug, Default)]
 pub struct PeerTransport {
     /// Outgoing peer connections leave from this address: the IP of `--peer-addr` when it is a
     /// specific address (not 0.0.0.0 / ::), so that firewalls and the partition tests' proxy
     /// can tell which node a connection comes from.
     pub source_ip: Option<std::net::IpAddr>,
+    /// Mutual TLS, when configured.
+    pub tls: Option<PeerTls>,
 }
 
 impl PeerTransport {
-    pub fn new(peer_addr: std::net::SocketAddr) -> Self {
+    pub fn new(peer_addr: std::net::SocketAddr, tls: Option<PeerTls>) -> Self {
         let ip = peer_addr.ip();
         PeerTransport {
             source_ip: (!ip.is_unspecified()).then_some(ip),
+            tls,
         }
     }
 
     /// A lazily connecting channel to a peer's address (`HOST:PORT` or a URL).
     pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let uri = match addr.split_once("://") {
+            Some((_, rest)) => format!("{scheme}://{rest}"),
+            None => format!("{scheme}://{addr}"),
         };
-        let endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("bad peer address {addr}: {e}"))?
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .local_address(self.source_ip);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client())
+                .map_err(|e| format!("peer TLS for {addr}: {e}"))?;
+        }
         Ok(endpoint.connect_lazy())
     }
 }
