@@ -286,8 +286,11 @@ impl ClusterNode {
         &self,
         commands: Vec<Command>,
     ) -> Result<Vec<types::Response>, NexusError> {
+        let started = std::time::Instant::now();
         let write = self.raft.client_write(Proposal { commands });
-        let Ok(result) = tokio::time::timeout(COMMIT_TIMEOUT, write).await else {
+        let result = tokio::time::timeout(COMMIT_TIMEOUT, write).await;
+        crate::observe::metrics::RAFT_COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+        let Ok(result) = result else {
             return Err(self.unavailable(
                 &format!(
                     "no quorum: the write was not committed within {COMMIT_TIMEOUT:?} \

@@ -374,6 +374,9 @@ impl RaftService for PeerService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let _timer = crate::observe::metrics::PEER_RPC_SECONDS
+            .with_label_values(&["append_entries"])
+            .start_timer();
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
         reply(&self.raft.append_entries(rpc).await)
     }
@@ -382,6 +385,9 @@ impl RaftService for PeerService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let _timer = crate::observe::metrics::PEER_RPC_SECONDS
+            .with_label_values(&["vote"])
+            .start_timer();
         let rpc: VoteRequest<NodeId> = decode_request(request)?;
         reply(&self.raft.vote(rpc).await)
     }
@@ -390,6 +396,9 @@ impl RaftService for PeerService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let _timer = crate::observe::metrics::PEER_RPC_SECONDS
+            .with_label_values(&["install_snapshot"])
+            .start_timer();
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
         reply(&self.raft.install_snapshot(rpc).await)
     }
@@ -398,6 +407,9 @@ impl RaftService for PeerService {
         &self,
         request: tonic::Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        let _timer = crate::observe::metrics::PEER_RPC_SECONDS
+            .with_label_values(&["forward"])
+            .start_timer();
         let req: ForwardRequest = decode_request(request)?;
         // Served locally only: a request is forwarded at most once.
         let result = match req {

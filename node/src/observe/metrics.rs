@@ -50,6 +50,33 @@ pub static GRPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+pub static RAFT_COMMIT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "raft_proposal_commit_seconds",
+                "on the leader, from proposing a log entry to its applied result",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static PEER_RPC_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "peer_rpc_duration_seconds",
+                "time to serve a request on the peer port, by RPC",
+            )
+            .buckets(latency_buckets()),
+            &["rpc"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static WAL_SYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new("wal_syncs_total", "fsyncs of the write-ahead log").expect("valid metric"),
@@ -161,6 +188,8 @@ pub fn init() {
     LazyLock::force(&GRPC_REQUESTS);
     LazyLock::force(&GRPC_SECONDS);
     LazyLock::force(&WAL_SYNCS);
+    LazyLock::force(&RAFT_COMMIT_SECONDS);
+    LazyLock::force(&PEER_RPC_SECONDS);
     LazyLock::force(&WAL_SYNC_SECONDS);
     LazyLock::force(&LOG_ENTRIES_APPENDED);
     LazyLock::force(&PROPOSAL_BATCH_COMMANDS);
