@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod report;
+
 use std::time::Duration;
 
 pub use nexus_proto::v1 as pb;

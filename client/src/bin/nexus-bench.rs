@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use nexus_client::report::{machine, percentile, update_section};
 use nexus_client::{pb, Client};
 use nexus_proto::etcd;
 use nexus_proto::etcd::kv_client::KvClient;
@@ -93,14 +94,6 @@ struct LoadArgs {
     /// Markdown file to update (the section between this benchmark's markers is replaced).
     #[arg(long, default_value = "docs/benchmarks.md")]
     report: PathBuf,
-}
-
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn ms(micros: u64) -> String {
@@ -547,47 +540,6 @@ async fn run_writes(
         drivers.push(Driver::connect(System::Nexus, &node.endpoint).await?);
     }
     run_load(drivers, Workload::Write, seconds, value, Some(&node.http)).await
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().next().and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or("?".into(), |kib| {
-            format!("{:.0} GiB", kib / 1024.0 / 1024.0)
-        });
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores ({cpu}), {mem} RAM")
-}
-
-/// Replaces the text between `<!-- name:start -->` and `<!-- name:end -->`, or appends it.
-fn update_section(report: &Path, name: &str, body: &str) -> anyhow::Result<()> {
-    let start = format!("<!-- {name}:start -->");
-    let end = format!("<!-- {name}:end -->");
-    let current = std::fs::read_to_string(report).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let section = format!("{start}\n{body}{end}");
-    let next = match (current.find(&start), current.find(&end)) {
-        (Some(s), Some(e)) if e > s => {
-            format!("{}{}{}", &current[..s], section, &current[e + end.len()..])
-        }
-        _ => format!("{}\n{}\n", current.trim_end(), section),
-    };
-    std::fs::write(report, next)?;
-    Ok(())
 }
 
 async fn write_bench(WriteArgs { load: a }: WriteArgs) -> anyhow::Result<()> {
