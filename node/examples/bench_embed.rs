@@ -2,9 +2,8 @@
 //! cost that semantic memory adds to every write on the proposing node. Rewrites the
 //! `bench:embed` section of docs/benchmarks.md.
 //!
-//! `cargo run -p nexus-node --example bench_embed` (dependencies, candle included, are built
-//! optimized in the dev profile; `--release` for the last few percent). Needs `nexus model
-//! pull` first.
+//! `cargo run --release -p nexus-node --example bench_embed` (the dev profile works too, and
+//! says so in its figures). Needs `nexus model pull` first.
 
 use std::time::Instant;
 
@@ -79,15 +78,20 @@ fn main() -> anyhow::Result<()> {
     let batch_per_sec = texts.len() as f64 / started.elapsed().as_secs_f64();
     assert_eq!(v.len(), texts.len());
 
+    let command = if cfg!(debug_assertions) {
+        "`cargo run -p nexus-node --example bench_embed` (dev profile: dependencies at \
+         opt-level 2, with debug assertions)"
+    } else {
+        "`cargo run --release -p nexus-node --example bench_embed`"
+    };
     let body = format!(
         "## Local embeddings (issue: semantic memory)\n\n\
-         Command: `cargo run -p nexus-node --example bench_embed` (dev profile; candle and the \
-         other dependencies are built at opt-level 2)\n\n\
-         Machine: {}. all-MiniLM-L6-v2 (384 dimensions) on candle, CPU, in one thread pool. \
+         Command: {command}\n\n\
+         Machine: {}. all-MiniLM-L6-v2 (384 dimensions) on candle, CPU. \
          {} memory-like texts of 5-60 words ({:.0} words on average).\n\n\
          | mode | texts/s | p50 ms | p99 ms |\n|---|---:|---:|---:|\n\
          | one text per call | {:.0} | {:.2} | {:.2} |\n\
-         | batches of 32 | {:.0} | | |\n\n",
+         | batches of 32, texts grouped by length | {:.0} | | |\n\n",
         machine(),
         texts.len(),
         words as f64 / texts.len() as f64,

@@ -121,14 +121,20 @@ impl MiniLm {
         })
     }
 
-    /// Embeds `texts` on this thread (CPU-bound: call from a blocking context).
+    /// Embeds `texts` on this thread (CPU-bound: call from a blocking context). Texts are
+    /// batched by length, so that a batch pads little; results come back in input order.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(BATCH) {
-            out.extend(
-                self.embed_batch(chunk)
-                    .map_err(|e| EmbedError::Failed(e.to_string()))?,
-            );
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(BATCH) {
+            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+            let vectors = self
+                .embed_batch(&batch)
+                .map_err(|e| EmbedError::Failed(e.to_string()))?;
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
+            }
         }
         Ok(out)
     }
