@@ -72,29 +72,6 @@ fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-async fn leader_of(nodes: &[Nexus]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut leaders = Vec::new();
-        for n in nodes {
-            let mut c = n.client().await;
-            leaders.push(
-                c.cluster
-                    .status(pb::StatusRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .leader_id,
-            );
-        }
-        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
-            return leaders[0];
-        }
-        assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A call to a node's peer port through `channel`: `vote` with a payload that is not a vote,
 /// so that a connection that gets through TLS is answered InvalidArgument by the service.
 async fn peer_call(channel: Channel) -> Result<(), tonic::Status> {
@@ -137,10 +114,10 @@ async fn peers_talk_mutual_tls_and_refuse_strangers() {
 
     let env = tls_env(&node_cert, &node_key, &ca_file);
     let nodes = Nexus::start_cluster(dir.path(), 3, &env_refs(&env)).await;
-    let leader = leader_of(&nodes).await;
+    let leader = common::agreed_leader(&nodes).await;
 
     // Replication, and a write forwarded by a follower, over TLS.
-    let follower = if leader == 1 { 1 } else { 0 };
+    let follower = (leader + 1) % nodes.len();
     let mut c = nodes[follower].client().await;
     let item = c
         .memory

@@ -338,3 +338,32 @@ pub async fn http_get(url: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// The node's cluster status, or None when it does not answer.
+pub async fn status(n: &Nexus) -> Option<pb::StatusResponse> {
+    let mut c = Client::connect(&n.endpoint()).await.ok()?;
+    c.cluster
+        .status(pb::StatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Waits until every running node agrees on one leader, and returns its index in `nodes`.
+pub async fn agreed_leader(nodes: &[Nexus]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        for n in nodes.iter().filter(|n| n.is_running()) {
+            leaders.push(status(n).await.map_or(0, |s| s.leader_id));
+        }
+        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+            let id = leaders[0] as usize;
+            if nodes[id - 1].is_running() {
+                return id - 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
