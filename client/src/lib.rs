@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod recall_eval;
 pub mod report;
 
 use std::time::Duration;

@@ -37,8 +37,62 @@ pub struct Config {
     pub search: SearchConfig,
     pub log: LogConfig,
     pub peer_tls: PeerTlsConfig,
+    pub embedding: EmbeddingConfig,
+    pub vector: VectorConfig,
 }
 
+/// The embedding model of semantic memories. Vectors are made on the node that proposes a
+/// write, so every node should name the same model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// `local` (all-MiniLM-L6-v2 in process, from the model cache), `openai` (an
+    /// OpenAI-compatible /v1/embeddings server) or `none` (memories are found by words only).
+    pub provider: String,
+    /// Folder of the local model's files; empty = the model cache (`nexus model path`).
+    pub model_dir: Option<PathBuf>,
+    /// `openai`: the server's base URL, such as https://api.openai.com or
+    /// http://localhost:11434 (Ollama).
+    pub url: String,
+    /// `openai`: the model name.
+    pub model: String,
+    /// `openai`: the vector length the model returns.
+    pub dimensions: usize,
+    /// `openai`: the environment variable that holds the API key (unset = no key).
+    pub api_key_env: String,
+    /// `openai`: per-request timeout.
+    pub timeout_ms: u64,
+    /// Most texts embedded together (requests that arrive together share one batch).
+    pub max_batch: usize,
+}
+
+/// The vector index of semantic memories.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorConfig {
+    /// `local`: an HNSW index in this process, saved under the data directory; `qdrant`: a
+    /// Qdrant collection (every node of a cluster may share it).
+    pub backend: String,
+    /// HNSW links per node (M).
+    pub connectivity: usize,
+    /// HNSW candidates kept while inserting (ef_construction).
+    pub expansion_add: usize,
+    /// HNSW candidates kept while searching (ef); higher finds more true neighbours, slower.
+    pub expansion_search: usize,
+    /// How vectors are kept in memory: f32, bf16, f16 or i8.
+    pub quantization: String,
+    /// Most time between a change and saving the index to disk (what is not saved is
+    /// replayed from the Raft log after a crash).
+    pub persist_interval_ms: u64,
+    /// `qdrant`: the server's gRPC URL, such as http://localhost:6334.
+    pub qdrant_url: String,
+    /// `qdrant`: the collection of the memories' vectors.
+    pub qdrant_collection: String,
+    /// `qdrant`: the environment variable that holds the API key (unset = no key).
+    pub qdrant_api_key_env: String,
+    /// `qdrant`: per-request timeout.
+    pub qdrant_timeout_ms: u64,
+}
 /// Mutual TLS between nodes on the peer port: every node presents `cert_file` (as the server
 /// of its peer port and as the client of others') and accepts only peers whose certificate
 /// chains to `ca_file`. All three files, or none (plaintext, for loopback and trusted
@@ -63,6 +117,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Largest message content, in bytes.
     pub max_message_bytes: usize,
+    /// Largest semantic memory text, in bytes.
+    pub max_text_bytes: usize,
     /// Largest metadata (JSON object text), in bytes.
     pub max_metadata_bytes: usize,
     /// Longest conversation title, in bytes.
@@ -106,6 +162,10 @@ pub struct SearchConfig {
     pub writer_memory_mb: usize,
     /// How long a linearizable search waits for the index to catch up before Unavailable.
     pub wait_timeout_ms: u64,
+    /// Hybrid retrieval: the weight of the vector list in reciprocal rank fusion.
+    pub hybrid_vector_weight: f32,
+    /// Hybrid retrieval: the weight of the BM25 list in reciprocal rank fusion.
+    pub hybrid_bm25_weight: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +192,40 @@ impl Default for Config {
             search: SearchConfig::default(),
             log: LogConfig::default(),
             peer_tls: PeerTlsConfig::default(),
+            embedding: EmbeddingConfig::default(),
+            vector: VectorConfig::default(),
+        }
+    }
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            provider: "local".into(),
+            model_dir: None,
+            url: String::new(),
+            model: String::new(),
+            dimensions: 0,
+            api_key_env: "NEXUS_EMBEDDING_API_KEY".into(),
+            timeout_ms: 30_000,
+            max_batch: 32,
+        }
+    }
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            quantization: "f32".into(),
+            persist_interval_ms: 30_000,
+            qdrant_url: String::new(),
+            qdrant_collection: "nexus_memories".into(),
+            qdrant_api_key_env: "NEXUS_QDRANT_API_KEY".into(),
+            qdrant_timeout_ms: 5_000,
         }
     }
 }
@@ -142,6 +236,7 @@ impl Default for Limits {
             max_key_bytes: 512,
             max_value_bytes: 1 << 20,
             max_message_bytes: 256 << 10,
+            max_text_bytes: 64 << 10,
             max_metadata_bytes: 64 << 10,
             max_title_bytes: 1024,
             max_page_size: 1000,
@@ -173,6 +268,8 @@ impl Default for SearchConfig {
             commit_interval_ms: 1000,
             writer_memory_mb: 64,
             wait_timeout_ms: 10_000,
+            hybrid_vector_weight: 1.0,
+            hybrid_bm25_weight: 1.0,
         }
     }
 }
@@ -214,6 +311,8 @@ max_key_bytes = 512
 max_value_bytes = 1048576
 # Largest message content, in bytes: 256 KiB.
 max_message_bytes = 262144
+# Largest semantic memory text, in bytes: 64 KiB.
+max_text_bytes = 65536
 # Largest metadata (a JSON object), in bytes: 64 KiB.
 max_metadata_bytes = 65536
 # Longest conversation title, in bytes.
@@ -250,6 +349,10 @@ commit_interval_ms = 1000
 writer_memory_mb = 64
 # How long a linearizable search waits for the index to catch up before Unavailable.
 wait_timeout_ms = 10000
+# Hybrid retrieval (recall, and search over semantic memories): weights of the vector and
+# BM25 lists in reciprocal rank fusion (score = sum of weight / (60 + rank)).
+hybrid_vector_weight = 1.0
+hybrid_bm25_weight = 1.0
 
 [log]
 # A tracing filter: trace, debug, info, warn or error, per module if wanted (RUST_LOG overrides).
@@ -264,6 +367,42 @@ format = "text"
 # cert_file = "/etc/nexus/tls/node.pem"
 # key_file = "/etc/nexus/tls/node.key"
 # ca_file = "/etc/nexus/tls/ca.pem"
+
+[embedding]
+# How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with
+# `nexus model pull`), "openai" (an OpenAI-compatible /v1/embeddings server: OpenAI, Ollama,
+# vLLM, TEI) or "none" (memories are found by words only). Every node should use the same.
+provider = "local"
+# Folder of the local model's files (default: the model cache, see `nexus model path`).
+# model_dir = "/var/lib/nexus/models/all-MiniLM-L6-v2"
+# provider = "openai": base URL, model, vector length, and the variable holding the key.
+url = ""
+model = ""
+dimensions = 0
+api_key_env = "NEXUS_EMBEDDING_API_KEY"
+timeout_ms = 30000
+# Most texts embedded together; requests that arrive together share one batch.
+max_batch = 32
+
+[vector]
+# "local": an HNSW index in this process, saved under <data_dir>/vectors; "qdrant": a Qdrant
+# collection (the tenant is a payload field with a tenant index).
+backend = "local"
+# HNSW links per node (M), and candidates kept while inserting (ef_construction).
+connectivity = 16
+expansion_add = 128
+# Candidates kept while searching (ef): higher finds more true neighbours, more slowly.
+expansion_search = 64
+# How vectors are held in memory: f32, bf16, f16 or i8.
+quantization = "f32"
+# Most time between a change and saving the index (what is not saved is replayed from the log).
+persist_interval_ms = 30000
+# backend = "qdrant": the server's gRPC URL, the collection, the variable holding the API key,
+# and the per-request timeout.
+qdrant_url = ""
+qdrant_collection = "nexus_memories"
+qdrant_api_key_env = "NEXUS_QDRANT_API_KEY"
+qdrant_timeout_ms = 5000
 "#;
 
 /// Values given on the command line; unset ones leave the lower layers alone.

@@ -21,7 +21,12 @@ use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::memory::conversations::ConversationService;
 use crate::memory::kv::KvService;
+use crate::memory::semantic::SemanticService;
 use crate::search::fulltext::FullTextIndex;
+use crate::search::recall::Recaller;
+use crate::search::vector::local::{HnswParams, LocalIndex};
+use crate::search::vector::qdrant::QdrantIndex;
+use crate::search::vector::{VectorIndex, VectorIndexer};
 use crate::store::{format, Store};
 
 /// How often the leader looks for expired memories.
@@ -47,6 +52,8 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     crate::observe::metrics::init();
     let peer_tls = PeerTls::load(&config.peer_tls)?;
+    let embedder = crate::embed::from_config(&config.embedding)
+        .context("loading the embedding model ([embedding])")?;
     let found = format::prepare(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
     let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
@@ -63,7 +70,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.search.clone(),
         config.limits.max_page_size,
     )?;
+    let vectors = match &embedder {
+        Some(e) => Some(start_vector_index(&config, e.dimensions(), &node)?),
+        None => None,
+    };
     let kv = Arc::new(KvService::new(node.clone(), config.limits.clone()));
+    let semantic = Arc::new(SemanticService::new(
+        node.clone(),
+        config.limits.clone(),
+        embedder.clone(),
+    ));
+    let recaller = Arc::new(Recaller::new(
+        node.clone(),
+        index.clone(),
+        vectors.clone(),
+        embedder.clone(),
+        config.limits.clone(),
+        &config.search,
+    ));
     let conversations = Arc::new(ConversationService::new(
         node.clone(),
         config.limits.clone(),
@@ -74,14 +98,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max = config.limits.max_request_bytes;
-    let memory_svc =
-        MemoryServiceServer::new(MemoryApi { kv: kv.clone() }).max_decoding_message_size(max);
-    let conversation_svc = ConversationServiceServer::new(ConversationApi { conversations })
-        .max_decoding_message_size(max);
-    let search_svc = SearchServiceServer::new(SearchApi {
-        index: index.clone(),
+    let memory_svc = MemoryServiceServer::new(MemoryApi {
+        kv: kv.clone(),
+        semantic,
+        recaller: recaller.clone(),
     })
     .max_decoding_message_size(max);
+    let conversation_svc = ConversationServiceServer::new(ConversationApi { conversations })
+        .max_decoding_message_size(max);
+    let search_svc =
+        SearchServiceServer::new(SearchApi { recaller }).max_decoding_message_size(max);
     let cluster_svc = ClusterServiceServer::new(ClusterApi {
         node: node.clone(),
         index: index.clone(),
@@ -162,12 +188,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::warn!(error = %e, "raft shutdown");
     }
     index.shutdown();
+    if let Some(v) = &vectors {
+        v.shutdown();
+    }
     node.store
         .db()
         .flush_wal(true)
         .context("syncing the WAL at shutdown")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the vector index the configuration names and starts feeding it.
+fn start_vector_index(
+    config: &Config,
+    dimensions: usize,
+    node: &Arc<ClusterNode>,
+) -> anyhow::Result<Arc<VectorIndexer>> {
+    let index: Arc<dyn VectorIndex> = match config.vector.backend.as_str() {
+        "local" => Arc::new(LocalIndex::open(
+            &config.data_dir.join("vectors"),
+            HnswParams::from_config(dimensions, &config.vector)?,
+        )?),
+        "qdrant" => Arc::new(QdrantIndex::new(
+            &config.vector,
+            config.node_id,
+            dimensions,
+        )?),
+        other => anyhow::bail!("vector.backend {other:?}: use local or qdrant"),
+    };
+    Ok(VectorIndexer::start(
+        index,
+        node.store.clone(),
+        node.applied(),
+        Duration::from_millis(config.vector.persist_interval_ms),
+        Duration::from_millis(config.search.wait_timeout_ms),
+    )?)
 }
 
 /// On the leader, removes expired memories now and then through Raft.

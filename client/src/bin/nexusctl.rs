@@ -124,6 +124,50 @@ enum MemoryCommand {
         #[arg(long)]
         expected_version: Option<u64>,
     },
+    /// Remember a text as a semantic memory (embedded by the server).
+    Remember {
+        text: String,
+        /// Default: "default".
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Metadata pair, repeatable: --meta project=apollo --meta kind=decision.
+        #[arg(long = "meta", value_parser = parse_pair)]
+        meta: Vec<(String, String)>,
+        /// 0..1 (default 0.5).
+        #[arg(long)]
+        importance: Option<f32>,
+    },
+    /// Recall the semantic memories most related to QUERY (vector and BM25, fused).
+    Recall {
+        query: String,
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Hits wanted.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        /// Only memories with this metadata pair, repeatable.
+        #[arg(long = "meta", value_parser = parse_pair)]
+        meta: Vec<(String, String)>,
+        /// Created since: 7d, 2h, an RFC 3339 time or Unix milliseconds.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        /// Only hits with at least this cosine similarity to the query.
+        #[arg(long, default_value_t = 0.0)]
+        min_score: f32,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Forget a semantic memory by id.
+    Forget { id: String },
+}
+
+/// `key=value`.
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 #[derive(Subcommand, Clone)]
@@ -181,7 +225,7 @@ enum ConvCommand {
 #[derive(clap::Args, Clone)]
 struct SearchArgs {
     query: String,
-    /// memory or message (repeat for both; default both).
+    /// memory, message or semantic (repeatable; default all).
     #[arg(long, value_enum)]
     kind: Vec<Kind>,
     #[arg(long, default_value = "")]
@@ -204,6 +248,7 @@ struct SearchArgs {
 enum Kind {
     Memory,
     Message,
+    Semantic,
 }
 
 fn now_ms() -> i64 {
@@ -278,6 +323,14 @@ fn message_json(m: &pb::Message) -> Value {
         "metadata": serde_json::from_str::<Value>(&m.metadata).unwrap_or(Value::Null),
         "input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
         "created_at_ms": m.created_at_ms,
+    })
+}
+
+fn semantic_json(m: &pb::SemanticMemory) -> Value {
+    let metadata: std::collections::BTreeMap<&String, &String> = m.metadata.iter().collect();
+    json!({
+        "id": m.id, "namespace": m.namespace, "text": m.text, "metadata": metadata,
+        "importance": m.importance, "created_at_ms": m.created_at_ms, "model": m.model,
     })
 }
 
@@ -377,7 +430,9 @@ impl Command {
             Command::Status | Command::Search(_) => true,
             Command::Memory { command } => matches!(
                 command,
-                MemoryCommand::Get { .. } | MemoryCommand::List { .. }
+                MemoryCommand::Get { .. }
+                    | MemoryCommand::List { .. }
+                    | MemoryCommand::Recall { .. }
             ),
             Command::Conv { command } => {
                 matches!(command, ConvCommand::Show { .. } | ConvCommand::List { .. })
@@ -511,6 +566,91 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
                     }
                 }
                 print_memories(&items, out);
+            }
+            MemoryCommand::Remember {
+                text,
+                namespace,
+                meta,
+                importance,
+            } => {
+                let r = c
+                    .memory
+                    .remember(pb::RememberRequest {
+                        namespace,
+                        text,
+                        metadata: meta.into_iter().collect(),
+                        importance,
+                    })
+                    .await?
+                    .into_inner();
+                let m = r.memory.unwrap_or_default();
+                if out == Output::Json {
+                    print_json(&semantic_json(&m));
+                } else {
+                    println!("remembered {} in {}", m.id, m.namespace);
+                }
+            }
+            MemoryCommand::Recall {
+                query,
+                namespace,
+                k,
+                meta,
+                since,
+                until,
+                min_score,
+                stale,
+            } => {
+                let r = c
+                    .memory
+                    .recall(pb::RecallRequest {
+                        query,
+                        k,
+                        namespace,
+                        metadata: meta.into_iter().collect(),
+                        since_ms: since.unwrap_or(0),
+                        until_ms: until.unwrap_or(0),
+                        min_score,
+                        consistency: consistency(stale),
+                        mode: pb::RecallMode::Hybrid as i32,
+                    })
+                    .await?
+                    .into_inner();
+                if out == Output::Json {
+                    let hits: Vec<Value> = r
+                        .hits
+                        .iter()
+                        .map(|h| {
+                            let m = h.memory.clone().unwrap_or_default();
+                            json!({"id": m.id, "text": m.text, "score": h.score,
+                                   "similarity": h.similarity, "retrievers": h.retrievers,
+                                   "memory": semantic_json(&m)})
+                        })
+                        .collect();
+                    print_json(&Value::Array(hits));
+                } else {
+                    let mut t = table(&["SCORE", "SIMILARITY", "FOUND BY", "ID", "TEXT"]);
+                    for h in &r.hits {
+                        let m = h.memory.clone().unwrap_or_default();
+                        t.add_row(vec![
+                            format!("{:.4}", h.score),
+                            h.similarity.map_or("-".into(), |s| format!("{s:.3}")),
+                            h.retrievers.join("+"),
+                            m.id.clone(),
+                            truncate(&m.text, 70),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            MemoryCommand::Forget { id } => {
+                c.memory
+                    .forget(pb::ForgetRequest { id: id.clone() })
+                    .await?;
+                if out == Output::Json {
+                    print_json(&json!({"forgotten": id}));
+                } else {
+                    println!("forgot {id}");
+                }
             }
             MemoryCommand::Delete {
                 namespace,
@@ -750,6 +890,7 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
                 .map(|k| match k {
                     Kind::Memory => pb::HitKind::Memory as i32,
                     Kind::Message => pb::HitKind::Message as i32,
+                    Kind::Semantic => pb::HitKind::Semantic as i32,
                 })
                 .collect();
             let r = c
@@ -775,16 +916,17 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
                         let (kind, item) = match &h.item {
                             Some(pb::search_hit::Item::Memory(m)) => ("memory", memory_json(m)),
                             Some(pb::search_hit::Item::Message(m)) => ("message", message_json(m)),
+                            Some(pb::search_hit::Item::Semantic(m)) => ("semantic", semantic_json(m)),
                             None => ("unknown", Value::Null),
                         };
                         json!({"kind": kind, "score": h.score, "snippet": h.snippet,
                                "highlights": h.highlights.iter().map(|x| [x.start, x.end]).collect::<Vec<_>>(),
-                               "item": item})
+                               "retrievers": h.retrievers, "item": item})
                     })
                     .collect();
                 print_json(&Value::Array(hits));
             } else {
-                let mut t = table(&["SCORE", "KIND", "WHERE", "SNIPPET"]);
+                let mut t = table(&["SCORE", "KIND", "WHERE", "FOUND BY", "SNIPPET"]);
                 for h in &r.hits {
                     let (kind, place) = match &h.item {
                         Some(pb::search_hit::Item::Memory(m)) => {
@@ -794,12 +936,16 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
                             "message",
                             format!("{}#{} {}", m.conversation_id, m.seq, m.role),
                         ),
+                        Some(pb::search_hit::Item::Semantic(m)) => {
+                            ("semantic", format!("{}/{}", m.namespace, m.id))
+                        }
                         None => ("?", String::new()),
                     };
                     t.add_row(vec![
                         format!("{:.3}", h.score),
                         kind.to_string(),
                         place,
+                        h.retrievers.join("+"),
                         highlight(&h.snippet, &h.highlights),
                     ]);
                 }

@@ -18,7 +18,7 @@ use super::types::{
     Command, Entry, LogId, Op, Reply, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
-use crate::memory::{conversations, kv};
+use crate::memory::{conversations, kv, semantic};
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SM_META};
 
 /// Where the state machine stands; followed by derived indexes.
@@ -108,6 +108,9 @@ impl StateMachine {
                         Op::Kv(op) => kv::apply(&mut ctx, tenant, op)?.map(Reply::Kv),
                         Op::Conversation(op) => {
                             conversations::apply(&mut ctx, tenant, op)?.map(Reply::Conversation)
+                        }
+                        Op::Semantic(op) => {
+                            semantic::apply(&mut ctx, tenant, op)?.map(Reply::Semantic)
                         }
                     });
                 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::NexusError;
 use crate::memory::conversations::{ConversationOp, ConversationReply};
 use crate::memory::kv::{KvOp, KvReply};
+use crate::memory::semantic::{SemanticOp, SemanticReply};
 
 /// A node as the cluster membership records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub struct Command {
 pub enum Op {
     Kv(KvOp),
     Conversation(ConversationOp),
+    /// Appended last: a variant's position is part of the log's encoding.
+    Semantic(SemanticOp),
 }
 
 impl std::fmt::Display for Command {
@@ -42,6 +45,7 @@ impl std::fmt::Display for Command {
         let kind = match &self.op {
             Op::Kv(op) => op.name(),
             Op::Conversation(op) => op.name(),
+            Op::Semantic(op) => op.name(),
         };
         write!(f, "{kind}(tenant={})", self.tenant)
     }
@@ -60,6 +64,7 @@ impl Command {
         let body = match &self.op {
             Op::Kv(op) => op.approx_size(),
             Op::Conversation(op) => op.approx_size(),
+            Op::Semantic(op) => op.approx_size(),
         };
         self.tenant.len() + body + 16
     }
@@ -70,6 +75,7 @@ impl Command {
 pub enum Reply {
     Kv(KvReply),
     Conversation(ConversationReply),
+    Semantic(SemanticReply),
 }
 
 /// A command's outcome: a reply, or a rejection decided deterministically by the state machine.

@@ -9,6 +9,7 @@
 //!
 //! The model files live in the model cache (`model_dir`); `nexus model pull` fetches them.
 
+pub mod batch;
 pub mod minilm;
 pub mod openai;
 pub mod pull;
@@ -61,4 +62,69 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
         return 0.0;
     }
     dot / (na * nb)
+}
+
+/// The embedder `config` names, batching concurrent requests; None for provider `none`, or
+/// when the local model is not in the model cache (then memories are found by words only, and
+/// the log says how to get the model). A wrong configuration is an error.
+pub fn from_config(
+    config: &crate::config::EmbeddingConfig,
+) -> Result<Option<std::sync::Arc<dyn Embedder>>, EmbedError> {
+    use std::sync::Arc;
+    let inner: Arc<dyn Embedder> = match config.provider.as_str() {
+        "none" => return Ok(None),
+        "local" => {
+            let dir = config.model_dir.clone().unwrap_or_else(minilm::default_dir);
+            match minilm::MiniLm::load(&dir) {
+                Ok(m) => Arc::new(m),
+                Err(EmbedError::ModelMissing(why)) => {
+                    tracing::warn!(
+                        "semantic recall is off: {why}. Run `nexus model pull` to download the embedding model, or set [embedding] provider = \"openai\" or \"none\""
+                    );
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        "openai" => {
+            let missing = |key: &str| {
+                EmbedError::Model(format!(
+                    "embedding.provider = \"openai\" needs embedding.{key}"
+                ))
+            };
+            if config.url.is_empty() {
+                return Err(missing("url"));
+            }
+            if config.model.is_empty() {
+                return Err(missing("model"));
+            }
+            if config.dimensions == 0 {
+                return Err(missing("dimensions"));
+            }
+            let key = std::env::var(&config.api_key_env)
+                .ok()
+                .filter(|k| !k.is_empty());
+            Arc::new(openai::OpenAiEmbedder::new(
+                &config.url,
+                &config.model,
+                config.dimensions,
+                key,
+                std::time::Duration::from_millis(config.timeout_ms),
+            )?)
+        }
+        other => {
+            return Err(EmbedError::Model(format!(
+                "embedding.provider {other:?}: use local, openai or none"
+            )))
+        }
+    };
+    tracing::info!(
+        model = inner.model(),
+        dimensions = inner.dimensions(),
+        "embedding model ready"
+    );
+    Ok(Some(Arc::new(batch::BatchingEmbedder::new(
+        inner,
+        config.max_batch,
+    ))))
 }

@@ -1,9 +1,11 @@
-//! Agent memory: namespaced key-value memories (`kv`) and conversations with their message
-//! history (`conversations`). Each submodule validates requests, turns writes into replicated
-//! commands, applies them in the state machine and serves reads from the store.
+//! Agent memory: namespaced key-value memories (`kv`), conversations with their message
+//! history (`conversations`) and semantic memories recalled by meaning (`semantic`). Each
+//! submodule validates requests, turns writes into replicated commands, applies them in the
+//! state machine and serves reads from the store.
 
 pub mod conversations;
 pub mod kv;
+pub mod semantic;
 pub mod validate;
 
 /// Wall-clock now in Unix milliseconds, read once on the proposing node.

@@ -126,6 +126,26 @@ pub static SEARCH_WATERMARK: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static VECTOR_WATERMARK: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "vector_index_watermark",
+            "last log index contained in the vector index",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static VECTOR_INDEX_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "vector_index_errors_total",
+            "failed vector index updates (retried from the same position)",
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static SEARCH_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new(
@@ -195,6 +215,8 @@ pub fn init() {
     LazyLock::force(&PROPOSAL_BATCH_COMMANDS);
     LazyLock::force(&SEARCH_WATERMARK);
     LazyLock::force(&SEARCH_COMMITS);
+    LazyLock::force(&VECTOR_WATERMARK);
+    LazyLock::force(&VECTOR_INDEX_ERRORS);
     LazyLock::force(&RAFT_TERM);
     LazyLock::force(&RAFT_IS_LEADER);
     LazyLock::force(&RAFT_COMMIT_INDEX);

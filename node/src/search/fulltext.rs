@@ -35,8 +35,9 @@ use crate::config::SearchConfig;
 use crate::error::NexusError;
 use crate::memory::conversations::{self, ConversationOp, MessageRecord};
 use crate::memory::kv::{self, MemoryItem, MemoryRecord};
+use crate::memory::semantic::{self, SemanticOp, SemanticRecord};
 use crate::observe::metrics;
-use crate::store::{codec, keys, Store, StoreError, CF_KV, CF_MESSAGES};
+use crate::store::{codec, keys, Store, StoreError, CF_KV, CF_MESSAGES, CF_SEMANTIC};
 
 /// Entries read from the log per indexing step.
 const INDEX_BATCH_ENTRIES: u64 = 2_000;
@@ -51,12 +52,14 @@ const OVERFETCH: usize = 16;
 
 const KIND_MEMORY: &str = "memory";
 const KIND_MESSAGE: &str = "message";
+const KIND_SEMANTIC: &str = "semantic";
 const SEP: char = '\u{1f}';
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HitKind {
     Memory,
     Message,
+    Semantic,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -77,6 +80,7 @@ pub struct SearchRequest {
 pub enum HitItem {
     Memory(MemoryItem),
     Message(MessageRecord),
+    Semantic(SemanticRecord),
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +131,10 @@ fn memory_doc_id(tenant: &str, namespace: &str, key: &str) -> String {
 
 fn message_doc_id(tenant: &str, message_id: &str) -> String {
     format!("g{SEP}{tenant}{SEP}{message_id}")
+}
+
+fn semantic_doc_id(tenant: &str, seq: u64) -> String {
+    format!("s{SEP}{tenant}{SEP}{seq}")
 }
 
 fn conversation_scope(tenant: &str, conversation_id: &str) -> String {
@@ -279,6 +287,14 @@ impl FullTextIndex {
     }
 
     pub async fn search(&self, tenant: &str, req: &SearchRequest) -> Result<Vec<Hit>, NexusError> {
+        let limit = self.validate(req)?;
+        let read_index = self.node.read_barrier(req.consistency).await?;
+        let wait = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
+        self.search_at(tenant, req, limit, wait).await
+    }
+
+    /// Checks a request; returns its limit.
+    pub fn validate(&self, req: &SearchRequest) -> Result<usize, NexusError> {
         if req.query.trim().is_empty() {
             return Err(NexusError::invalid("query", "must not be empty"));
         }
@@ -308,9 +324,20 @@ impl FullTextIndex {
         if !req.role.is_empty() {
             crate::memory::validate::role("role", &req.role)?;
         }
-        let read_index = self.node.read_barrier(req.consistency).await?;
-        if req.consistency == ReadConsistency::Linearizable {
-            self.wait_for(read_index).await?;
+        Ok(limit)
+    }
+
+    /// Runs a validated request after the caller's read barrier, first waiting until the index
+    /// holds log index `wait_for` when given.
+    pub async fn search_at(
+        &self,
+        tenant: &str,
+        req: &SearchRequest,
+        limit: usize,
+        wait_for: Option<u64>,
+    ) -> Result<Vec<Hit>, NexusError> {
+        if let Some(index) = wait_for {
+            self.wait_for(index).await?;
         }
         let this = self.clone_parts();
         let tenant = tenant.to_string();
@@ -397,6 +424,7 @@ impl QueryParts {
                     let name = match k {
                         HitKind::Memory => KIND_MEMORY,
                         HitKind::Message => KIND_MESSAGE,
+                        HitKind::Semantic => KIND_SEMANTIC,
                     };
                     (Occur::Should, term(f.kind, name))
                 })
@@ -463,6 +491,15 @@ impl QueryParts {
                 KIND_MESSAGE => {
                     match conversations::read_message(&self.store, tenant, &text(f.message_id))? {
                         Some(m) => HitItem::Message(m),
+                        None => continue,
+                    }
+                }
+                KIND_SEMANTIC => {
+                    let Ok(seq) = text(f.key).parse::<u64>() else {
+                        continue;
+                    };
+                    match semantic::read(&self.store, tenant, seq)? {
+                        Some(r) => HitItem::Semantic(r),
                         None => continue,
                     }
                 }
@@ -591,6 +628,7 @@ impl Indexer {
         let f = self.fields;
         let mut memories: Vec<(String, String, String)> = Vec::new();
         let mut messages: Vec<(String, String)> = Vec::new();
+        let mut semantics: Vec<(String, u64)> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         for entry in entries {
             let EntryPayload::Normal(proposal) = &entry.payload else {
@@ -622,6 +660,19 @@ impl Indexer {
                         ));
                     }
                     Op::Conversation(ConversationOp::Create { .. }) => {}
+                    Op::Semantic(SemanticOp::Remember { id, .. }) => {
+                        // Gone since: a later Forget in the log removes it.
+                        if let Some(seq) = semantic::seq_of(&self.store, tenant, id)? {
+                            if seen.insert(semantic_doc_id(tenant, seq)) {
+                                semantics.push((tenant.clone(), seq));
+                            }
+                        }
+                    }
+                    Op::Semantic(SemanticOp::Forget { seq, .. }) => {
+                        if seen.insert(semantic_doc_id(tenant, *seq)) {
+                            semantics.push((tenant.clone(), *seq));
+                        }
+                    }
                 }
             }
         }
@@ -642,9 +693,35 @@ impl Indexer {
                 self.add_message(&tenant, &m)?;
             }
         }
+        for (tenant, seq) in semantics {
+            self.writer
+                .delete_term(Term::from_field_text(f.id, &semantic_doc_id(&tenant, seq)));
+            if let Some(r) = semantic::read(&self.store, &tenant, seq)? {
+                self.add_semantic(&tenant, &r)?;
+            }
+        }
         if let Some(last) = entries.last() {
             self.watermark = last.log_id.index;
         }
+        Ok(())
+    }
+
+    fn add_semantic(&self, tenant: &str, r: &SemanticRecord) -> Result<(), IndexError> {
+        let f = self.fields;
+        let mut body = r.text.clone();
+        for v in r.metadata.values() {
+            body.push(' ');
+            body.push_str(v);
+        }
+        self.writer.add_document(doc!(
+            f.id => semantic_doc_id(tenant, r.seq),
+            f.tenant => tenant,
+            f.kind => KIND_SEMANTIC,
+            f.namespace => r.namespace.as_str(),
+            f.key => r.seq.to_string(),
+            f.body => body,
+            f.ts => r.created_at_ms,
+        ))?;
         Ok(())
     }
 
@@ -720,6 +797,17 @@ impl Indexer {
             };
             let m: MessageRecord = codec::decode(&v).map_err(StoreError::from)?;
             self.add_message(&tenant, &m)?;
+            docs += 1;
+        }
+        for item in
+            db_snapshot.iterator_cf(self.store.cf(CF_SEMANTIC), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let Some((tenant, _)) = keys::parse_semantic_key(&k) else {
+                continue;
+            };
+            let r: SemanticRecord = codec::decode(&v).map_err(StoreError::from)?;
+            self.add_semantic(&tenant, &r)?;
             docs += 1;
         }
         drop(db_snapshot);

@@ -117,6 +117,36 @@ pub fn parse_ttl_key(raw: &[u8]) -> Option<(i64, String, String)> {
     ))
 }
 
+/// Key of a semantic memory in `semantic`: sequence numbers sort numerically.
+pub fn semantic_key(tenant: &str, seq: u64) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// Splits a `semantic` key into (tenant, seq).
+pub fn parse_semantic_key(raw: &[u8]) -> Option<(String, u64)> {
+    let (tenant, rest) = split_component(raw)?;
+    let seq: [u8; 8] = rest.try_into().ok()?;
+    Some((
+        String::from_utf8(tenant.to_vec()).ok()?,
+        u64::from_be_bytes(seq),
+    ))
+}
+
+/// Key of a semantic memory id in `semantic_ids`.
+pub fn semantic_id_key(tenant: &str, id: &str) -> Vec<u8> {
+    let mut out = tenant_prefix(tenant);
+    out.extend_from_slice(id.as_bytes());
+    out
+}
+
+/// Key of a tenant's next semantic sequence number in `semantic_ids` (the tenant prefix
+/// alone, which no id key equals because ids are never empty).
+pub fn semantic_next_seq_key(tenant: &str) -> Vec<u8> {
+    tenant_prefix(tenant)
+}
+
 /// Keys of `sm_meta`.
 pub mod sm_meta {
     pub const LAST_APPLIED: &[u8] = b"last_applied";

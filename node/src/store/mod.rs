@@ -42,6 +42,10 @@ pub const CF_MESSAGES: &str = "messages";
 pub const CF_MESSAGE_IDS: &str = "message_ids";
 /// Expiry index of memories with a TTL: tenant, expiry time, namespace, key.
 pub const CF_TTL: &str = "ttl";
+/// Semantic memories (text, metadata, embedding), keyed by tenant and sequence number.
+pub const CF_SEMANTIC: &str = "semantic";
+/// Semantic memory id -> sequence number; the tenant prefix alone holds the next number.
+pub const CF_SEMANTIC_IDS: &str = "semantic_ids";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -52,6 +56,8 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_MESSAGES,
     CF_MESSAGE_IDS,
     CF_TTL,
+    CF_SEMANTIC,
+    CF_SEMANTIC_IDS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -63,6 +69,8 @@ const ALL_FAMILIES: &[&str] = &[
     CF_MESSAGES,
     CF_MESSAGE_IDS,
     CF_TTL,
+    CF_SEMANTIC,
+    CF_SEMANTIC_IDS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,9 @@ use nexus_proto::v1 as pb;
 use crate::cluster::ClusterStatus;
 use crate::memory::conversations::{ConversationRecord, MessageRecord};
 use crate::memory::kv::MemoryItem;
+use crate::memory::semantic::SemanticRecord;
 use crate::search::fulltext::{Hit, HitItem, HitKind};
+use crate::search::recall::{FusedHit, RecallHit, Retriever};
 
 pub fn memory_item(i: MemoryItem) -> pb::MemoryItem {
     pb::MemoryItem {
@@ -48,11 +50,43 @@ pub fn hit_kind(value: i32) -> Result<HitKind, crate::error::NexusError> {
     match pb::HitKind::try_from(value) {
         Ok(pb::HitKind::Memory) => Ok(HitKind::Memory),
         Ok(pb::HitKind::Message) => Ok(HitKind::Message),
+        Ok(pb::HitKind::Semantic) => Ok(HitKind::Semantic),
         _ => Err(crate::error::NexusError::invalid(
             "kinds",
-            format!("{value} is not a hit kind (HIT_KIND_MEMORY or HIT_KIND_MESSAGE)"),
+            format!("{value} is not a hit kind (HIT_KIND_MEMORY, HIT_KIND_MESSAGE or HIT_KIND_SEMANTIC)"),
         )),
     }
+}
+
+pub fn semantic(r: SemanticRecord) -> pb::SemanticMemory {
+    pb::SemanticMemory {
+        id: r.id,
+        namespace: r.namespace,
+        text: r.text,
+        metadata: r.metadata.into_iter().collect(),
+        importance: r.importance,
+        created_at_ms: r.created_at_ms,
+        model: r.model,
+    }
+}
+
+fn retrievers(r: Vec<Retriever>) -> Vec<String> {
+    r.into_iter().map(|r| r.name().to_string()).collect()
+}
+
+pub fn recall_hit(h: RecallHit) -> pb::RecallHit {
+    pb::RecallHit {
+        memory: Some(semantic(h.record)),
+        score: h.score,
+        similarity: h.similarity,
+        retrievers: retrievers(h.retrievers),
+    }
+}
+
+pub fn fused_hit(h: FusedHit) -> pb::SearchHit {
+    let mut out = hit(h.hit);
+    out.retrievers = retrievers(h.retrievers);
+    out
 }
 
 pub fn hit(h: Hit) -> pb::SearchHit {
@@ -64,6 +98,10 @@ pub fn hit(h: Hit) -> pb::SearchHit {
         HitItem::Message(m) => (
             pb::HitKind::Message,
             pb::search_hit::Item::Message(message(m)),
+        ),
+        HitItem::Semantic(r) => (
+            pb::HitKind::Semantic,
+            pb::search_hit::Item::Semantic(semantic(r)),
         ),
     };
     pb::SearchHit {
@@ -79,6 +117,7 @@ pub fn hit(h: Hit) -> pb::SearchHit {
             })
             .collect(),
         item: Some(item),
+        retrievers: Vec::new(),
     }
 }
 

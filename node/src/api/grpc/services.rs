@@ -13,10 +13,14 @@ use super::{consistency, convert, handle};
 use crate::cluster::{ClusterNode, MembershipChange, NexusNode, ReadConsistency};
 use crate::memory::conversations::{self, ListMessagesRequest, NewMessageRequest};
 use crate::memory::kv::{self, KvService};
+use crate::memory::semantic::{RememberRequest, SemanticService};
 use crate::search::fulltext::{FullTextIndex, SearchRequest};
+use crate::search::recall::{RecallMode, RecallRequest, Recaller};
 
 pub struct MemoryApi {
     pub kv: Arc<KvService>,
+    pub semantic: Arc<SemanticService>,
+    pub recaller: Arc<Recaller>,
 }
 
 #[tonic::async_trait]
@@ -99,6 +103,94 @@ impl MemoryService for MemoryApi {
             Ok(pb::ListResponse {
                 items: items.into_iter().map(convert::memory_item).collect(),
                 next_page_token: next,
+            })
+        })
+        .await
+    }
+
+    async fn remember(
+        &self,
+        request: Request<pb::RememberRequest>,
+    ) -> Result<Response<pb::RememberResponse>, Status> {
+        handle("memory.remember", request, |p, r| async move {
+            let record = self
+                .semantic
+                .remember(
+                    &p.tenant,
+                    RememberRequest {
+                        namespace: r.namespace,
+                        text: r.text,
+                        metadata: r.metadata.into_iter().collect(),
+                        importance: r.importance,
+                    },
+                )
+                .await?;
+            Ok(pb::RememberResponse {
+                memory: Some(convert::semantic(record)),
+            })
+        })
+        .await
+    }
+
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        handle("memory.forget", request, |p, r| async move {
+            self.semantic.forget(&p.tenant, &r.id).await?;
+            Ok(pb::ForgetResponse {})
+        })
+        .await
+    }
+
+    async fn get_semantic(
+        &self,
+        request: Request<pb::GetSemanticRequest>,
+    ) -> Result<Response<pb::SemanticMemory>, Status> {
+        handle("memory.get_semantic", request, |p, r| async move {
+            let record = self
+                .semantic
+                .get(&p.tenant, &r.id, consistency(r.consistency)?)
+                .await?;
+            Ok(convert::semantic(record))
+        })
+        .await
+    }
+
+    async fn recall(
+        &self,
+        request: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        handle("memory.recall", request, |p, r| async move {
+            let hits = self
+                .recaller
+                .recall(
+                    &p.tenant,
+                    &RecallRequest {
+                        query: r.query,
+                        k: r.k,
+                        namespace: r.namespace,
+                        metadata: r.metadata.into_iter().collect(),
+                        since_ms: r.since_ms,
+                        until_ms: r.until_ms,
+                        min_score: r.min_score,
+                        consistency: consistency(r.consistency)?,
+                        mode: match pb::RecallMode::try_from(r.mode) {
+                            Ok(pb::RecallMode::Hybrid) => RecallMode::Hybrid,
+                            Ok(pb::RecallMode::Vector) => RecallMode::Vector,
+                            Ok(pb::RecallMode::Bm25) => RecallMode::Bm25,
+                            Err(_) => {
+                                return Err(crate::error::NexusError::invalid(
+                                    "mode",
+                                    format!("{} is not a RecallMode value", r.mode),
+                                ))
+                            }
+                        },
+                    },
+                )
+                .await?;
+            Ok(pb::RecallResponse {
+                hits: hits.into_iter().map(convert::recall_hit).collect(),
             })
         })
         .await
@@ -230,7 +322,7 @@ impl ConversationService for ConversationApi {
 }
 
 pub struct SearchApi {
-    pub index: Arc<FullTextIndex>,
+    pub recaller: Arc<Recaller>,
 }
 
 #[tonic::async_trait]
@@ -256,9 +348,9 @@ impl SearchService for SearchApi {
                 limit: r.limit,
                 consistency: consistency(r.consistency)?,
             };
-            let hits = self.index.search(&p.tenant, &req).await?;
+            let hits = self.recaller.search(&p.tenant, &req).await?;
             Ok(pb::SearchResponse {
-                hits: hits.into_iter().map(convert::hit).collect(),
+                hits: hits.into_iter().map(convert::fused_hit).collect(),
             })
         })
         .await

@@ -1,0 +1,515 @@
+//! Hybrid retrieval: BM25 hits from the full-text index and nearest neighbours from the vector
+//! index, fused by reciprocal rank fusion (RRF, Cormack et al. 2009): a document's score is
+//! the sum over the lists it appears in of 1 / (60 + its rank there). Ranks need no score
+//! calibration between BM25 and cosine, and a document both retrievers found rises above one
+//! only one found.
+//!
+//! `recall` serves semantic memories (MemoryService.Recall); `search` serves every kind
+//! (SearchService.Search), adding the vector hits of semantic memories to the BM25 hits.
+//! Without an embedding model both fall back to BM25 alone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::cluster::{ClusterNode, ReadConsistency};
+use crate::config::{Limits, SearchConfig};
+use crate::embed::{cosine, Embedder};
+use crate::error::NexusError;
+use crate::memory::semantic::{self, SemanticRecord};
+use crate::search::fulltext::{FullTextIndex, Hit, HitItem, HitKind, SearchRequest};
+use crate::search::vector::{VectorFilter, VectorHit, VectorIndexer};
+
+/// RRF's rank offset; 60 is the value of the original paper and of most engines since.
+pub const RRF_K: f32 = 60.0;
+/// Candidates fetched from each retriever per wanted hit, and the most ever fetched.
+const OVERFETCH: usize = 4;
+const MIN_FETCH: usize = 40;
+const MAX_FETCH: usize = 4_096;
+
+/// Words a natural-language question is made of but that say nothing about what it asks:
+/// left out of the BM25 leg of a recall, where they would match nearly every memory.
+const QUESTION_STOPWORDS: &[&str] = &[
+    "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at",
+    "be", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing",
+    "done", "down", "each", "for", "from", "get", "got", "had", "has", "have", "having", "he",
+    "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "just",
+    "me", "more", "most", "much", "must", "my", "no", "not", "of", "off", "on", "or", "our",
+    "ours", "out", "over", "please", "same", "shall", "she", "should", "so", "some", "such",
+    "tell", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this",
+    "those", "to", "too", "under", "up", "us", "very", "was", "we", "were", "what", "when",
+    "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your",
+];
+
+/// The words of a natural-language query that can usefully match by BM25 (the query itself
+/// when nothing is left).
+pub fn keywords(query: &str) -> String {
+    let words: Vec<&str> = query
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .filter(|w| !QUESTION_STOPWORDS.contains(&w.to_lowercase().as_str()))
+        .collect();
+    if words.is_empty() {
+        query.to_string()
+    } else {
+        words.join(" ")
+    }
+}
+
+/// Fuses ranked lists (best first) into one, best first, with each key's score and the
+/// indexes of the lists that held it.
+pub fn rrf<K: Clone + Eq + Hash>(lists: &[Vec<K>]) -> Vec<(K, f32, Vec<usize>)> {
+    rrf_weighted(lists, &vec![1.0; lists.len()])
+}
+
+/// Weighted RRF: a key's score is the sum over lists of weight / (60 + rank).
+pub fn rrf_weighted<K: Clone + Eq + Hash>(
+    lists: &[Vec<K>],
+    weights: &[f32],
+) -> Vec<(K, f32, Vec<usize>)> {
+    let mut fused: HashMap<K, (f32, Vec<usize>, usize)> = HashMap::new();
+    let mut order = 0;
+    for (list_no, list) in lists.iter().enumerate() {
+        for (rank, key) in list.iter().enumerate() {
+            let e = fused.entry(key.clone()).or_insert_with(|| {
+                order += 1;
+                (0.0, Vec::new(), order)
+            });
+            e.0 += weights[list_no] / (RRF_K + rank as f32 + 1.0);
+            if !e.1.contains(&list_no) {
+                e.1.push(list_no);
+            }
+        }
+    }
+    let mut out: Vec<(K, f32, Vec<usize>, usize)> = fused
+        .into_iter()
+        .map(|(k, (score, from, first))| (k, score, from, first))
+        .collect();
+    // Ties keep the order in which keys were first seen, so results are deterministic.
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.3.cmp(&b.3)));
+    out.into_iter()
+        .map(|(k, s, from, _)| (k, s, from))
+        .collect()
+}
+
+/// Which retriever found a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retriever {
+    Vector,
+    Bm25,
+}
+
+impl Retriever {
+    pub fn name(self) -> &'static str {
+        match self {
+            Retriever::Vector => "vector",
+            Retriever::Bm25 => "bm25",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RecallRequest {
+    pub query: String,
+    /// Hits wanted (0 = 10).
+    pub k: u32,
+    /// Only this namespace (empty = all).
+    pub namespace: String,
+    /// Only memories whose metadata holds every one of these pairs.
+    pub metadata: BTreeMap<String, String>,
+    /// Created at or after (0 = unbounded).
+    pub since_ms: i64,
+    /// Created before (0 = unbounded).
+    pub until_ms: i64,
+    /// Only hits whose cosine similarity to the query is at least this (0 = no minimum).
+    pub min_score: f32,
+    pub consistency: ReadConsistency,
+    pub mode: RecallMode,
+}
+
+/// Which retrievers a recall uses.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RecallMode {
+    #[default]
+    Hybrid,
+    Vector,
+    Bm25,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecallHit {
+    pub record: SemanticRecord,
+    /// The fused (RRF) score.
+    pub score: f32,
+    /// Cosine similarity of the memory's vector to the query's, when both exist.
+    pub similarity: Option<f32>,
+    pub retrievers: Vec<Retriever>,
+}
+
+/// A search hit with the retrievers that found it.
+#[derive(Debug, Clone)]
+pub struct FusedHit {
+    pub hit: Hit,
+    pub retrievers: Vec<Retriever>,
+}
+
+pub struct Recaller {
+    /// RRF weights of the vector and BM25 lists.
+    weights: [f32; 2],
+    node: Arc<ClusterNode>,
+    fulltext: Arc<FullTextIndex>,
+    vectors: Option<Arc<VectorIndexer>>,
+    embedder: Option<Arc<dyn Embedder>>,
+    limits: Limits,
+}
+
+impl Recaller {
+    pub fn new(
+        node: Arc<ClusterNode>,
+        fulltext: Arc<FullTextIndex>,
+        vectors: Option<Arc<VectorIndexer>>,
+        embedder: Option<Arc<dyn Embedder>>,
+        limits: Limits,
+        search: &SearchConfig,
+    ) -> Self {
+        Self {
+            weights: [search.hybrid_vector_weight, search.hybrid_bm25_weight],
+            node,
+            fulltext,
+            // One without the other cannot serve vector search.
+            vectors: vectors.filter(|_| embedder.is_some()),
+            embedder,
+            limits,
+        }
+    }
+
+    /// Whether vector search is on.
+    pub fn semantic(&self) -> bool {
+        self.vectors.is_some()
+    }
+
+    async fn embed_query(&self, query: &str) -> Result<Option<Vec<f32>>, NexusError> {
+        let Some(e) = self.embedder.as_ref().filter(|_| self.vectors.is_some()) else {
+            return Ok(None);
+        };
+        let mut v = e
+            .embed(&[query.to_string()])
+            .await
+            .map_err(|err| NexusError::Unavailable {
+                message: format!("embedding the query: {err}"),
+                leader_id: None,
+                leader_addr: None,
+            })?;
+        Ok(Some(semantic::normalized(v.pop().unwrap_or_default())))
+    }
+
+    async fn nearest(
+        &self,
+        tenant: &str,
+        query: &[f32],
+        fetch: usize,
+        filter: &VectorFilter,
+        wait_for: Option<u64>,
+    ) -> Result<Vec<VectorHit>, NexusError> {
+        let Some(vectors) = &self.vectors else {
+            return Ok(Vec::new());
+        };
+        if let Some(index) = wait_for {
+            vectors.wait_for(index).await?;
+        }
+        let index = vectors.index().clone();
+        let (tenant, query, filter) = (tenant.to_string(), query.to_vec(), filter.clone());
+        tokio::task::spawn_blocking(move || index.search(&tenant, &query, fetch, &filter))
+            .await
+            .map_err(NexusError::internal)?
+            .map_err(NexusError::from)
+    }
+
+    /// Semantic memories related to the query, best first.
+    pub async fn recall(
+        &self,
+        tenant: &str,
+        req: &RecallRequest,
+    ) -> Result<Vec<RecallHit>, NexusError> {
+        let k = match req.k {
+            0 => 10,
+            n if n > self.limits.max_page_size => {
+                return Err(NexusError::invalid(
+                    "k",
+                    format!(
+                        "{n} is above the limit of {} (limits.max_page_size)",
+                        self.limits.max_page_size
+                    ),
+                ))
+            }
+            n => n as usize,
+        };
+        let mut text = SearchRequest {
+            query: keywords(&req.query),
+            kinds: vec![HitKind::Semantic],
+            namespace: req.namespace.clone(),
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+            limit: 1,
+            consistency: req.consistency,
+            ..Default::default()
+        };
+        self.fulltext.validate(&text)?;
+        semantic::validate_metadata("metadata", &req.metadata, &self.limits)?;
+        if !req.min_score.is_finite() || !(-1.0..=1.0).contains(&req.min_score) {
+            return Err(NexusError::invalid(
+                "min_score",
+                format!(
+                    "{} is not a cosine similarity between -1 and 1",
+                    req.min_score
+                ),
+            ));
+        }
+        for (needs, field) in [
+            (req.min_score != 0.0, "min_score"),
+            (req.mode == RecallMode::Vector, "mode"),
+        ] {
+            if needs && !self.semantic() {
+                return Err(NexusError::precondition(
+                    field,
+                    "needs an embedding model, and this node has none (see `nexus model pull` and [embedding])",
+                ));
+            }
+        }
+        let read_index = self.node.read_barrier(req.consistency).await?;
+        let wait_for = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
+        let query_vector = match req.mode {
+            RecallMode::Bm25 => None,
+            _ => self.embed_query(&req.query).await?,
+        };
+        let use_words = req.mode != RecallMode::Vector;
+        let filter = VectorFilter {
+            namespace: (!req.namespace.is_empty()).then(|| req.namespace.clone()),
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+        };
+        let keep = |r: &SemanticRecord| {
+            req.metadata
+                .iter()
+                .all(|(k, v)| r.metadata.get(k) == Some(v))
+        };
+        let mut fetch = (k * OVERFETCH).max(MIN_FETCH);
+        loop {
+            let near = match &query_vector {
+                Some(q) => self.nearest(tenant, q, fetch, &filter, wait_for).await?,
+                None => Vec::new(),
+            };
+            text.limit = fetch as u32;
+            let words = if use_words {
+                self.fulltext
+                    .search_at(tenant, &text, fetch, wait_for)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            let exhausted = near.len() < fetch && words.len() < fetch;
+
+            let mut records: HashMap<u64, SemanticRecord> = HashMap::new();
+            let mut vector_list = Vec::new();
+            for h in &near {
+                if let Some(r) = semantic::read(&self.node.store, tenant, h.seq)? {
+                    if keep(&r) {
+                        vector_list.push(h.seq);
+                        records.insert(h.seq, r);
+                    }
+                }
+            }
+            let mut word_list = Vec::new();
+            for h in words {
+                if let HitItem::Semantic(r) = h.item {
+                    if keep(&r) {
+                        word_list.push(r.seq);
+                        records.insert(r.seq, r);
+                    }
+                }
+            }
+            // Fuse each retriever's best k only (Elasticsearch's rank_window_size default):
+            // deeper ranks carry little evidence, but anything in both deep lists would
+            // outrank what one retriever placed first.
+            vector_list.truncate(k);
+            word_list.truncate(k);
+            let mut hits = Vec::new();
+            for (seq, score, from) in rrf_weighted(&[vector_list, word_list], &self.weights) {
+                let Some(record) = records.remove(&seq) else {
+                    continue;
+                };
+                let similarity = query_vector
+                    .as_ref()
+                    .filter(|q| q.len() == record.embedding.len())
+                    .map(|q| cosine(q, &record.embedding));
+                if req.min_score != 0.0 && similarity.is_none_or(|s| s < req.min_score) {
+                    continue;
+                }
+                hits.push(RecallHit {
+                    record,
+                    score,
+                    similarity,
+                    retrievers: from
+                        .into_iter()
+                        .map(|i| [Retriever::Vector, Retriever::Bm25][i])
+                        .collect(),
+                });
+                if hits.len() == k {
+                    break;
+                }
+            }
+            if hits.len() == k || exhausted || fetch >= MAX_FETCH {
+                return Ok(hits);
+            }
+            // Filters dropped candidates: look further down both lists.
+            fetch = (fetch * OVERFETCH).min(MAX_FETCH);
+        }
+    }
+
+    /// Full-text search over every kind, with the vector hits of semantic memories fused in
+    /// when the request admits semantic memories and a model is configured.
+    pub async fn search(
+        &self,
+        tenant: &str,
+        req: &SearchRequest,
+    ) -> Result<Vec<FusedHit>, NexusError> {
+        let limit = self.fulltext.validate(req)?;
+        let read_index = self.node.read_barrier(req.consistency).await?;
+        let wait_for = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
+        let wants_semantic = req.kinds.is_empty() || req.kinds.contains(&HitKind::Semantic);
+        // Conversation filters exclude semantic memories.
+        let semantic_possible =
+            wants_semantic && req.conversation_id.is_empty() && req.role.is_empty();
+        let words = self
+            .fulltext
+            .search_at(tenant, req, limit, wait_for)
+            .await?;
+        let query_vector = if semantic_possible {
+            self.embed_query(&req.query).await?
+        } else {
+            None
+        };
+        let Some(q) = query_vector else {
+            return Ok(words
+                .into_iter()
+                .map(|hit| FusedHit {
+                    hit,
+                    retrievers: vec![Retriever::Bm25],
+                })
+                .collect());
+        };
+        let filter = VectorFilter {
+            namespace: (!req.namespace.is_empty()).then(|| req.namespace.clone()),
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+        };
+        let near = self.nearest(tenant, &q, limit, &filter, wait_for).await?;
+
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        enum Key {
+            Memory(String, String),
+            Message(String),
+            Semantic(u64),
+        }
+        let key_of = |item: &HitItem| match item {
+            HitItem::Memory(m) => Key::Memory(m.namespace.clone(), m.key.clone()),
+            HitItem::Message(m) => Key::Message(m.id.clone()),
+            HitItem::Semantic(r) => Key::Semantic(r.seq),
+        };
+        let mut by_key: HashMap<Key, Hit> = HashMap::new();
+        let mut word_list = Vec::new();
+        for h in words {
+            let key = key_of(&h.item);
+            word_list.push(key.clone());
+            by_key.insert(key, h);
+        }
+        let mut vector_list = Vec::new();
+        for h in near {
+            let key = Key::Semantic(h.seq);
+            if !by_key.contains_key(&key) {
+                let Some(r) = semantic::read(&self.node.store, tenant, h.seq)? else {
+                    continue;
+                };
+                by_key.insert(
+                    key.clone(),
+                    Hit {
+                        score: 0.0,
+                        snippet: snippet(&r.text),
+                        highlights: Vec::new(),
+                        item: HitItem::Semantic(r),
+                    },
+                );
+            }
+            vector_list.push(key);
+        }
+        Ok(rrf_weighted(&[vector_list, word_list], &self.weights)
+            .into_iter()
+            .take(limit)
+            .filter_map(|(key, score, from)| {
+                let mut hit = by_key.remove(&key)?;
+                hit.score = score;
+                Some(FusedHit {
+                    hit,
+                    retrievers: from
+                        .into_iter()
+                        .map(|i| [Retriever::Vector, Retriever::Bm25][i])
+                        .collect(),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The first 200 characters of a text, cut at a character boundary.
+fn snippet(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((i, _)) => text[..i].to_string(),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rrf_rewards_agreement_and_keeps_ties_stable() {
+        let fused = rrf(&[vec!["a", "b", "c"], vec!["c", "d"]]);
+        let keys: Vec<&str> = fused.iter().map(|(k, _, _)| *k).collect();
+        // c is in both lists, so it beats a (first in one list only).
+        assert_eq!(keys, vec!["c", "a", "b", "d"]);
+        assert_eq!(fused[0].2, vec![0, 1]);
+        assert!((fused[0].1 - (1.0 / 63.0 + 1.0 / 61.0)).abs() < 1e-6);
+        // b and d have equal ranks (2nd); b was seen first.
+        let tie = rrf(&[vec!["x", "b"], vec!["y", "d"]]);
+        let keys: Vec<&str> = tie.iter().map(|(k, _, _)| *k).collect();
+        assert_eq!(keys, vec!["x", "y", "b", "d"]);
+        assert!(rrf::<u32>(&[vec![], vec![]]).is_empty());
+    }
+
+    #[test]
+    fn weights_tilt_the_fusion() {
+        let fused = rrf_weighted(&[vec!["v"], vec!["b"]], &[1.0, 0.5]);
+        assert_eq!(fused[0].0, "v");
+        let fused = rrf_weighted(&[vec!["v"], vec!["b"]], &[0.5, 1.0]);
+        assert_eq!(fused[0].0, "b");
+    }
+
+    #[test]
+    fn keywords_drop_the_words_of_the_question() {
+        assert_eq!(
+            keywords("When does her plane depart for Portugal?"),
+            "plane depart Portugal"
+        );
+        assert_eq!(keywords("what is it?"), "what is it?");
+        assert_eq!(keywords("Maria's flight"), "Maria's flight");
+    }
+
+    #[test]
+    fn snippets_cut_at_characters() {
+        let s = "é".repeat(300);
+        assert_eq!(snippet(&s).chars().count(), 200);
+        assert_eq!(snippet("short"), "short");
+    }
+}

@@ -1,0 +1,473 @@
+//! Vector indexes of semantic memories, and the indexer that feeds them.
+//!
+//! A [`VectorIndex`] is derived state, like the full-text index: the [`VectorIndexer`] thread
+//! follows the state machine's applied index, reads the committed entries from the Raft log,
+//! and hands the index what each entry changed, read back from the state machine (so applying
+//! an entry twice is harmless). The index records the last log index it holds durably (its
+//! watermark); a restarted node, or a remote index that was down, resumes from there. When the
+//! log no longer holds the entries after the watermark, or a snapshot replaced the state, the
+//! index is cleared and rebuilt from the state machine, which keeps every vector.
+//!
+//! When the index fails (a remote index is down), writes still succeed: the indexer keeps its
+//! position, retries with backoff, and catches up when the index answers again.
+//!
+//! Backends: `local` (HNSW in process, usearch, persisted under the data directory) and
+//! `qdrant` (a Qdrant collection over gRPC).
+
+pub mod local;
+pub mod qdrant;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::EntryPayload;
+use tokio::sync::watch;
+
+use crate::cluster::log_store::LogStore;
+use crate::cluster::state_machine::AppliedState;
+use crate::cluster::Op;
+use crate::error::NexusError;
+use crate::memory::semantic::{self, SemanticOp, SemanticRecord};
+use crate::observe::metrics;
+use crate::store::{codec, keys, Store, StoreError, CF_SEMANTIC};
+
+/// Entries read from the log per indexing step.
+const BATCH_ENTRIES: u64 = 1_000;
+/// Records handed to the index per call during a rebuild.
+const REBUILD_CHUNK: usize = 1_000;
+/// How often the indexer looks at its stop flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Backoff after a failing index call: first and longest wait.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// One vector with what filters need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorPoint {
+    pub tenant: String,
+    pub seq: u64,
+    pub namespace: String,
+    pub created_at_ms: i64,
+    pub vector: Vec<f32>,
+}
+
+impl VectorPoint {
+    fn of(tenant: &str, r: &SemanticRecord) -> Self {
+        VectorPoint {
+            tenant: tenant.to_string(),
+            seq: r.seq,
+            namespace: r.namespace.clone(),
+            created_at_ms: r.created_at_ms,
+            vector: r.embedding.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorChange {
+    Upsert(VectorPoint),
+    Delete { tenant: String, seq: u64 },
+}
+
+/// Restricts a search; empty fields restrict nothing.
+#[derive(Debug, Default, Clone)]
+pub struct VectorFilter {
+    pub namespace: Option<String>,
+    /// Created at or after (0 = unbounded).
+    pub since_ms: i64,
+    /// Created before (0 = unbounded).
+    pub until_ms: i64,
+}
+
+impl VectorFilter {
+    pub fn accepts(&self, namespace: &str, created_at_ms: i64) -> bool {
+        self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && (self.since_ms == 0 || created_at_ms >= self.since_ms)
+            && (self.until_ms == 0 || created_at_ms < self.until_ms)
+    }
+}
+
+/// A nearest neighbour: the memory's sequence number and its cosine similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VectorHit {
+    pub seq: u64,
+    pub similarity: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VectorError {
+    #[error("vector index unavailable: {0}")]
+    Unavailable(String),
+    #[error("vector index: {0}")]
+    Failed(String),
+    #[error("vector index: {0}")]
+    Store(#[from] StoreError),
+    #[error("vector index I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<VectorError> for NexusError {
+    fn from(e: VectorError) -> Self {
+        match e {
+            VectorError::Unavailable(m) => NexusError::Unavailable {
+                message: format!("vector index unavailable: {m}"),
+                leader_id: None,
+                leader_addr: None,
+            },
+            other => NexusError::internal(other),
+        }
+    }
+}
+
+/// A vector index of every tenant's semantic memories. Every search is scoped to one tenant.
+pub trait VectorIndex: Send + Sync {
+    /// `local` or `qdrant`.
+    fn backend(&self) -> &'static str;
+    /// The last log index whose changes the index holds durably (0 when empty).
+    fn durable_watermark(&self) -> Result<u64, VectorError>;
+    /// Applies the changes of the log entries up to `upto`, in order. Applying them again is
+    /// harmless. Once this returns Ok they are searchable.
+    fn apply(&self, changes: &[VectorChange], upto: u64) -> Result<(), VectorError>;
+    /// Makes what `apply` did durable, with its watermark.
+    fn persist(&self) -> Result<(), VectorError>;
+    /// Removes every vector and resets the watermark to 0, before a rebuild from the state
+    /// machine.
+    fn clear(&self) -> Result<(), VectorError>;
+    /// The `k` nearest vectors of `tenant` to `query` (unit length) that pass `filter`.
+    fn search(
+        &self,
+        tenant: &str,
+        query: &[f32],
+        k: usize,
+        filter: &VectorFilter,
+    ) -> Result<Vec<VectorHit>, VectorError>;
+}
+
+/// What the log entries in `entries` changed, as the state machine holds it now.
+pub fn changes_of(
+    store: &Store,
+    entries: &[crate::cluster::types::Entry],
+) -> Result<Vec<VectorChange>, StoreError> {
+    // The last change per memory wins; order is kept for the rest.
+    let mut out: Vec<VectorChange> = Vec::new();
+    let mut at: HashMap<(String, u64), usize> = HashMap::new();
+    let mut push = |change: VectorChange, out: &mut Vec<VectorChange>| {
+        let key = match &change {
+            VectorChange::Upsert(p) => (p.tenant.clone(), p.seq),
+            VectorChange::Delete { tenant, seq } => (tenant.clone(), *seq),
+        };
+        match at.get(&key) {
+            Some(&i) => out[i] = change,
+            None => {
+                at.insert(key, out.len());
+                out.push(change);
+            }
+        }
+    };
+    for entry in entries {
+        let EntryPayload::Normal(proposal) = &entry.payload else {
+            continue;
+        };
+        for cmd in &proposal.commands {
+            let Op::Semantic(op) = &cmd.op else { continue };
+            let tenant = &cmd.tenant;
+            match op {
+                SemanticOp::Remember { id, .. } => {
+                    // Gone since (forgotten later): the later Forget removes it.
+                    let Some(seq) = semantic::seq_of(store, tenant, id)? else {
+                        continue;
+                    };
+                    match semantic::read(store, tenant, seq)? {
+                        Some(r) if !r.embedding.is_empty() => {
+                            push(VectorChange::Upsert(VectorPoint::of(tenant, &r)), &mut out)
+                        }
+                        _ => {}
+                    }
+                }
+                SemanticOp::Forget { seq, .. } => push(
+                    VectorChange::Delete {
+                        tenant: tenant.clone(),
+                        seq: *seq,
+                    },
+                    &mut out,
+                ),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Follows the applied log and keeps a [`VectorIndex`] up to date.
+pub struct VectorIndexer {
+    index: Arc<dyn VectorIndex>,
+    indexed: watch::Receiver<u64>,
+    wait_timeout: Duration,
+    stop: Arc<AtomicBool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl VectorIndexer {
+    /// Starts the indexer thread. It resumes from the index's durable watermark, read by the
+    /// thread itself, so that a remote index that is down does not hold up the node's start.
+    pub fn start(
+        index: Arc<dyn VectorIndex>,
+        store: Store,
+        applied: watch::Receiver<AppliedState>,
+        persist_interval: Duration,
+        wait_timeout: Duration,
+    ) -> Result<Arc<Self>, VectorError> {
+        let (indexed_tx, indexed) = watch::channel(0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = applied.borrow().epoch;
+        let mut feeder = Feeder {
+            index: index.clone(),
+            store,
+            applied,
+            indexed: indexed_tx,
+            position: None,
+            epoch,
+            needs_rebuild: false,
+            persist_interval,
+            stop: stop.clone(),
+        };
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("nexus-vectors".into())
+            .spawn(move || feeder.run(&handle))?;
+        Ok(Arc::new(Self {
+            index,
+            indexed,
+            wait_timeout,
+            stop,
+            thread: std::sync::Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub fn index(&self) -> &Arc<dyn VectorIndex> {
+        &self.index
+    }
+
+    /// The last log index the index holds (searchable, not necessarily durable yet).
+    pub fn watermark(&self) -> u64 {
+        *self.indexed.borrow()
+    }
+
+    /// Waits until the index holds log index `index`, or fails with Unavailable.
+    pub async fn wait_for(&self, index: u64) -> Result<(), NexusError> {
+        let mut rx = self.indexed.clone();
+        let wait = async move { rx.wait_for(|w| *w >= index).await.map(|_| ()) };
+        match tokio::time::timeout(self.wait_timeout, wait).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(NexusError::Unavailable {
+                message: "the vector indexer has stopped".into(),
+                leader_id: None,
+                leader_addr: None,
+            }),
+            Err(_) => Err(NexusError::Unavailable {
+                message: format!(
+                    "the vector index ({}) is at log index {} and has not reached {index} within {} ms; retry, or recall with stale consistency",
+                    self.index.backend(),
+                    *self.indexed.borrow(),
+                    self.wait_timeout.as_millis()
+                ),
+                leader_id: None,
+                leader_addr: None,
+            }),
+        }
+    }
+
+    /// Stops the indexer after persisting what it holds.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Feeder {
+    index: Arc<dyn VectorIndex>,
+    store: Store,
+    applied: watch::Receiver<AppliedState>,
+    indexed: watch::Sender<u64>,
+    /// The last log index applied to the index; None until the durable watermark is read.
+    position: Option<u64>,
+    epoch: u64,
+    needs_rebuild: bool,
+    persist_interval: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+impl Feeder {
+    fn run(&mut self, rt: &tokio::runtime::Handle) {
+        let mut retry = RETRY_FIRST;
+        let mut dirty = false;
+        let mut last_persist = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.step() {
+                Ok(progressed) => {
+                    retry = RETRY_FIRST;
+                    dirty |= progressed;
+                    if dirty && last_persist.elapsed() >= self.persist_interval {
+                        match self.index.persist() {
+                            Ok(()) => {
+                                dirty = false;
+                                last_persist = Instant::now();
+                            }
+                            Err(e) => tracing::warn!(error = %e, "persisting the vector index"),
+                        }
+                    }
+                    if progressed {
+                        continue;
+                    }
+                    let mut applied = self.applied.clone();
+                    let _ = rt.block_on(async {
+                        tokio::time::timeout(IDLE_POLL, applied.changed()).await
+                    });
+                }
+                Err(e) => {
+                    metrics::VECTOR_INDEX_ERRORS.inc();
+                    tracing::warn!(
+                        error = %e,
+                        position = ?self.position,
+                        retry_ms = retry.as_millis() as u64,
+                        "vector index: will retry from the same position"
+                    );
+                    let deadline = Instant::now() + retry;
+                    while Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(IDLE_POLL.min(retry));
+                    }
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if dirty {
+            if let Err(e) = self.index.persist() {
+                tracing::warn!(error = %e, "persisting the vector index at shutdown");
+            }
+        }
+    }
+
+    /// Does one unit of work; Ok(true) when it moved forward.
+    fn step(&mut self) -> Result<bool, VectorError> {
+        let position = match self.position {
+            Some(p) => p,
+            None => {
+                let watermark = self.index.durable_watermark()?;
+                tracing::info!(
+                    backend = self.index.backend(),
+                    watermark,
+                    "vector index opened; catching up from its watermark"
+                );
+                self.advance(watermark);
+                return Ok(true);
+            }
+        };
+        let state = *self.applied.borrow_and_update();
+        if state.epoch != self.epoch {
+            tracing::info!(
+                epoch = state.epoch,
+                "state replaced by a snapshot: rebuilding the vector index"
+            );
+            self.needs_rebuild = true;
+            self.epoch = state.epoch;
+        }
+        if self.needs_rebuild {
+            self.rebuild()?;
+            self.needs_rebuild = false;
+            return Ok(true);
+        }
+        if state.index <= position {
+            return Ok(false);
+        }
+        let end = state.index.min(position + BATCH_ENTRIES) + 1;
+        let entries = LogStore::read_range(&self.store, position + 1, end)?;
+        if entries.first().map(|e| e.log_id.index) != Some(position + 1) {
+            tracing::info!(
+                position,
+                "the log no longer holds the entries after the vector index watermark: rebuilding it"
+            );
+            self.needs_rebuild = true;
+            return Ok(true);
+        }
+        let last = entries.last().map_or(position, |e| e.log_id.index);
+        let changes = changes_of(&self.store, &entries)?;
+        self.index.apply(&changes, last)?;
+        self.advance(last);
+        Ok(true)
+    }
+
+    fn advance(&mut self, to: u64) {
+        self.position = Some(to);
+        metrics::VECTOR_WATERMARK.set(to as i64);
+        self.indexed.send_replace(to);
+    }
+
+    /// Clears the index and loads every vector of a consistent view of the state machine.
+    fn rebuild(&mut self) -> Result<(), VectorError> {
+        let started = Instant::now();
+        self.index.clear()?;
+        let snapshot = self.store.db().snapshot();
+        let applied: Option<crate::cluster::types::LogId> = snapshot
+            .get_cf(
+                self.store.cf(crate::store::CF_SM_META),
+                keys::sm_meta::LAST_APPLIED,
+            )
+            .map_err(StoreError::from)?
+            .map(|b| codec::decode(&b))
+            .transpose()
+            .map_err(StoreError::from)?;
+        let upto = applied.map_or(0, |l| l.index);
+        let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
+        let mut count = 0u64;
+        for item in snapshot.iterator_cf(self.store.cf(CF_SEMANTIC), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::from)?;
+            let Some((tenant, _)) = keys::parse_semantic_key(&k) else {
+                continue;
+            };
+            let r: SemanticRecord = codec::decode(&v).map_err(StoreError::from)?;
+            if r.embedding.is_empty() {
+                continue;
+            }
+            chunk.push(VectorChange::Upsert(VectorPoint::of(&tenant, &r)));
+            count += 1;
+            if chunk.len() == REBUILD_CHUNK {
+                // Watermark 0 until the last chunk: a crash halfway rebuilds again.
+                self.index.apply(&chunk, 0)?;
+                chunk.clear();
+            }
+        }
+        drop(snapshot);
+        self.index.apply(&chunk, upto)?;
+        self.index.persist()?;
+        self.advance(upto);
+        tracing::info!(
+            vectors = count,
+            watermark = upto,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the vector index"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_accept_what_they_should() {
+        let f = VectorFilter {
+            namespace: Some("a".into()),
+            since_ms: 10,
+            until_ms: 20,
+        };
+        assert!(f.accepts("a", 10));
+        assert!(!f.accepts("a", 20));
+        assert!(!f.accepts("b", 15));
+        assert!(VectorFilter::default().accepts("x", 0));
+    }
+}

@@ -1,0 +1,226 @@
+//! The vector indexer against an index that fails on purpose (as a remote Qdrant that is down
+//! does): writes go on while it is down, a linearizable recall says the index is behind, and
+//! once it answers again it catches up from its watermark with nothing lost, nothing extra,
+//! and nothing replayed that it already held durably. In process, with the real store, Raft
+//! node and local model.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nexus_node::cluster::ClusterNode;
+use nexus_node::config::Config;
+use nexus_node::error::NexusError;
+use nexus_node::memory::semantic::{RememberRequest, SemanticRecord, SemanticService};
+use nexus_node::search::fulltext::FullTextIndex;
+use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
+use nexus_node::search::vector::local::{HnswParams, LocalIndex};
+use nexus_node::search::vector::{
+    VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorIndexer,
+};
+use nexus_node::store::Store;
+
+/// A local index behind a switch: while `down`, every call fails as an unreachable server's.
+struct Flaky {
+    inner: LocalIndex,
+    down: AtomicBool,
+    failures: AtomicUsize,
+    /// Changes handed to `apply` while up.
+    applied_changes: AtomicUsize,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), VectorError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(VectorError::Unavailable(
+                "connection refused (on purpose)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl VectorIndex for Flaky {
+    fn backend(&self) -> &'static str {
+        "flaky"
+    }
+    fn durable_watermark(&self) -> Result<u64, VectorError> {
+        self.check()?;
+        self.inner.durable_watermark()
+    }
+    fn apply(&self, changes: &[VectorChange], upto: u64) -> Result<(), VectorError> {
+        self.check()?;
+        self.applied_changes
+            .fetch_add(changes.len(), Ordering::SeqCst);
+        self.inner.apply(changes, upto)?;
+        // As a remote index does: durable once acknowledged.
+        self.inner.persist()
+    }
+    fn persist(&self) -> Result<(), VectorError> {
+        self.check()?;
+        self.inner.persist()
+    }
+    fn clear(&self) -> Result<(), VectorError> {
+        self.check()?;
+        self.inner.clear()
+    }
+    fn search(
+        &self,
+        tenant: &str,
+        query: &[f32],
+        k: usize,
+        filter: &VectorFilter,
+    ) -> Result<Vec<VectorHit>, VectorError> {
+        self.check()?;
+        self.inner.search(tenant, query, k, filter)
+    }
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.search.wait_timeout_ms = 1_000;
+    let store = Store::open(&dir.path().join("db")).unwrap();
+    let node = ClusterNode::start(&config, store, None).await.unwrap();
+    node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let fulltext = FullTextIndex::open(
+        &dir.path().join("search"),
+        node.clone(),
+        config.search.clone(),
+        1000,
+    )
+    .unwrap();
+    let embedder = nexus_node::embed::from_config(&config.embedding)
+        .unwrap()
+        .expect("the model is in the cache (nexus model pull)");
+    let params = HnswParams::from_config(embedder.dimensions(), &config.vector).unwrap();
+    let vectors_dir = dir.path().join("vectors");
+    let flaky = Arc::new(Flaky {
+        inner: LocalIndex::open(&vectors_dir, params).unwrap(),
+        down: AtomicBool::new(true),
+        failures: AtomicUsize::new(0),
+        applied_changes: AtomicUsize::new(0),
+    });
+    let start_indexer = |index: Arc<Flaky>| {
+        VectorIndexer::start(
+            index,
+            node.store.clone(),
+            node.applied(),
+            Duration::from_millis(200),
+            Duration::from_millis(1_000),
+        )
+        .unwrap()
+    };
+    // Down from the start: even the watermark cannot be read, and the node serves anyway.
+    let indexer = start_indexer(flaky.clone());
+    let semantic =
+        SemanticService::new(node.clone(), config.limits.clone(), Some(embedder.clone()));
+    let recaller = Recaller::new(
+        node.clone(),
+        fulltext.clone(),
+        Some(indexer.clone()),
+        Some(embedder.clone()),
+        config.limits.clone(),
+        &config.search,
+    );
+    let mut memories: Vec<SemanticRecord> = Vec::new();
+    for i in 0..20 {
+        let r = semantic
+            .remember(
+                "t",
+                RememberRequest {
+                    text: format!("memory number {i} about topic {}", i % 4),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("writes succeed while the vector index is down");
+        memories.push(r);
+    }
+    let vector_recall = RecallRequest {
+        query: "topic".into(),
+        k: 50,
+        mode: RecallMode::Vector,
+        ..Default::default()
+    };
+    match recaller.recall("t", &vector_recall).await {
+        Err(NexusError::Unavailable { message, .. }) => {
+            assert!(message.contains("vector index"), "{message}")
+        }
+        other => panic!("a linearizable recall must not answer from a stale index: {other:?}"),
+    }
+    assert!(flaky.failures.load(Ordering::SeqCst) > 0);
+
+    // Back up: it catches up on its own.
+    flaky.down.store(false, Ordering::SeqCst);
+    let applied = node.applied().borrow().index;
+    wait_until("the index caught up", || indexer.watermark() >= applied).await;
+    let hits = recaller.recall("t", &vector_recall).await.unwrap();
+    assert_eq!(hits.len(), 20);
+
+    // Down again: forget some, remember more; up again: exactly the live ones remain.
+    flaky.down.store(true, Ordering::SeqCst);
+    for m in memories.drain(..5) {
+        semantic.forget("t", &m.id).await.unwrap();
+    }
+    for i in 20..30 {
+        memories.push(
+            semantic
+                .remember(
+                    "t",
+                    RememberRequest {
+                        text: format!("memory number {i} about topic {}", i % 4),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    flaky.down.store(false, Ordering::SeqCst);
+    let applied = node.applied().borrow().index;
+    wait_until("the index caught up again", || {
+        indexer.watermark() >= applied
+    })
+    .await;
+    let hits = recaller.recall("t", &vector_recall).await.unwrap();
+    let mut got: Vec<&str> = hits.iter().map(|h| h.record.id.as_str()).collect();
+    let mut want: Vec<&str> = memories.iter().map(|m| m.id.as_str()).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "exactly the live memories, once each");
+    for m in &memories {
+        let near = flaky
+            .search("t", &m.embedding, 1, &VectorFilter::default())
+            .unwrap();
+        assert_eq!(near[0].seq, m.seq);
+    }
+
+    // A new indexer on the same index resumes from its durable watermark: nothing is replayed.
+    indexer.shutdown();
+    let before = flaky.applied_changes.load(Ordering::SeqCst);
+    let reopened = start_indexer(flaky.clone());
+    wait_until("the reopened indexer is at the applied index", || {
+        reopened.watermark() >= applied
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(flaky.applied_changes.load(Ordering::SeqCst), before);
+    reopened.shutdown();
+    fulltext.shutdown();
+    node.raft.shutdown().await.unwrap();
+}
