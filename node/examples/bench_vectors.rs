@@ -101,20 +101,23 @@ fn run_size(size: usize, efs: &[usize], config: &VectorConfig) -> anyhow::Result
     let params = HnswParams::from_config(DIMENSIONS, config)?;
     let index = LocalIndex::open(dir.path(), params)?;
     let mut data = Mixture::new(7);
+    // Drawn before the clock starts: ingest measures the index, not the generator.
+    let mut points: Vec<VectorChange> = (1..=size as u64)
+        .map(|seq| {
+            VectorChange::Upsert(VectorPoint {
+                tenant: TENANT.into(),
+                seq,
+                namespace: "n".into(),
+                created_at_ms: seq as i64,
+                vector: data.draw(),
+            })
+        })
+        .collect();
     let started = Instant::now();
-    let mut chunk = Vec::with_capacity(1_000);
-    for seq in 1..=size as u64 {
-        chunk.push(VectorChange::Upsert(VectorPoint {
-            tenant: TENANT.into(),
-            seq,
-            namespace: "n".into(),
-            created_at_ms: seq as i64,
-            vector: data.draw(),
-        }));
-        if chunk.len() == 1_000 {
-            index.apply(&chunk, seq)?;
-            chunk.clear();
-        }
+    let mut seq = 0u64;
+    for chunk in points.chunks(1_000) {
+        seq += chunk.len() as u64;
+        index.apply(chunk, seq)?;
         if seq % 100_000 == 0 {
             eprintln!(
                 "  {size}: {seq} vectors indexed, {:.0}/s",
@@ -122,8 +125,9 @@ fn run_size(size: usize, efs: &[usize], config: &VectorConfig) -> anyhow::Result
             );
         }
     }
-    index.apply(&chunk, size as u64)?;
     let ingest_per_s = size as f64 / started.elapsed().as_secs_f64();
+    points.clear();
+    points.shrink_to_fit();
     let index_mib = index.memory_usage() as f64 / (1 << 20) as f64;
     let rss_mib = rss_bytes() as f64 / (1 << 20) as f64;
     let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| data.draw()).collect();
@@ -243,14 +247,21 @@ async fn main() -> anyhow::Result<()> {
     let (texts, e2e) = end_to_end(1_000).await?;
 
     let mut body = String::from("## Local vector index (issue: semantic memory)\n\n");
-    body += &format!(
-        "Command: `cargo run --release -p nexus-node --example bench_vectors -- --sizes {} --ef {}`\n\n",
+    body +=
+        &format!(
+        "Command: `cargo run {}-p nexus-node --example bench_vectors -- --sizes {} --ef {}`\n\n",
+        if cfg!(debug_assertions) { "" } else { "--release " },
         sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
         efs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
     );
     body += &format!(
-        "Machine: {}. Date: {}. usearch {} HNSW, M = {}, ef_construction = {}, {} vectors, inner product on unit vectors, one tenant. Data: {DIMENSIONS}-dimensional unit vectors drawn around {CENTRES} random centres; {QUERIES} queries drawn from the same mixture (not in the index); truth = exact search over the same index. Ingest = `VectorIndex::apply` in chunks of 1,000 on one thread, as the indexer feeds it.\n\n",
+        "Machine: {}. Build: {}. Date: {}. usearch {} HNSW, M = {}, ef_construction = {}, {} vectors, inner product on unit vectors, one tenant. Data: {DIMENSIONS}-dimensional unit vectors drawn around {CENTRES} random centres; {QUERIES} queries drawn from the same mixture (not in the index); truth = exact search over the same index. Ingest = `VectorIndex::apply` in chunks of 1,000 on one thread, as the indexer feeds it.\n\n",
         machine(),
+        if cfg!(debug_assertions) {
+            "dev profile (dependencies, usearch's C++ included, at opt-level 2; Nexus's own code unoptimized)"
+        } else {
+            "release"
+        },
         std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
         usearch::version(),
         config.connectivity,

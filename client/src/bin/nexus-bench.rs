@@ -835,8 +835,9 @@ async fn recall_bench(a: RecallArgs) -> anyhow::Result<()> {
     let mut body = String::from("## Recall quality (issue: semantic memory)\n\n");
     body += "Command: `scripts/bench-recall` (= `nexus-bench recall` against a fresh node with the local model)\n\n";
     body += &format!(
-        "Machine: {}. Set: `{}`: {} memories. Embedding model all-MiniLM-L6-v2; k = 10; RRF with the node's default weights (vector 1, BM25 1). Two query sets over the same memories:\n\n- {} paraphrases, each sharing no content word (nor 5-letter stem) with its one relevant memory (checked by the benchmark and by tests/recall_quality.rs); the other memories are distractors, many sharing words with the queries;\n- {} exact-term lookups (names, codes, numbers such as `BlueHeron42`, `extension 4455`), which do share words with their answers.\n\n",
+        "Machine: {}. Node: `{}`. Set: `{}`: {} memories. Embedding model all-MiniLM-L6-v2; k = 10; RRF with the node's default weights (vector 1, BM25 1). Two query sets over the same memories:\n\n- {} paraphrases, each sharing no content word (nor 5-letter stem) with its one relevant memory (checked by the benchmark and by tests/recall_quality.rs); the other memories are distractors, many sharing words with the queries;\n- {} exact-term lookups (names, codes, numbers such as `BlueHeron42`, `extension 4455`), which do share words with their answers.\n\n",
         machine(),
+        bin.display(),
         a.set.display(),
         set.memories.len(),
         set.queries.len(),
