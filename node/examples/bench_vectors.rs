@@ -118,7 +118,7 @@ fn run_size(size: usize, efs: &[usize], config: &VectorConfig) -> anyhow::Result
     for chunk in points.chunks(1_000) {
         seq += chunk.len() as u64;
         index.apply(chunk, seq)?;
-        if seq % 100_000 == 0 {
+        if seq.is_multiple_of(100_000) {
             eprintln!(
                 "  {size}: {seq} vectors indexed, {:.0}/s",
                 seq as f64 / started.elapsed().as_secs_f64()
