@@ -764,6 +764,11 @@ impl Indexer {
     /// Re-creates the index from a consistent view of the state machine.
     fn rebuild(&mut self) -> Result<(), IndexError> {
         let started = Instant::now();
+        // Drop what was indexed since the last commit first: delete_all_documents removes
+        // committed segments only, and documents still in the indexing pipeline would
+        // survive it and be added again below (duplicate hits after a rebuild that starts
+        // mid-batch, e.g. when a snapshot purges the log the indexer was working through).
+        self.writer.rollback()?;
         self.writer.delete_all_documents()?;
         let db_snapshot = self.store.db().snapshot();
         let applied: Option<crate::cluster::types::LogId> = match db_snapshot
