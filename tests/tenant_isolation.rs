@@ -3,46 +3,27 @@
 //! tenant `default` until authentication lands), with the real store, Raft node, indexes and
 //! local model.
 
+mod in_process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_node::cluster::{ClusterNode, ReadConsistency};
-use nexus_node::config::Config;
+use in_process::Parts;
+use nexus_node::cluster::ReadConsistency;
 use nexus_node::error::NexusError;
 use nexus_node::memory::semantic::{RememberRequest, SemanticService};
-use nexus_node::search::fulltext::{FullTextIndex, HitItem, SearchRequest};
+use nexus_node::search::fulltext::{HitItem, SearchRequest};
 use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
-use nexus_node::search::vector::local::{HnswParams, LocalIndex};
+use nexus_node::search::vector::local::LocalIndex;
 use nexus_node::search::vector::{VectorFilter, VectorIndex, VectorIndexer};
-use nexus_node::store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_see_each_others_memories() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    let store = Store::open(&dir.path().join("db")).unwrap();
-    let node = ClusterNode::start(&config, store, None).await.unwrap();
-    node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    let fulltext = FullTextIndex::open(
-        &dir.path().join("search"),
-        node.clone(),
-        config.search.clone(),
-        1000,
-    )
-    .unwrap();
-    let embedder = nexus_node::embed::from_config(&config.embedding)
-        .unwrap()
-        .expect("the model is in the cache (nexus model pull)");
-    let local: Arc<dyn VectorIndex> = Arc::new(
-        LocalIndex::open(
-            &dir.path().join("vectors"),
-            HnswParams::from_config(embedder.dimensions(), &config.vector).unwrap(),
-        )
-        .unwrap(),
-    );
+    let parts = Parts::start(|_| {}).await;
+    let (config, node, fulltext, embedder) =
+        (&parts.config, &parts.node, &parts.fulltext, &parts.embedder);
+    let local: Arc<dyn VectorIndex> =
+        Arc::new(LocalIndex::open(&parts.dir.path().join("vectors"), parts.hnsw()).unwrap());
     let vectors = VectorIndexer::start(
         local.clone(),
         node.store.clone(),
@@ -157,6 +138,5 @@ async fn tenants_never_see_each_others_memories() {
         .unwrap();
     assert!(none.is_empty());
     vectors.shutdown();
-    fulltext.shutdown();
-    node.raft.shutdown().await.unwrap();
+    parts.stop().await;
 }

@@ -4,21 +4,20 @@
 //! and nothing replayed that it already held durably. In process, with the real store, Raft
 //! node and local model.
 
+mod in_process;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nexus_node::cluster::ClusterNode;
-use nexus_node::config::Config;
+use in_process::Parts;
 use nexus_node::error::NexusError;
 use nexus_node::memory::semantic::{RememberRequest, SemanticRecord, SemanticService};
-use nexus_node::search::fulltext::FullTextIndex;
 use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
-use nexus_node::search::vector::local::{HnswParams, LocalIndex};
+use nexus_node::search::vector::local::LocalIndex;
 use nexus_node::search::vector::{
     VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorIndexer,
 };
-use nexus_node::store::Store;
 
 /// A local index behind a switch: while `down`, every call fails as an unreachable server's.
 struct Flaky {
@@ -87,29 +86,11 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.search.wait_timeout_ms = 1_000;
-    let store = Store::open(&dir.path().join("db")).unwrap();
-    let node = ClusterNode::start(&config, store, None).await.unwrap();
-    node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
-    let fulltext = FullTextIndex::open(
-        &dir.path().join("search"),
-        node.clone(),
-        config.search.clone(),
-        1000,
-    )
-    .unwrap();
-    let embedder = nexus_node::embed::from_config(&config.embedding)
-        .unwrap()
-        .expect("the model is in the cache (nexus model pull)");
-    let params = HnswParams::from_config(embedder.dimensions(), &config.vector).unwrap();
-    let vectors_dir = dir.path().join("vectors");
+    let parts = Parts::start(|c| c.search.wait_timeout_ms = 1_000).await;
+    let (config, node, fulltext, embedder) =
+        (&parts.config, &parts.node, &parts.fulltext, &parts.embedder);
     let flaky = Arc::new(Flaky {
-        inner: LocalIndex::open(&vectors_dir, params).unwrap(),
+        inner: LocalIndex::open(&parts.dir.path().join("vectors"), parts.hnsw()).unwrap(),
         down: AtomicBool::new(true),
         failures: AtomicUsize::new(0),
         applied_changes: AtomicUsize::new(0),
@@ -221,6 +202,5 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(flaky.applied_changes.load(Ordering::SeqCst), before);
     reopened.shutdown();
-    fulltext.shutdown();
-    node.raft.shutdown().await.unwrap();
+    parts.stop().await;
 }

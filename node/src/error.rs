@@ -47,6 +47,15 @@ impl NexusError {
         }
     }
 
+    /// Unavailable for a reason local to this node (no leader to name).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            leader_id: None,
+            leader_addr: None,
+        }
+    }
+
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
     }

@@ -310,14 +310,10 @@ impl SemanticService {
         }
         let (model, embedding) = match &self.embedder {
             Some(e) => {
-                let mut vectors =
-                    e.embed(std::slice::from_ref(&req.text))
-                        .await
-                        .map_err(|err| NexusError::Unavailable {
-                            message: format!("embedding the text: {err}"),
-                            leader_id: None,
-                            leader_addr: None,
-                        })?;
+                let mut vectors = e
+                    .embed(std::slice::from_ref(&req.text))
+                    .await
+                    .map_err(|err| NexusError::unavailable(format!("embedding the text: {err}")))?;
                 let v = vectors.pop().unwrap_or_default();
                 if v.len() != e.dimensions() || v.iter().any(|x| !x.is_finite()) {
                     return Err(NexusError::internal(format!(

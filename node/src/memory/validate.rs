@@ -151,14 +151,17 @@ pub fn role(field: &str, role: &str) -> Result<(), NexusError> {
 
 /// A page size: 0 means the default; above the limit is an error, not a silent cap.
 pub fn page_size(field: &str, requested: u32, limits: &Limits) -> Result<usize, NexusError> {
+    count(field, requested, DEFAULT_PAGE_SIZE, limits.max_page_size)
+}
+
+/// How many items a request asks for (a page, a search limit, recall's k): 0 means
+/// `default`; above `limits.max_page_size` (`max`) is an error, not a silent cap.
+pub fn count(field: &str, requested: u32, default: u32, max: u32) -> Result<usize, NexusError> {
     match requested {
-        0 => Ok(DEFAULT_PAGE_SIZE.min(limits.max_page_size) as usize),
-        n if n > limits.max_page_size => Err(invalid(
+        0 => Ok(default.min(max) as usize),
+        n if n > max => Err(invalid(
             field,
-            format!(
-                "{n} is above the limit of {} (limits.max_page_size)",
-                limits.max_page_size
-            ),
+            format!("{n} is above the limit of {max} (limits.max_page_size)"),
         )),
         n => Ok(n as usize),
     }

@@ -302,19 +302,7 @@ impl FullTextIndex {
             return Err(NexusError::invalid("query", "is longer than 4096 bytes"));
         }
         crate::memory::validate::time_range(req.since_ms, req.until_ms)?;
-        let limit = match req.limit {
-            0 => 10,
-            n if n > self.max_limit => {
-                return Err(NexusError::invalid(
-                    "limit",
-                    format!(
-                        "{n} is above the limit of {} (limits.max_page_size)",
-                        self.max_limit
-                    ),
-                ))
-            }
-            n => n as usize,
-        };
+        let limit = crate::memory::validate::count("limit", req.limit, 10, self.max_limit)?;
         if !req.namespace.is_empty() {
             crate::memory::validate::namespace("namespace", &req.namespace)?;
         }
@@ -358,25 +346,13 @@ impl FullTextIndex {
             }
             raise
         });
-        let mut rx = self.indexed.clone();
-        let wait = async move { rx.wait_for(|w| *w >= index).await.map(|_| ()) };
-        match tokio::time::timeout(Duration::from_millis(self.config.wait_timeout_ms), wait).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(NexusError::Unavailable {
-                message: "the search indexer has stopped".into(),
-                leader_id: None,
-                leader_addr: None,
-            }),
-            Err(_) => Err(NexusError::Unavailable {
-                message: format!(
-                    "the search index is at log index {} and has not reached {index} within {} ms; retry, or search with stale consistency",
-                    *self.indexed.borrow(),
-                    self.config.wait_timeout_ms
-                ),
-                leader_id: None,
-                leader_addr: None,
-            }),
-        }
+        super::wait_for_watermark(
+            &self.indexed,
+            index,
+            Duration::from_millis(self.config.wait_timeout_ms),
+            "search index",
+        )
+        .await
     }
 
     fn clone_parts(&self) -> QueryParts {

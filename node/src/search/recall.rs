@@ -17,6 +17,7 @@ use crate::config::{Limits, SearchConfig};
 use crate::embed::{cosine, Embedder};
 use crate::error::NexusError;
 use crate::memory::semantic::{self, SemanticRecord};
+use crate::memory::validate;
 use crate::search::fulltext::{FullTextIndex, Hit, HitItem, HitKind, SearchRequest};
 use crate::search::vector::{VectorFilter, VectorHit, VectorIndexer};
 
@@ -26,6 +27,8 @@ pub const RRF_K: f32 = 60.0;
 const OVERFETCH: usize = 4;
 const MIN_FETCH: usize = 40;
 const MAX_FETCH: usize = 4_096;
+/// Hits of a recall that does not say how many.
+const DEFAULT_K: u32 = 10;
 
 /// Words a natural-language question is made of but that say nothing about what it asks:
 /// left out of the BM25 leg of a recall, where they would match nearly every memory.
@@ -196,11 +199,7 @@ impl Recaller {
         let mut v = e
             .embed(&[query.to_string()])
             .await
-            .map_err(|err| NexusError::Unavailable {
-                message: format!("embedding the query: {err}"),
-                leader_id: None,
-                leader_addr: None,
-            })?;
+            .map_err(|err| NexusError::unavailable(format!("embedding the query: {err}")))?;
         Ok(Some(semantic::normalized(v.pop().unwrap_or_default())))
     }
 
@@ -232,19 +231,7 @@ impl Recaller {
         tenant: &str,
         req: &RecallRequest,
     ) -> Result<Vec<RecallHit>, NexusError> {
-        let k = match req.k {
-            0 => 10,
-            n if n > self.limits.max_page_size => {
-                return Err(NexusError::invalid(
-                    "k",
-                    format!(
-                        "{n} is above the limit of {} (limits.max_page_size)",
-                        self.limits.max_page_size
-                    ),
-                ))
-            }
-            n => n as usize,
-        };
+        let k = validate::count("k", req.k, DEFAULT_K, self.limits.max_page_size)?;
         let mut text = SearchRequest {
             query: keywords(&req.query),
             kinds: vec![HitKind::Semantic],

@@ -111,11 +111,9 @@ pub enum VectorError {
 impl From<VectorError> for NexusError {
     fn from(e: VectorError) -> Self {
         match e {
-            VectorError::Unavailable(m) => NexusError::Unavailable {
-                message: format!("vector index unavailable: {m}"),
-                leader_id: None,
-                leader_addr: None,
-            },
+            VectorError::Unavailable(m) => {
+                NexusError::unavailable(format!("vector index unavailable: {m}"))
+            }
             other => NexusError::internal(other),
         }
     }
@@ -256,26 +254,8 @@ impl VectorIndexer {
 
     /// Waits until the index holds log index `index`, or fails with Unavailable.
     pub async fn wait_for(&self, index: u64) -> Result<(), NexusError> {
-        let mut rx = self.indexed.clone();
-        let wait = async move { rx.wait_for(|w| *w >= index).await.map(|_| ()) };
-        match tokio::time::timeout(self.wait_timeout, wait).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(NexusError::Unavailable {
-                message: "the vector indexer has stopped".into(),
-                leader_id: None,
-                leader_addr: None,
-            }),
-            Err(_) => Err(NexusError::Unavailable {
-                message: format!(
-                    "the vector index ({}) is at log index {} and has not reached {index} within {} ms; retry, or recall with stale consistency",
-                    self.index.backend(),
-                    *self.indexed.borrow(),
-                    self.wait_timeout.as_millis()
-                ),
-                leader_id: None,
-                leader_addr: None,
-            }),
-        }
+        let what = format!("vector index ({})", self.index.backend());
+        super::wait_for_watermark(&self.indexed, index, self.wait_timeout, &what).await
     }
 
     /// Stops the indexer after persisting what it holds.
