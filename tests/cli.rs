@@ -143,6 +143,60 @@ async fn nexusctl_tables_json_and_exit_codes() {
     let (_, out, _) = run(&["search", "tour"]);
     assert!(out.contains("**tour**"), "highlighted: {out}");
 
+    // Recall: memories and messages, as a table and as JSON.
+    let (code, out, _) = run(&[
+        "memory",
+        "remember",
+        "The Apollo launch slipped to the end of March",
+        "--namespace",
+        "work",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let remembered = json(&out)["id"].as_str().unwrap().to_string();
+    let (code, out, _) = run(&[
+        "memory",
+        "recall",
+        "how can I look things up?",
+        "--source",
+        "messages",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0);
+    let hits = json(&out);
+    let hits = hits.as_array().unwrap();
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    for h in hits {
+        assert_eq!(h["kind"], "message");
+        assert_eq!(h["message"]["conversation_id"], id.as_str());
+        assert!(h["retrievers"]
+            .as_array()
+            .unwrap()
+            .contains(&"vector".into()));
+        assert!(h["similarity"].as_f64().is_some());
+    }
+    let (_, out, _) = run(&["memory", "recall", "was the space mission postponed?"]);
+    assert!(out.contains("KIND") && out.contains("memory"), "{out}");
+    assert!(out.contains(&remembered), "{out}");
+    let (_, out, _) = run(&["memory", "recall", "searching", "--conversation", &id]);
+    assert!(
+        out.contains("message") && !out.contains(&remembered),
+        "{out}"
+    );
+    let (code, _, err) = run(&[
+        "memory",
+        "recall",
+        "x",
+        "--conversation",
+        &id,
+        "--namespace",
+        "work",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("conversation_id"), "{err}");
+
     // Errors: the server's message and exit code 1; nothing reachable: exit code 3.
     let (code, _, err) = run(&["memory", "put", "notes", "plan", "{broken"]);
     assert_eq!(code, 1);

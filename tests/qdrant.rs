@@ -10,7 +10,7 @@ use common::Nexus;
 use nexus_client::pb;
 use nexus_node::config::VectorConfig;
 use nexus_node::search::vector::qdrant::QdrantIndex;
-use nexus_node::search::vector::{VectorChange, VectorFilter, VectorIndex, VectorPoint};
+use nexus_node::search::vector::{PointKind, VectorChange, VectorFilter, VectorIndex, VectorPoint};
 
 fn qdrant_url() -> Option<String> {
     match std::env::var("QDRANT_URL") {
@@ -46,7 +46,8 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
         VectorChange::Upsert(VectorPoint {
             tenant: tenant.into(),
             seq,
-            namespace: "n".into(),
+            kind: PointKind::Memory,
+            scope: "n".into(),
             created_at_ms: seq as i64,
             vector: v.to_vec(),
         })
@@ -85,6 +86,41 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
             ..Default::default()
         };
         assert_eq!(index.search("a", &q, 10, &since).unwrap().len(), 1);
+        // Messages of a conversation: found by kind and scope, deleted together.
+        let message = |seq: u64, conversation: &str| {
+            VectorChange::Upsert(VectorPoint {
+                tenant: "a".into(),
+                seq,
+                kind: PointKind::Message,
+                scope: conversation.into(),
+                created_at_ms: seq as i64,
+                vector: vec![1.0, 0.0, 0.0, 0.0],
+            })
+        };
+        index
+            .apply(&[message(3, "c1"), message(4, "c1"), message(5, "c2")], 12)
+            .unwrap();
+        let in_c1 = VectorFilter {
+            kind: Some(PointKind::Message),
+            scope: Some("c1".into()),
+            ..Default::default()
+        };
+        let hits = index.search("a", &q, 10, &in_c1).unwrap();
+        assert_eq!(hits.len(), 2);
+        assert!(hits.iter().all(|h| h.kind == PointKind::Message));
+        index
+            .apply(
+                &[VectorChange::DeleteScope {
+                    tenant: "a".into(),
+                    kind: PointKind::Message,
+                    scope: "c1".into(),
+                }],
+                13,
+            )
+            .unwrap();
+        assert!(index.search("a", &q, 10, &in_c1).unwrap().is_empty());
+        let all = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        assert_eq!(all.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![5, 2]);
         index.clear().unwrap();
         assert_eq!(index.durable_watermark().unwrap(), 0);
     })
@@ -127,10 +163,10 @@ async fn a_node_on_qdrant_recalls_across_a_restart() {
         .unwrap()
         .into_inner()
         .hits;
-    assert_eq!(hits[0].memory.as_ref().unwrap().id, m.id);
+    assert_eq!(hits[0].memory().unwrap().id, m.id);
     n.kill9();
     n.restart().await;
     let mut c = n.client().await;
     let hits = c.memory.recall(ask).await.unwrap().into_inner().hits;
-    assert_eq!(hits[0].memory.as_ref().unwrap().id, m.id);
+    assert_eq!(hits[0].memory().unwrap().id, m.id);
 }

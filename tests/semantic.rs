@@ -1,6 +1,6 @@
 //! Semantic memory through the real `nexus` binary: Remember / Recall / Forget with the local
-//! model, filters and errors, a node without a model, and recall after restarts and on
-//! followers of a 3-node cluster.
+//! model, conversation messages recalled the same way, filters and errors, a node without a
+//! model, and recall after restarts and on followers of a 3-node cluster.
 //!
 //! Needs the embedding model in the model cache (`nexus model pull`; scripts/test runs it).
 
@@ -40,9 +40,53 @@ async fn recall(c: &mut nexus_client::Client, req: pb::RecallRequest) -> Vec<pb:
     c.memory.recall(req).await.unwrap().into_inner().hits
 }
 
+/// Appends one message; returns it.
+async fn say(
+    c: &mut nexus_client::Client,
+    conversation: &str,
+    role: &str,
+    content: &str,
+    metadata: &str,
+) -> pb::Message {
+    c.conversations
+        .append_messages(pb::AppendMessagesRequest {
+            conversation_id: conversation.into(),
+            messages: vec![pb::NewMessage {
+                role: role.into(),
+                content: content.into(),
+                metadata: metadata.into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .remove(0)
+}
+
+async fn create_conversation(c: &mut nexus_client::Client, id: &str) {
+    c.conversations
+        .create_conversation(pb::CreateConversationRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// The id of what a hit found, memory or message.
+fn hit_id(h: &pb::RecallHit) -> String {
+    match (h.memory(), h.message()) {
+        (Some(m), _) => m.id.clone(),
+        (_, Some(m)) => m.id.clone(),
+        _ => panic!("a hit without an item: {h:?}"),
+    }
+}
+
 fn texts(hits: &[pb::RecallHit]) -> Vec<String> {
     hits.iter()
-        .map(|h| h.memory.as_ref().unwrap().text.clone())
+        .map(|h| h.memory().unwrap().text.clone())
         .collect()
 }
 
@@ -85,7 +129,7 @@ async fn remember_recall_and_forget() {
     .await;
     assert_eq!(hits.len(), 2);
     let top = &hits[0];
-    assert_eq!(top.memory.as_ref().unwrap().id, deadline.id);
+    assert_eq!(top.memory().unwrap().id, deadline.id);
     assert!(top.retrievers.contains(&"vector".to_string()));
     assert!(top.similarity.unwrap() > 0.2, "{:?}", top.similarity);
     assert!(top.score > 0.0);
@@ -160,9 +204,7 @@ async fn remember_recall_and_forget() {
     )
     .await;
     assert!(words.iter().all(|h| h.retrievers == vec!["bm25"]));
-    assert!(!words
-        .iter()
-        .any(|h| h.memory.as_ref().unwrap().id == deadline.id));
+    assert!(!words.iter().any(|h| h.memory().unwrap().id == deadline.id));
 
     // Search fuses vector hits of semantic memories with BM25 hits of everything.
     c.memory
@@ -224,9 +266,263 @@ async fn remember_recall_and_forget() {
         },
     )
     .await;
-    assert!(!hits
+    assert!(!hits.iter().any(|h| h.memory().unwrap().id == deadline.id));
+}
+
+#[tokio::test]
+async fn conversation_messages_are_embedded_and_recalled_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Nexus::start(dir.path(), &[]).await;
+    let mut c = n.client().await;
+    create_conversation(&mut c, "standup").await;
+    create_conversation(&mut c, "lunch").await;
+    let ship = say(
+        &mut c,
+        "standup",
+        "user",
+        "We agreed to ship the billing dashboard on the 14th.",
+        r#"{"topic": "billing", "priority": 2}"#,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mid = nexus_node::memory::now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let reply = say(
+        &mut c,
+        "standup",
+        "assistant",
+        "Noted, I will let the design team know.",
+        "",
+    )
+    .await;
+    let pasta = say(
+        &mut c,
+        "lunch",
+        "user",
+        "Let's try the new pasta place on Friday.",
+        "",
+    )
+    .await;
+    // A message without text is stored and gets no vector.
+    let empty = say(&mut c, "lunch", "tool", "", "").await;
+    let memory = remember(
+        &mut c,
+        "work",
+        "The payments UI launch depends on the security review.",
+        &[],
+    )
+    .await;
+
+    // A paraphrase sharing no word with the message finds it by meaning.
+    let ask = |query: &str| pb::RecallRequest {
+        query: query.into(),
+        k: 5,
+        ..Default::default()
+    };
+    let hits = recall(&mut c, ask("when is the payments UI going live?")).await;
+    let top3: Vec<String> = hits.iter().take(3).map(hit_id).collect();
+    assert!(top3.contains(&ship.id), "{hits:#?}");
+    assert!(
+        top3.contains(&memory.id),
+        "memories and messages together: {hits:#?}"
+    );
+    let found = hits.iter().find(|h| hit_id(h) == ship.id).unwrap();
+    let m = found.message().unwrap();
+    assert_eq!(m.conversation_id, "standup");
+    assert_eq!(m.role, "user");
+    assert_eq!(found.retrievers, vec!["vector"]);
+    assert!(found.similarity.unwrap() > 0.3);
+    assert!(hits.iter().all(|h| hit_id(h) != empty.id));
+
+    // Sources: messages only, memories only.
+    let only = |source: pb::RecallSource| pb::RecallRequest {
+        sources: vec![source as i32],
+        ..ask("when is the payments UI going live?")
+    };
+    let messages = recall(&mut c, only(pb::RecallSource::Messages)).await;
+    assert!(!messages.is_empty() && messages.iter().all(|h| h.message().is_some()));
+    assert_eq!(hit_id(&messages[0]), ship.id);
+    let memories = recall(&mut c, only(pb::RecallSource::Memories)).await;
+    assert!(memories.iter().all(|h| h.memory().is_some()));
+    assert_eq!(hit_id(&memories[0]), memory.id);
+
+    // A conversation filter, in every mode; a word match adds bm25.
+    for mode in [
+        pb::RecallMode::Hybrid,
+        pb::RecallMode::Vector,
+        pb::RecallMode::Bm25,
+    ] {
+        let hits = recall(
+            &mut c,
+            pb::RecallRequest {
+                conversation_id: "lunch".into(),
+                mode: mode as i32,
+                ..ask("pasta lunch plans for the end of the week")
+            },
+        )
+        .await;
+        assert_eq!(
+            hits.iter().map(hit_id).collect::<Vec<_>>(),
+            vec![pasta.id.clone()],
+            "{mode:?}"
+        );
+    }
+    let both = recall(
+        &mut c,
+        pb::RecallRequest {
+            conversation_id: "lunch".into(),
+            ..ask("pasta place")
+        },
+    )
+    .await;
+    assert_eq!(both[0].retrievers, vec!["vector", "bm25"]);
+
+    // Metadata equality on a message's JSON metadata (string values), and time.
+    let tagged = recall(
+        &mut c,
+        pb::RecallRequest {
+            metadata: [("topic".to_string(), "billing".to_string())].into(),
+            ..ask("release schedule")
+        },
+    )
+    .await;
+    assert_eq!(
+        tagged.iter().map(hit_id).collect::<Vec<_>>(),
+        vec![ship.id.clone()]
+    );
+    let later = recall(
+        &mut c,
+        pb::RecallRequest {
+            since_ms: nexus_node::memory::now_ms() + 60_000,
+            ..ask("payments UI")
+        },
+    )
+    .await;
+    assert!(later.is_empty());
+    let since = recall(
+        &mut c,
+        pb::RecallRequest {
+            since_ms: mid,
+            sources: vec![pb::RecallSource::Messages as i32],
+            ..ask("billing dashboard")
+        },
+    )
+    .await;
+    let since: Vec<String> = since.iter().map(hit_id).collect();
+    assert!(
+        since.contains(&reply.id) && !since.contains(&ship.id),
+        "{since:?}"
+    );
+
+    // Search fuses message vectors too.
+    let searched = c
+        .search
+        .search(pb::SearchRequest {
+            query: "when is the payments UI going live?".into(),
+            kinds: vec![pb::HitKind::Message as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    let by_meaning = searched
         .iter()
-        .any(|h| h.memory.as_ref().unwrap().id == deadline.id));
+        .find(|h| matches!(&h.item, Some(pb::search_hit::Item::Message(m)) if m.id == ship.id));
+    assert!(
+        by_meaning.is_some_and(|h| h.retrievers.contains(&"vector".to_string())),
+        "{searched:#?}"
+    );
+
+    // Scope filters that contradict each other are refused, naming the field.
+    for (req, field) in [
+        (
+            pb::RecallRequest {
+                namespace: "work".into(),
+                conversation_id: "standup".into(),
+                ..ask("x")
+            },
+            "conversation_id",
+        ),
+        (
+            pb::RecallRequest {
+                namespace: "work".into(),
+                sources: vec![pb::RecallSource::Messages as i32],
+                ..ask("x")
+            },
+            "namespace",
+        ),
+        (
+            pb::RecallRequest {
+                conversation_id: "standup".into(),
+                sources: vec![pb::RecallSource::Memories as i32],
+                ..ask("x")
+            },
+            "conversation_id",
+        ),
+        (
+            pb::RecallRequest {
+                sources: vec![9],
+                ..ask("x")
+            },
+            "sources",
+        ),
+        (
+            pb::RecallRequest {
+                conversation_id: "bad id!".into(),
+                ..ask("x")
+            },
+            "conversation_id",
+        ),
+    ] {
+        let err = c.memory.recall(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+
+    // Deleting a conversation removes its messages from both retrievers.
+    c.conversations
+        .delete_conversation(pb::DeleteConversationRequest {
+            id: "standup".into(),
+        })
+        .await
+        .unwrap();
+    for mode in [pb::RecallMode::Vector, pb::RecallMode::Bm25] {
+        let hits = recall(
+            &mut c,
+            pb::RecallRequest {
+                sources: vec![pb::RecallSource::Messages as i32],
+                mode: mode as i32,
+                ..ask("billing dashboard design team")
+            },
+        )
+        .await;
+        assert!(
+            hits.iter()
+                .all(|h| hit_id(h) != ship.id && hit_id(h) != reply.id),
+            "{mode:?}: {hits:#?}"
+        );
+    }
+    // A conversation made again under the same id starts empty in the index too.
+    create_conversation(&mut c, "standup").await;
+    let again = say(
+        &mut c,
+        "standup",
+        "user",
+        "The billing dashboard slipped a week.",
+        "",
+    )
+    .await;
+    let hits = recall(
+        &mut c,
+        pb::RecallRequest {
+            conversation_id: "standup".into(),
+            mode: pb::RecallMode::Vector as i32,
+            ..ask("billing dashboard")
+        },
+    )
+    .await;
+    assert_eq!(hits.iter().map(hit_id).collect::<Vec<_>>(), vec![again.id]);
 }
 
 #[tokio::test]
@@ -367,6 +663,19 @@ async fn a_node_without_the_model_serves_words_only_and_says_how_to_get_it() {
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].retrievers, vec!["bm25"]);
     assert_eq!(hits[0].similarity, None);
+    // Messages are stored without vectors and recalled by their words.
+    create_conversation(&mut c, "c").await;
+    let said = say(&mut c, "c", "user", "Send the report to finance.", "").await;
+    let hits = recall(
+        &mut c,
+        pb::RecallRequest {
+            query: "finance report".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(hit_id(&hits[0]), said.id);
+    assert_eq!(hits[0].similarity, None);
     for req in [
         pb::RecallRequest {
             query: "report".into(),
@@ -402,7 +711,7 @@ async fn ids(n: &Nexus, query: &str) -> Vec<String> {
     )
     .await
     .iter()
-    .map(|h| h.memory.as_ref().unwrap().id.clone())
+    .map(hit_id)
     .collect()
 }
 
@@ -420,7 +729,9 @@ async fn followers_recall_what_the_leader_does_and_restarts_lose_nothing() {
         "a recipe for lemon cake with poppy seeds",
         "renewing the passport before the trip abroad",
     ];
+    create_conversation(&mut nodes[leader].client().await, "chat").await;
     let mut written = Vec::new();
+    let mut said = Vec::new();
     for i in 0..60 {
         // Through every node: followers forward, and embed before forwarding.
         let mut c = nodes[i % 3].client().await;
@@ -432,6 +743,11 @@ async fn followers_recall_what_the_leader_does_and_restarts_lose_nothing() {
         )
         .await;
         written.push(m.id);
+        if i % 4 == 1 {
+            let text = format!("Message {i}: {}", topics[i % topics.len()]);
+            let m = say(&mut c, "chat", "user", &text, "").await;
+            said.push((text, m.id));
+        }
     }
     let queries = [
         "holiday travel documents",
@@ -475,10 +791,26 @@ async fn followers_recall_what_the_leader_does_and_restarts_lose_nothing() {
         )
         .await;
         assert_eq!(
-            &hits[0].memory.as_ref().unwrap().id,
+            &hits[0].memory().unwrap().id,
             id,
             "memory {i} is in the restarted index"
         );
+        assert!(hits[0].similarity.unwrap() > 0.999);
+    }
+    // And every acknowledged message.
+    for (text, id) in &said {
+        let hits = recall(
+            &mut c,
+            pb::RecallRequest {
+                query: text.clone(),
+                k: 1,
+                mode: pb::RecallMode::Vector as i32,
+                sources: vec![pb::RecallSource::Messages as i32],
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(&hit_id(&hits[0]), id, "{text:?} is in the restarted index");
         assert!(hits[0].similarity.unwrap() > 0.999);
     }
 }

@@ -1,5 +1,5 @@
-//! Two tenants' memories in one full-text index and one vector index: nothing of one is
-//! found, recalled or forgotten through the other. In process (the public API serves only
+//! Two tenants' memories and conversation messages in one full-text index and one vector
+//! index: nothing of one is found, recalled, forgotten or deleted through the other. In process (the public API serves only
 //! tenant `default` until authentication lands), with the real store, Raft node, indexes and
 //! local model.
 
@@ -11,11 +11,12 @@ use std::time::Duration;
 use in_process::Parts;
 use nexus_node::cluster::ReadConsistency;
 use nexus_node::error::NexusError;
+use nexus_node::memory::conversations::{ConversationService, NewMessageRequest};
 use nexus_node::memory::semantic::{RememberRequest, SemanticService};
 use nexus_node::search::fulltext::{HitItem, SearchRequest};
 use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
 use nexus_node::search::vector::local::LocalIndex;
-use nexus_node::search::vector::{VectorFilter, VectorIndex, VectorIndexer};
+use nexus_node::search::vector::{PointKind, VectorFilter, VectorIndex, VectorIndexer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_see_each_others_memories() {
@@ -88,9 +89,9 @@ async fn tenants_never_see_each_others_memories() {
                 .await
                 .unwrap();
             assert!(!hits.is_empty(), "{tenant} {mode:?}");
-            assert_eq!(hits[0].record.id, own.id, "{tenant} {mode:?}");
+            assert_eq!(hits[0].item.id(), own.id, "{tenant} {mode:?}");
             assert!(
-                hits.iter().all(|h| h.record.id != other.id),
+                hits.iter().all(|h| h.item.id() != other.id),
                 "{tenant} {mode:?} sees the other tenant"
             );
         }
@@ -137,6 +138,96 @@ async fn tenants_never_see_each_others_memories() {
         .await
         .unwrap();
     assert!(none.is_empty());
+
+    // Conversations: the same conversation id in both tenants, so their messages share a
+    // scope name in the vector index.
+    let conversations =
+        ConversationService::new(node.clone(), config.limits.clone(), Some(embedder.clone()));
+    let mut said = Vec::new();
+    for (tenant, content) in [
+        ("tenant-a", "Alpha decided to move the offsite to Lisbon."),
+        ("tenant-b", "Beta decided to move the offsite to Oslo."),
+    ] {
+        conversations
+            .create(tenant, "shared-conv", "", "")
+            .await
+            .unwrap();
+        let m = conversations
+            .append(
+                tenant,
+                "shared-conv",
+                vec![NewMessageRequest {
+                    role: "user".into(),
+                    content: content.into(),
+                    metadata: String::new(),
+                    input_tokens: None,
+                    output_tokens: None,
+                }],
+            )
+            .await
+            .unwrap();
+        said.push(m[0].id.clone());
+    }
+    let recall_messages = |tenant: &'static str, mode: RecallMode| {
+        let recaller = &recaller;
+        async move {
+            recaller
+                .recall(
+                    tenant,
+                    &RecallRequest {
+                        query: "where is the team retreat being held?".into(),
+                        conversation_id: "shared-conv".into(),
+                        mode,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| h.item.id().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    for mode in [RecallMode::Hybrid, RecallMode::Vector] {
+        assert_eq!(
+            recall_messages("tenant-a", mode).await,
+            vec![said[0].clone()]
+        );
+        assert_eq!(
+            recall_messages("tenant-b", mode).await,
+            vec![said[1].clone()]
+        );
+    }
+    // Deleting tenant A's conversation leaves tenant B's message vector in place.
+    conversations
+        .delete("tenant-a", "shared-conv")
+        .await
+        .unwrap();
+    assert!(recall_messages("tenant-a", RecallMode::Vector)
+        .await
+        .is_empty());
+    assert_eq!(
+        recall_messages("tenant-b", RecallMode::Vector).await,
+        vec![said[1].clone()]
+    );
+    let messages_only = VectorFilter {
+        kind: Some(PointKind::Message),
+        ..Default::default()
+    };
+    assert_eq!(
+        local
+            .search("tenant-a", &b.embedding, 10, &messages_only)
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        local
+            .search("tenant-b", &b.embedding, 10, &messages_only)
+            .unwrap()
+            .len(),
+        1
+    );
     vectors.shutdown();
     parts.stop().await;
 }

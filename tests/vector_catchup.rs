@@ -1,8 +1,9 @@
 //! The vector indexer against an index that fails on purpose (as a remote Qdrant that is down
 //! does): writes go on while it is down, a linearizable recall says the index is behind, and
 //! once it answers again it catches up from its watermark with nothing lost, nothing extra,
-//! and nothing replayed that it already held durably. In process, with the real store, Raft
-//! node and local model.
+//! and nothing replayed that it already held durably; and a new index over a compacted log is
+//! rebuilt from the state machine, memories and messages alike. In process, with the real
+//! store, Raft node and local model.
 
 mod in_process;
 
@@ -11,12 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use in_process::Parts;
+use nexus_node::cluster::log_store::LogStore;
 use nexus_node::error::NexusError;
+use nexus_node::memory::conversations::{ConversationService, NewMessageRequest};
 use nexus_node::memory::semantic::{RememberRequest, SemanticRecord, SemanticService};
 use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
 use nexus_node::search::vector::local::LocalIndex;
 use nexus_node::search::vector::{
-    VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorIndexer,
+    PointKind, VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorIndexer,
 };
 
 /// A local index behind a switch: while `down`, every call fails as an unreachable server's.
@@ -179,7 +182,7 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     })
     .await;
     let hits = recaller.recall("t", &vector_recall).await.unwrap();
-    let mut got: Vec<&str> = hits.iter().map(|h| h.record.id.as_str()).collect();
+    let mut got: Vec<&str> = hits.iter().map(|h| h.item.id()).collect();
     let mut want: Vec<&str> = memories.iter().map(|m| m.id.as_str()).collect();
     got.sort_unstable();
     want.sort_unstable();
@@ -202,5 +205,95 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(flaky.applied_changes.load(Ordering::SeqCst), before);
     reopened.shutdown();
+    parts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted() {
+    let parts = Parts::start(|_| {}).await;
+    let (config, node, embedder) = (&parts.config, &parts.node, &parts.embedder);
+    let semantic =
+        SemanticService::new(node.clone(), config.limits.clone(), Some(embedder.clone()));
+    let conversations =
+        ConversationService::new(node.clone(), config.limits.clone(), Some(embedder.clone()));
+    let mut memories = Vec::new();
+    for i in 0..5 {
+        memories.push(
+            semantic
+                .remember(
+                    "t",
+                    RememberRequest {
+                        text: format!("memory number {i}"),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    semantic.forget("t", &memories[0].id).await.unwrap();
+    let message = |content: &str| NewMessageRequest {
+        role: "user".into(),
+        content: content.into(),
+        metadata: String::new(),
+        input_tokens: None,
+        output_tokens: None,
+    };
+    for conversation in ["kept", "dropped"] {
+        conversations
+            .create("t", conversation, "", "")
+            .await
+            .unwrap();
+        conversations
+            .append(
+                "t",
+                conversation,
+                vec![message("first words"), message(""), message("second words")],
+            )
+            .await
+            .unwrap();
+    }
+    conversations.delete("t", "dropped").await.unwrap();
+
+    // Snapshot and purge the whole log: a new index cannot replay it and must rebuild.
+    let applied = node.applied().borrow().index;
+    node.raft.trigger().snapshot().await.unwrap();
+    wait_until("the snapshot is taken", || {
+        node.status().snapshot_index >= applied
+    })
+    .await;
+    node.raft.trigger().purge_log(applied).await.unwrap();
+    wait_until("the log is purged", || {
+        LogStore::read_range(&node.store, 1, 2).unwrap().is_empty()
+    })
+    .await;
+
+    let index =
+        Arc::new(LocalIndex::open(&parts.dir.path().join("fresh-vectors"), parts.hnsw()).unwrap());
+    let indexer = VectorIndexer::start(
+        index.clone(),
+        node.store.clone(),
+        node.applied(),
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    wait_until("the rebuilt index is at the applied index", || {
+        indexer.watermark() >= applied
+    })
+    .await;
+    // 4 live memories and the 2 non-empty messages of the kept conversation.
+    let all = index
+        .search("t", &memories[1].embedding, 100, &VectorFilter::default())
+        .unwrap();
+    let count = |kind| all.iter().filter(|h| h.kind == kind).count();
+    assert_eq!(
+        (count(PointKind::Memory), count(PointKind::Message)),
+        (4, 2)
+    );
+    assert!(all.iter().all(|h| h.seq != memories[0].seq));
+    // Rebuilt durably: the watermark was saved with it.
+    assert_eq!(index.durable_watermark().unwrap(), applied);
+    indexer.shutdown();
     parts.stop().await;
 }

@@ -141,11 +141,7 @@ pub async fn evaluate(
         let ranks: Vec<usize> = hits
             .iter()
             .enumerate()
-            .filter(|(_, h)| {
-                h.memory
-                    .as_ref()
-                    .is_some_and(|m| relevant.contains(m.id.as_str()))
-            })
+            .filter(|(_, h)| h.memory().is_some_and(|m| relevant.contains(m.id.as_str())))
             .map(|(i, _)| i + 1)
             .collect();
         let found = |k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64;

@@ -16,7 +16,7 @@ use nexus_client::report::{machine, percentile, update_section};
 use nexus_node::config::VectorConfig;
 use nexus_node::embed::Embedder;
 use nexus_node::search::vector::local::{HnswParams, LocalIndex};
-use nexus_node::search::vector::{VectorChange, VectorFilter, VectorIndex, VectorPoint};
+use nexus_node::search::vector::{PointKind, VectorChange, VectorFilter, VectorIndex, VectorPoint};
 
 const DIMENSIONS: usize = 384;
 const CENTRES: usize = 2_000;
@@ -107,7 +107,8 @@ fn run_size(size: usize, efs: &[usize], config: &VectorConfig) -> anyhow::Result
             VectorChange::Upsert(VectorPoint {
                 tenant: TENANT.into(),
                 seq,
-                namespace: "n".into(),
+                kind: PointKind::Memory,
+                scope: "n".into(),
                 created_at_ms: seq as i64,
                 vector: data.draw(),
             })
@@ -207,7 +208,8 @@ async fn end_to_end(texts: usize) -> anyhow::Result<(usize, f64)> {
                 VectorChange::Upsert(VectorPoint {
                     tenant: TENANT.into(),
                     seq,
-                    namespace: "n".into(),
+                    kind: PointKind::Memory,
+                    scope: "n".into(),
                     created_at_ms: 0,
                     vector: v,
                 })

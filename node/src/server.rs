@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let conversations = Arc::new(ConversationService::new(
         node.clone(),
         config.limits.clone(),
+        embedder.clone(),
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();

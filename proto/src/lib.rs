@@ -5,6 +5,24 @@
 /// The public API, version 1.
 pub mod v1 {
     tonic::include_proto!("nexus.v1");
+
+    impl RecallHit {
+        /// The semantic memory this hit is, if it is one.
+        pub fn memory(&self) -> Option<&SemanticMemory> {
+            match &self.item {
+                Some(recall_hit::Item::Memory(m)) => Some(m),
+                _ => None,
+            }
+        }
+
+        /// The conversation message this hit is, if it is one.
+        pub fn message(&self) -> Option<&Message> {
+            match &self.item {
+                Some(recall_hit::Item::Message(m)) => Some(m),
+                _ => None,
+            }
+        }
+    }
 }
 
 /// The internal node-to-node Raft transport. Not a public API.

@@ -137,11 +137,19 @@ enum MemoryCommand {
         #[arg(long)]
         importance: Option<f32>,
     },
-    /// Recall the semantic memories most related to QUERY (vector and BM25, fused).
+    /// Recall the semantic memories and conversation messages most related to QUERY (vector
+    /// and BM25, fused).
     Recall {
         query: String,
+        /// Only memories of this namespace.
         #[arg(long, default_value = "")]
         namespace: String,
+        /// Only messages of this conversation.
+        #[arg(long, default_value = "")]
+        conversation: String,
+        /// What to recall, repeatable (default: both).
+        #[arg(long = "source", value_enum)]
+        sources: Vec<RecallSourceArg>,
         /// Hits wanted.
         #[arg(long, default_value_t = 10)]
         k: u32,
@@ -161,6 +169,12 @@ enum MemoryCommand {
     },
     /// Forget a semantic memory by id.
     Forget { id: String },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum RecallSourceArg {
+    Memories,
+    Messages,
 }
 
 /// `key=value`.
@@ -593,6 +607,8 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
             MemoryCommand::Recall {
                 query,
                 namespace,
+                conversation,
+                sources,
                 k,
                 meta,
                 since,
@@ -612,31 +628,53 @@ async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), Client
                         min_score,
                         consistency: consistency(stale),
                         mode: pb::RecallMode::Hybrid as i32,
+                        sources: sources
+                            .iter()
+                            .map(|s| match s {
+                                RecallSourceArg::Memories => pb::RecallSource::Memories as i32,
+                                RecallSourceArg::Messages => pb::RecallSource::Messages as i32,
+                            })
+                            .collect(),
+                        conversation_id: conversation,
                     })
                     .await?
                     .into_inner();
+                // (kind, id, text, the item as JSON) of each hit.
+                let items: Vec<(&str, String, String, Value)> = r
+                    .hits
+                    .iter()
+                    .map(|h| match &h.item {
+                        Some(pb::recall_hit::Item::Memory(m)) => {
+                            ("memory", m.id.clone(), m.text.clone(), semantic_json(m))
+                        }
+                        Some(pb::recall_hit::Item::Message(m)) => {
+                            ("message", m.id.clone(), m.content.clone(), message_json(m))
+                        }
+                        None => ("", String::new(), String::new(), Value::Null),
+                    })
+                    .collect();
                 if out == Output::Json {
                     let hits: Vec<Value> = r
                         .hits
                         .iter()
-                        .map(|h| {
-                            let m = h.memory.clone().unwrap_or_default();
-                            json!({"id": m.id, "text": m.text, "score": h.score,
+                        .zip(&items)
+                        .map(|(h, (kind, id, text, item))| {
+                            json!({"kind": kind, "id": id, "text": text, "score": h.score,
                                    "similarity": h.similarity, "retrievers": h.retrievers,
-                                   "memory": semantic_json(&m)})
+                                   *kind: item})
                         })
                         .collect();
                     print_json(&Value::Array(hits));
                 } else {
-                    let mut t = table(&["SCORE", "SIMILARITY", "FOUND BY", "ID", "TEXT"]);
-                    for h in &r.hits {
-                        let m = h.memory.clone().unwrap_or_default();
+                    let mut t = table(&["SCORE", "SIMILARITY", "FOUND BY", "KIND", "ID", "TEXT"]);
+                    for (h, (kind, id, text, _)) in r.hits.iter().zip(&items) {
                         t.add_row(vec![
                             format!("{:.4}", h.score),
                             h.similarity.map_or("-".into(), |s| format!("{s:.3}")),
                             h.retrievers.join("+"),
-                            m.id.clone(),
-                            truncate(&m.text, 70),
+                            kind.to_string(),
+                            id.clone(),
+                            truncate(text, 70),
                         ]);
                     }
                     println!("{t}");

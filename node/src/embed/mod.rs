@@ -64,6 +64,51 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb)
 }
 
+/// Embeds `texts` for storage or search: one unit-length vector per text, checked to have the
+/// model's dimensions and finite values. A failing model is Unavailable (the caller may retry).
+pub async fn embed_units(
+    e: &dyn Embedder,
+    texts: &[String],
+) -> Result<Vec<Vec<f32>>, crate::error::NexusError> {
+    use crate::error::NexusError;
+    if texts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let vectors = e
+        .embed(texts)
+        .await
+        .map_err(|err| NexusError::unavailable(format!("embedding the text: {err}")))?;
+    if vectors.len() != texts.len() {
+        return Err(NexusError::internal(format!(
+            "the embedder returned {} vectors for {} texts",
+            vectors.len(),
+            texts.len()
+        )));
+    }
+    vectors
+        .into_iter()
+        .map(|v| {
+            if v.len() != e.dimensions() || v.iter().any(|x| !x.is_finite()) {
+                return Err(NexusError::internal(format!(
+                    "the embedder returned a vector of {} values (expected {} finite ones)",
+                    v.len(),
+                    e.dimensions()
+                )));
+            }
+            Ok(normalized(v))
+        })
+        .collect()
+}
+
+/// Scales a vector to unit length (cosine similarity becomes a dot product).
+pub fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
 /// The embedder `config` names, batching concurrent requests; None for provider `none`, or
 /// when the local model is not in the model cache (then memories are found by words only, and
 /// the log says how to get the model). A wrong configuration is an error.

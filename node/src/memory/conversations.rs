@@ -1,17 +1,25 @@
 //! Conversations: an ordered message history per conversation. Messages get their id (UUIDv7)
 //! and time on the proposing node and their sequence number when applied, so every node
 //! numbers them alike.
+//!
+//! With an embedding model, the proposing node also embeds each message's content and the
+//! vectors travel in the command ([`ConversationOp::AppendWithVectors`]); followers never
+//! re-embed. Each vector is stored in `message_vectors` under a vector number drawn from the
+//! tenant's semantic-memory counter, so the vector index holds memories and messages under
+//! one key space and recall can fuse both.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, validate};
+use super::{now_ms, semantic, validate};
 use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
 use crate::config::Limits;
+use crate::embed::{embed_units, Embedder};
 use crate::error::NexusError;
 use crate::store::{
     codec, keys, ApplyCtx, Store, StoreError, CF_CONVERSATIONS, CF_MESSAGES, CF_MESSAGE_IDS,
+    CF_MESSAGE_VECTORS, CF_MESSAGE_VECTOR_IDS,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +58,20 @@ pub struct NewMessage {
     pub output_tokens: Option<u32>,
 }
 
+/// The vector of a message's content, in `message_vectors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageVector {
+    /// The vector number (the tenant's semantic counter), the key in the vector index.
+    pub seq: u64,
+    pub message_id: String,
+    pub conversation_id: String,
+    pub created_at_ms: i64,
+    /// The embedding model that made `embedding`.
+    pub model: String,
+    /// Unit length.
+    pub embedding: Vec<f32>,
+}
+
 /// Where a message id points.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageLocation {
@@ -73,6 +95,16 @@ pub enum ConversationOp {
     Delete {
         id: String,
     },
+    /// An append with one vector per message (empty for a message with nothing to embed), made
+    /// by `model` on the proposing node. Appended last: a variant's position is part of the
+    /// log's encoding.
+    AppendWithVectors {
+        conversation_id: String,
+        messages: Vec<NewMessage>,
+        now_ms: i64,
+        model: String,
+        vectors: Vec<Vec<f32>>,
+    },
 }
 
 impl ConversationOp {
@@ -88,26 +120,48 @@ impl ConversationOp {
                 conversation_id,
                 messages,
                 ..
+            } => conversation_id.len() + messages_size(messages),
+            ConversationOp::AppendWithVectors {
+                conversation_id,
+                messages,
+                model,
+                vectors,
+                ..
             } => {
                 conversation_id.len()
-                    + messages
-                        .iter()
-                        .map(|m| {
-                            m.id.len() + m.role.len() + m.content.len() + m.metadata.len() + 16
-                        })
-                        .sum::<usize>()
+                    + messages_size(messages)
+                    + model.len()
+                    + vectors.iter().map(|v| v.len() * 4 + 2).sum::<usize>()
             }
             ConversationOp::Delete { id } => id.len(),
+        }
+    }
+
+    /// The messages this op appends (none for other ops).
+    pub fn appended(&self) -> &[NewMessage] {
+        match self {
+            ConversationOp::Append { messages, .. }
+            | ConversationOp::AppendWithVectors { messages, .. } => messages,
+            _ => &[],
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             ConversationOp::Create { .. } => "conversation.create",
-            ConversationOp::Append { .. } => "conversation.append",
+            ConversationOp::Append { .. } | ConversationOp::AppendWithVectors { .. } => {
+                "conversation.append"
+            }
             ConversationOp::Delete { .. } => "conversation.delete",
         }
     }
+}
+
+fn messages_size(messages: &[NewMessage]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.id.len() + m.role.len() + m.content.len() + m.metadata.len() + 16)
+        .sum()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,46 +211,32 @@ pub fn apply(
             conversation_id,
             messages,
             now_ms,
+        } => append(ctx, tenant, conversation_id, messages, *now_ms, None),
+        ConversationOp::AppendWithVectors {
+            conversation_id,
+            messages,
+            now_ms,
+            model,
+            vectors,
         } => {
-            let k = keys::conversation_key(tenant, conversation_id);
-            let Some(mut conversation) =
-                ctx.get_decoded::<ConversationRecord>(CF_CONVERSATIONS, &k)?
-            else {
-                return Ok(Err(not_found(conversation_id)));
-            };
-            let mut out = Vec::with_capacity(messages.len());
-            for m in messages {
-                conversation.message_count += 1;
-                let seq = conversation.message_count;
-                let record = MessageRecord {
-                    id: m.id.clone(),
-                    conversation_id: conversation_id.clone(),
-                    seq,
-                    role: m.role.clone(),
-                    content: m.content.clone(),
-                    metadata: m.metadata.clone(),
-                    input_tokens: m.input_tokens,
-                    output_tokens: m.output_tokens,
-                    created_at_ms: *now_ms,
-                };
-                ctx.put(
-                    CF_MESSAGES,
-                    &keys::message_key(tenant, conversation_id, seq),
-                    &record,
-                );
-                ctx.put(
-                    CF_MESSAGE_IDS,
-                    &keys::message_id_key(tenant, &m.id),
-                    &MessageLocation {
-                        conversation_id: conversation_id.clone(),
-                        seq,
-                    },
-                );
-                out.push(record);
+            if vectors.len() != messages.len() {
+                return Ok(Err(NexusError::invalid(
+                    "messages",
+                    format!(
+                        "{} messages came with {} vectors",
+                        messages.len(),
+                        vectors.len()
+                    ),
+                )));
             }
-            conversation.updated_at_ms = *now_ms;
-            ctx.put(CF_CONVERSATIONS, &k, &conversation);
-            Ok(Ok(ConversationReply::Messages(out)))
+            append(
+                ctx,
+                tenant,
+                conversation_id,
+                messages,
+                *now_ms,
+                Some((model, vectors)),
+            )
         }
         ConversationOp::Delete { id } => {
             let k = keys::conversation_key(tenant, id);
@@ -208,6 +248,11 @@ pub fn apply(
             for (_, v) in ctx.scan_prefix(CF_MESSAGES, &prefix)? {
                 let m: MessageRecord = codec::decode(&v)?;
                 ctx.delete(CF_MESSAGE_IDS, &keys::message_id_key(tenant, &m.id));
+                let vector_id = keys::message_vector_id_key(tenant, &m.id);
+                if let Some(seq) = ctx.get_decoded::<u64>(CF_MESSAGE_VECTOR_IDS, &vector_id)? {
+                    ctx.delete(CF_MESSAGE_VECTORS, &keys::message_vector_key(tenant, seq));
+                    ctx.delete(CF_MESSAGE_VECTOR_IDS, &vector_id);
+                }
             }
             ctx.delete_prefix(CF_MESSAGES, &prefix);
             ctx.delete(CF_CONVERSATIONS, &k);
@@ -215,6 +260,99 @@ pub fn apply(
                 messages: conversation.message_count,
             }))
         }
+    }
+}
+
+/// Appends messages, with their vectors when `vectors` holds (model, one per message).
+fn append(
+    ctx: &mut ApplyCtx<'_>,
+    tenant: &str,
+    conversation_id: &str,
+    messages: &[NewMessage],
+    now_ms: i64,
+    vectors: Option<(&String, &Vec<Vec<f32>>)>,
+) -> Result<Result<ConversationReply, NexusError>, StoreError> {
+    let k = keys::conversation_key(tenant, conversation_id);
+    let Some(mut conversation) = ctx.get_decoded::<ConversationRecord>(CF_CONVERSATIONS, &k)?
+    else {
+        return Ok(Err(not_found(conversation_id)));
+    };
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        conversation.message_count += 1;
+        let seq = conversation.message_count;
+        let record = MessageRecord {
+            id: m.id.clone(),
+            conversation_id: conversation_id.to_string(),
+            seq,
+            role: m.role.clone(),
+            content: m.content.clone(),
+            metadata: m.metadata.clone(),
+            input_tokens: m.input_tokens,
+            output_tokens: m.output_tokens,
+            created_at_ms: now_ms,
+        };
+        ctx.put(
+            CF_MESSAGES,
+            &keys::message_key(tenant, conversation_id, seq),
+            &record,
+        );
+        ctx.put(
+            CF_MESSAGE_IDS,
+            &keys::message_id_key(tenant, &m.id),
+            &MessageLocation {
+                conversation_id: conversation_id.to_string(),
+                seq,
+            },
+        );
+        if let Some((model, vectors)) = vectors.filter(|(_, v)| !v[i].is_empty()) {
+            let number = semantic::take_vector_number(ctx, tenant)?;
+            ctx.put(
+                CF_MESSAGE_VECTORS,
+                &keys::message_vector_key(tenant, number),
+                &MessageVector {
+                    seq: number,
+                    message_id: m.id.clone(),
+                    conversation_id: conversation_id.to_string(),
+                    created_at_ms: now_ms,
+                    model: model.clone(),
+                    embedding: vectors[i].clone(),
+                },
+            );
+            ctx.put(
+                CF_MESSAGE_VECTOR_IDS,
+                &keys::message_vector_id_key(tenant, &m.id),
+                &number,
+            );
+        }
+        out.push(record);
+    }
+    conversation.updated_at_ms = now_ms;
+    ctx.put(CF_CONVERSATIONS, &k, &conversation);
+    Ok(Ok(ConversationReply::Messages(out)))
+}
+
+/// A message vector by vector number.
+pub fn read_vector(
+    store: &Store,
+    tenant: &str,
+    seq: u64,
+) -> Result<Option<MessageVector>, StoreError> {
+    store.get_decoded(CF_MESSAGE_VECTORS, &keys::message_vector_key(tenant, seq))
+}
+
+/// The vector of a message, by message id.
+pub fn read_vector_of(
+    store: &Store,
+    tenant: &str,
+    message_id: &str,
+) -> Result<Option<MessageVector>, StoreError> {
+    match store.get_decoded::<u64>(
+        CF_MESSAGE_VECTOR_IDS,
+        &keys::message_vector_id_key(tenant, message_id),
+    )? {
+        Some(seq) => read_vector(store, tenant, seq),
+        None => Ok(None),
     }
 }
 
@@ -265,11 +403,21 @@ pub struct ListMessagesRequest {
 pub struct ConversationService {
     node: Arc<ClusterNode>,
     limits: Limits,
+    embedder: Option<Arc<dyn Embedder>>,
 }
 
 impl ConversationService {
-    pub fn new(node: Arc<ClusterNode>, limits: Limits) -> Self {
-        Self { node, limits }
+    /// With an embedder, appended messages are embedded (on this node) for recall.
+    pub fn new(
+        node: Arc<ClusterNode>,
+        limits: Limits,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Self {
+        Self {
+            node,
+            limits,
+            embedder,
+        }
     }
 
     pub async fn create(
@@ -360,10 +508,38 @@ impl ConversationService {
                 output_tokens: m.output_tokens,
             });
         }
-        let op = ConversationOp::Append {
-            conversation_id: conversation_id.to_string(),
-            messages: new,
-            now_ms: now_ms(),
+        let op = match &self.embedder {
+            Some(e) => {
+                // One model call for the batch; messages with no text get no vector.
+                let texts: Vec<String> = new
+                    .iter()
+                    .filter(|m| !m.content.trim().is_empty())
+                    .map(|m| m.content.clone())
+                    .collect();
+                let mut made = embed_units(e.as_ref(), &texts).await?.into_iter();
+                let vectors = new
+                    .iter()
+                    .map(|m| {
+                        if m.content.trim().is_empty() {
+                            Vec::new()
+                        } else {
+                            made.next().unwrap_or_default()
+                        }
+                    })
+                    .collect();
+                ConversationOp::AppendWithVectors {
+                    conversation_id: conversation_id.to_string(),
+                    messages: new,
+                    now_ms: now_ms(),
+                    model: e.model().to_string(),
+                    vectors,
+                }
+            }
+            None => ConversationOp::Append {
+                conversation_id: conversation_id.to_string(),
+                messages: new,
+                now_ms: now_ms(),
+            },
         };
         match self.propose(tenant, op).await? {
             ConversationReply::Messages(m) => Ok(m),

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::{now_ms, validate};
 use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
 use crate::config::Limits;
-use crate::embed::Embedder;
+pub use crate::embed::normalized;
+use crate::embed::{embed_units, Embedder};
 use crate::error::NexusError;
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SEMANTIC, CF_SEMANTIC_IDS};
 
@@ -134,10 +135,7 @@ pub fn apply(
                     "semantic memory {id} already exists"
                 ))));
             }
-            let next_key = keys::semantic_next_seq_key(tenant);
-            let seq = ctx
-                .get_decoded::<u64>(CF_SEMANTIC_IDS, &next_key)?
-                .unwrap_or(1);
+            let seq = take_vector_number(ctx, tenant)?;
             let record = SemanticRecord {
                 id: id.clone(),
                 seq,
@@ -149,7 +147,6 @@ pub fn apply(
                 model: model.clone(),
                 embedding: embedding.clone(),
             };
-            ctx.put(CF_SEMANTIC_IDS, &next_key, &(seq + 1));
             ctx.put(CF_SEMANTIC_IDS, &id_key, &seq);
             ctx.put(CF_SEMANTIC, &keys::semantic_key(tenant, seq), &record);
             Ok(Ok(SemanticReply::Remembered(record)))
@@ -168,6 +165,18 @@ pub fn apply(
             }
         }
     }
+}
+
+/// Takes the tenant's next vector number: semantic memories and conversation message vectors
+/// draw from this one counter, so a number names one vector of a tenant in the vector index.
+/// Numbers are never reused.
+pub fn take_vector_number(ctx: &mut ApplyCtx<'_>, tenant: &str) -> Result<u64, StoreError> {
+    let next_key = keys::semantic_next_seq_key(tenant);
+    let seq = ctx
+        .get_decoded::<u64>(CF_SEMANTIC_IDS, &next_key)?
+        .unwrap_or(1);
+    ctx.put(CF_SEMANTIC_IDS, &next_key, &(seq + 1));
+    Ok(seq)
 }
 
 /// The sequence number of a memory, from the store.
@@ -310,19 +319,8 @@ impl SemanticService {
         }
         let (model, embedding) = match &self.embedder {
             Some(e) => {
-                let mut vectors = e
-                    .embed(std::slice::from_ref(&req.text))
-                    .await
-                    .map_err(|err| NexusError::unavailable(format!("embedding the text: {err}")))?;
-                let v = vectors.pop().unwrap_or_default();
-                if v.len() != e.dimensions() || v.iter().any(|x| !x.is_finite()) {
-                    return Err(NexusError::internal(format!(
-                        "the embedder returned a vector of {} values (expected {} finite ones)",
-                        v.len(),
-                        e.dimensions()
-                    )));
-                }
-                (e.model().to_string(), normalized(v))
+                let mut v = embed_units(e.as_ref(), std::slice::from_ref(&req.text)).await?;
+                (e.model().to_string(), v.pop().unwrap_or_default())
             }
             None => (String::new(), Vec::new()),
         };
@@ -397,15 +395,6 @@ fn validate_id(id: &str) -> Result<(), NexusError> {
     uuid::Uuid::parse_str(id)
         .map(|_| ())
         .map_err(|_| NexusError::invalid("id", format!("{id:?} is not a memory id (a UUID)")))
-}
-
-/// Scales a vector to unit length (cosine similarity becomes a dot product).
-pub fn normalized(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
 }
 
 #[cfg(test)]

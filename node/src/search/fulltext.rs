@@ -621,13 +621,6 @@ impl Indexer {
                             }
                         }
                     }
-                    Op::Conversation(ConversationOp::Append { messages: new, .. }) => {
-                        for m in new {
-                            if seen.insert(message_doc_id(tenant, &m.id)) {
-                                messages.push((tenant.clone(), m.id.clone()));
-                            }
-                        }
-                    }
                     Op::Conversation(ConversationOp::Delete { id }) => {
                         // Deletions first: every addition below reflects the current state.
                         self.writer.delete_term(Term::from_field_text(
@@ -635,7 +628,13 @@ impl Indexer {
                             &conversation_scope(tenant, id),
                         ));
                     }
-                    Op::Conversation(ConversationOp::Create { .. }) => {}
+                    Op::Conversation(op) => {
+                        for m in op.appended() {
+                            if seen.insert(message_doc_id(tenant, &m.id)) {
+                                messages.push((tenant.clone(), m.id.clone()));
+                            }
+                        }
+                    }
                     Op::Semantic(SemanticOp::Remember { id, .. }) => {
                         // Gone since: a later Forget in the log removes it.
                         if let Some(seq) = semantic::seq_of(&self.store, tenant, id)? {

@@ -4,22 +4,25 @@
 //! calibration between BM25 and cosine, and a document both retrievers found rises above one
 //! only one found.
 //!
-//! `recall` serves semantic memories (MemoryService.Recall); `search` serves every kind
-//! (SearchService.Search), adding the vector hits of semantic memories to the BM25 hits.
-//! Without an embedding model both fall back to BM25 alone.
+//! `recall` serves semantic memories and conversation messages (MemoryService.Recall);
+//! `search` serves every kind (SearchService.Search), adding the vector hits of semantic
+//! memories and messages to the BM25 hits. Without an embedding model both fall back to BM25
+//! alone.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
 
 use crate::cluster::{ClusterNode, ReadConsistency};
 use crate::config::{Limits, SearchConfig};
-use crate::embed::{cosine, Embedder};
+use crate::embed::{cosine, embed_units, Embedder};
 use crate::error::NexusError;
+use crate::memory::conversations::{self, MessageRecord};
 use crate::memory::semantic::{self, SemanticRecord};
 use crate::memory::validate;
 use crate::search::fulltext::{FullTextIndex, Hit, HitItem, HitKind, SearchRequest};
-use crate::search::vector::{VectorFilter, VectorHit, VectorIndexer};
+use crate::search::vector::{PointKind, VectorFilter, VectorHit, VectorIndexer};
 
 /// RRF's rank offset; 60 is the value of the original paper and of most engines since.
 pub const RRF_K: f32 = 60.0;
@@ -129,6 +132,11 @@ pub struct RecallRequest {
     pub min_score: f32,
     pub consistency: ReadConsistency,
     pub mode: RecallMode,
+    /// What to recall: memories, messages, or both (empty = both; a namespace means memories
+    /// only, a conversation messages only).
+    pub sources: Vec<PointKind>,
+    /// Only messages of this conversation (empty = any).
+    pub conversation_id: String,
 }
 
 /// Which retrievers a recall uses.
@@ -140,12 +148,37 @@ pub enum RecallMode {
     Bm25,
 }
 
+/// What a recall found.
+#[derive(Debug, Clone)]
+pub enum RecallItem {
+    Memory(SemanticRecord),
+    Message(MessageRecord),
+}
+
+impl RecallItem {
+    /// The memory's or message's id.
+    pub fn id(&self) -> &str {
+        match self {
+            RecallItem::Memory(r) => &r.id,
+            RecallItem::Message(m) => &m.id,
+        }
+    }
+
+    /// The memory's text or the message's content.
+    pub fn text(&self) -> &str {
+        match self {
+            RecallItem::Memory(r) => &r.text,
+            RecallItem::Message(m) => &m.content,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RecallHit {
-    pub record: SemanticRecord,
+    pub item: RecallItem,
     /// The fused (RRF) score.
     pub score: f32,
-    /// Cosine similarity of the memory's vector to the query's, when both exist.
+    /// Cosine similarity of the item's vector to the query's, when both exist.
     pub similarity: Option<f32>,
     pub retrievers: Vec<Retriever>,
 }
@@ -196,11 +229,8 @@ impl Recaller {
         let Some(e) = self.embedder.as_ref().filter(|_| self.vectors.is_some()) else {
             return Ok(None);
         };
-        let mut v = e
-            .embed(&[query.to_string()])
-            .await
-            .map_err(|err| NexusError::unavailable(format!("embedding the query: {err}")))?;
-        Ok(Some(semantic::normalized(v.pop().unwrap_or_default())))
+        let mut v = embed_units(e.as_ref(), &[query.to_string()]).await?;
+        Ok(v.pop())
     }
 
     async fn nearest(
@@ -225,17 +255,25 @@ impl Recaller {
             .map_err(NexusError::from)
     }
 
-    /// Semantic memories related to the query, best first.
+    /// Semantic memories and conversation messages related to the query, best first.
     pub async fn recall(
         &self,
         tenant: &str,
         req: &RecallRequest,
     ) -> Result<Vec<RecallHit>, NexusError> {
         let k = validate::count("k", req.k, DEFAULT_K, self.limits.max_page_size)?;
+        let sources = recall_sources(req)?;
         let mut text = SearchRequest {
             query: keywords(&req.query),
-            kinds: vec![HitKind::Semantic],
+            kinds: sources
+                .iter()
+                .map(|s| match s {
+                    PointKind::Memory => HitKind::Semantic,
+                    PointKind::Message => HitKind::Message,
+                })
+                .collect(),
             namespace: req.namespace.clone(),
+            conversation_id: req.conversation_id.clone(),
             since_ms: req.since_ms,
             until_ms: req.until_ms,
             limit: 1,
@@ -272,15 +310,15 @@ impl Recaller {
         };
         let use_words = req.mode != RecallMode::Vector;
         let filter = VectorFilter {
-            namespace: (!req.namespace.is_empty()).then(|| req.namespace.clone()),
+            kind: (sources.len() == 1).then(|| sources[0]),
+            scope: [&req.namespace, &req.conversation_id]
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .cloned(),
             since_ms: req.since_ms,
             until_ms: req.until_ms,
         };
-        let keep = |r: &SemanticRecord| {
-            req.metadata
-                .iter()
-                .all(|(k, v)| r.metadata.get(k) == Some(v))
-        };
+        let store = &self.node.store;
         let mut fetch = (k * OVERFETCH).max(MIN_FETCH);
         loop {
             let near = match &query_vector {
@@ -297,23 +335,50 @@ impl Recaller {
             };
             let exhausted = near.len() < fetch && words.len() < fetch;
 
-            let mut records: HashMap<u64, SemanticRecord> = HashMap::new();
+            // Each candidate with its vector (for the similarity), when it passes the
+            // metadata filter.
+            let mut found: HashMap<ItemKey, (RecallItem, Vec<f32>)> = HashMap::new();
             let mut vector_list = Vec::new();
             for h in &near {
-                if let Some(r) = semantic::read(&self.node.store, tenant, h.seq)? {
-                    if keep(&r) {
-                        vector_list.push(h.seq);
-                        records.insert(h.seq, r);
-                    }
+                let candidate = match h.kind {
+                    PointKind::Memory => semantic::read(store, tenant, h.seq)?.map(|r| {
+                        let v = r.embedding.clone();
+                        (RecallItem::Memory(r), v)
+                    }),
+                    PointKind::Message => match conversations::read_vector(store, tenant, h.seq)? {
+                        Some(v) => conversations::read_message(store, tenant, &v.message_id)?
+                            .map(|m| (RecallItem::Message(m), v.embedding)),
+                        None => None,
+                    },
+                };
+                if let Some((item, v)) = candidate.filter(|(item, _)| has_metadata(item, req)) {
+                    let key = ItemKey::of(&item);
+                    vector_list.push(key.clone());
+                    found.insert(key, (item, v));
                 }
             }
             let mut word_list = Vec::new();
             for h in words {
-                if let HitItem::Semantic(r) = h.item {
-                    if keep(&r) {
-                        word_list.push(r.seq);
-                        records.insert(r.seq, r);
-                    }
+                let item = match h.item {
+                    HitItem::Semantic(r) => RecallItem::Memory(r),
+                    HitItem::Message(m) => RecallItem::Message(m),
+                    HitItem::Memory(_) => continue,
+                };
+                if !has_metadata(&item, req) {
+                    continue;
+                }
+                let key = ItemKey::of(&item);
+                word_list.push(key.clone());
+                if let Entry::Vacant(slot) = found.entry(key) {
+                    let v = match &item {
+                        RecallItem::Memory(r) => r.embedding.clone(),
+                        RecallItem::Message(m) => {
+                            conversations::read_vector_of(store, tenant, &m.id)?
+                                .map(|v| v.embedding)
+                                .unwrap_or_default()
+                        }
+                    };
+                    slot.insert((item, v));
                 }
             }
             // Fuse each retriever's best k only (Elasticsearch's rank_window_size default):
@@ -322,19 +387,19 @@ impl Recaller {
             vector_list.truncate(k);
             word_list.truncate(k);
             let mut hits = Vec::new();
-            for (seq, score, from) in rrf_weighted(&[vector_list, word_list], &self.weights) {
-                let Some(record) = records.remove(&seq) else {
+            for (key, score, from) in rrf_weighted(&[vector_list, word_list], &self.weights) {
+                let Some((item, vector)) = found.remove(&key) else {
                     continue;
                 };
                 let similarity = query_vector
                     .as_ref()
-                    .filter(|q| q.len() == record.embedding.len())
-                    .map(|q| cosine(q, &record.embedding));
+                    .filter(|q| q.len() == vector.len())
+                    .map(|q| cosine(q, &vector));
                 if req.min_score != 0.0 && similarity.is_none_or(|s| s < req.min_score) {
                     continue;
                 }
                 hits.push(RecallHit {
-                    record,
+                    item,
                     score,
                     similarity,
                     retrievers: from
@@ -354,8 +419,8 @@ impl Recaller {
         }
     }
 
-    /// Full-text search over every kind, with the vector hits of semantic memories fused in
-    /// when the request admits semantic memories and a model is configured.
+    /// Full-text search over every kind, with the vector hits of semantic memories and
+    /// conversation messages fused in when the request admits them and a model is configured.
     pub async fn search(
         &self,
         tenant: &str,
@@ -364,18 +429,23 @@ impl Recaller {
         let limit = self.fulltext.validate(req)?;
         let read_index = self.node.read_barrier(req.consistency).await?;
         let wait_for = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
-        let wants_semantic = req.kinds.is_empty() || req.kinds.contains(&HitKind::Semantic);
-        // Conversation filters exclude semantic memories.
-        let semantic_possible =
-            wants_semantic && req.conversation_id.is_empty() && req.role.is_empty();
+        let wants = |k: HitKind| req.kinds.is_empty() || req.kinds.contains(&k);
+        // Conversation filters exclude memories, a namespace excludes messages.
+        let mut vector_kinds = Vec::new();
+        if wants(HitKind::Semantic) && req.conversation_id.is_empty() && req.role.is_empty() {
+            vector_kinds.push(PointKind::Memory);
+        }
+        if wants(HitKind::Message) && req.namespace.is_empty() {
+            vector_kinds.push(PointKind::Message);
+        }
         let words = self
             .fulltext
             .search_at(tenant, req, limit, wait_for)
             .await?;
-        let query_vector = if semantic_possible {
-            self.embed_query(&req.query).await?
-        } else {
+        let query_vector = if vector_kinds.is_empty() {
             None
+        } else {
+            self.embed_query(&req.query).await?
         };
         let Some(q) = query_vector else {
             return Ok(words
@@ -387,7 +457,11 @@ impl Recaller {
                 .collect());
         };
         let filter = VectorFilter {
-            namespace: (!req.namespace.is_empty()).then(|| req.namespace.clone()),
+            kind: (vector_kinds.len() == 1).then(|| vector_kinds[0]),
+            scope: [&req.namespace, &req.conversation_id]
+                .into_iter()
+                .find(|s| !s.is_empty())
+                .cloned(),
             since_ms: req.since_ms,
             until_ms: req.until_ms,
         };
@@ -411,20 +485,33 @@ impl Recaller {
             word_list.push(key.clone());
             by_key.insert(key, h);
         }
+        let store = &self.node.store;
         let mut vector_list = Vec::new();
         for h in near {
-            let key = Key::Semantic(h.seq);
+            let item = match h.kind {
+                PointKind::Memory => semantic::read(store, tenant, h.seq)?.map(HitItem::Semantic),
+                PointKind::Message => match conversations::read_vector(store, tenant, h.seq)? {
+                    Some(v) => conversations::read_message(store, tenant, &v.message_id)?
+                        .filter(|m| req.role.is_empty() || m.role == req.role)
+                        .map(HitItem::Message),
+                    None => None,
+                },
+            };
+            let Some(item) = item else { continue };
+            let key = key_of(&item);
             if !by_key.contains_key(&key) {
-                let Some(r) = semantic::read(&self.node.store, tenant, h.seq)? else {
-                    continue;
+                let text = match &item {
+                    HitItem::Semantic(r) => r.text.as_str(),
+                    HitItem::Message(m) => m.content.as_str(),
+                    HitItem::Memory(_) => unreachable!("kv memories have no vectors"),
                 };
                 by_key.insert(
                     key.clone(),
                     Hit {
                         score: 0.0,
-                        snippet: snippet(&r.text),
+                        snippet: snippet(text),
                         highlights: Vec::new(),
-                        item: HitItem::Semantic(r),
+                        item,
                     },
                 );
             }
@@ -445,6 +532,83 @@ impl Recaller {
                 })
             })
             .collect())
+    }
+}
+
+/// What a recall hit is, for fusing the two retrievers' lists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ItemKey {
+    Memory(u64),
+    Message(String),
+}
+
+impl ItemKey {
+    fn of(item: &RecallItem) -> Self {
+        match item {
+            RecallItem::Memory(r) => ItemKey::Memory(r.seq),
+            RecallItem::Message(m) => ItemKey::Message(m.id.clone()),
+        }
+    }
+}
+
+/// The sources a recall covers, checked against its scope filters.
+fn recall_sources(req: &RecallRequest) -> Result<Vec<PointKind>, NexusError> {
+    let mut sources: Vec<PointKind> = if req.sources.is_empty() {
+        vec![PointKind::Memory, PointKind::Message]
+    } else {
+        let mut s = req.sources.clone();
+        s.sort_by_key(|k| *k as u8);
+        s.dedup();
+        s
+    };
+    match (req.namespace.is_empty(), req.conversation_id.is_empty()) {
+        (false, false) => Err(NexusError::invalid(
+            "conversation_id",
+            "cannot be combined with namespace: memories have namespaces, messages conversations",
+        )),
+        (false, true) => {
+            if !sources.contains(&PointKind::Memory) {
+                return Err(NexusError::invalid(
+                    "namespace",
+                    "applies to memories, and the sources exclude them",
+                ));
+            }
+            sources.retain(|k| *k == PointKind::Memory);
+            Ok(sources)
+        }
+        (true, false) => {
+            if !sources.contains(&PointKind::Message) {
+                return Err(NexusError::invalid(
+                    "conversation_id",
+                    "applies to messages, and the sources exclude them",
+                ));
+            }
+            sources.retain(|k| *k == PointKind::Message);
+            Ok(sources)
+        }
+        (true, true) => Ok(sources),
+    }
+}
+
+/// Whether an item's metadata holds every pair the request asks for (a message's metadata
+/// is a JSON object: its string values count).
+fn has_metadata(item: &RecallItem, req: &RecallRequest) -> bool {
+    if req.metadata.is_empty() {
+        return true;
+    }
+    match item {
+        RecallItem::Memory(r) => req
+            .metadata
+            .iter()
+            .all(|(k, v)| r.metadata.get(k) == Some(v)),
+        RecallItem::Message(m) => {
+            let Ok(serde_json::Value::Object(object)) = serde_json::from_str(&m.metadata) else {
+                return false;
+            };
+            req.metadata
+                .iter()
+                .all(|(k, v)| object.get(k).and_then(|x| x.as_str()) == Some(v.as_str()))
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 1;
+pub const CURRENT_FORMAT: u32 = 2;
 const FORMAT_FILE: &str = "FORMAT";
 const MAGIC: &str = "nexus-data-format";
 
@@ -17,9 +17,16 @@ pub struct Migration {
     pub run: fn(&Path) -> std::io::Result<()>,
 }
 
-/// Every migration this build knows, in order. Format 1 is the first one shipped, so there is
-/// none yet; a format change adds its step here and bumps `CURRENT_FORMAT`.
-pub const MIGRATIONS: &[Migration] = &[];
+/// Every migration this build knows, in order. A format change adds its step here and bumps
+/// `CURRENT_FORMAT`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    describe: "format 2: conversation message vectors. The message_vectors and \
+               message_vector_ids column families are created on open and the log may hold \
+               AppendWithVectors commands, which a format-1 build cannot decode; nothing \
+               existing is rewritten",
+    run: |_| Ok(()),
+}];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

@@ -147,6 +147,17 @@ pub fn semantic_next_seq_key(tenant: &str) -> Vec<u8> {
     tenant_prefix(tenant)
 }
 
+/// Key of a message vector in `message_vectors` (the shape of a `semantic` key, so
+/// [`parse_semantic_key`] splits it too).
+pub fn message_vector_key(tenant: &str, seq: u64) -> Vec<u8> {
+    semantic_key(tenant, seq)
+}
+
+/// Key of a message id in `message_vector_ids`.
+pub fn message_vector_id_key(tenant: &str, message_id: &str) -> Vec<u8> {
+    semantic_id_key(tenant, message_id)
+}
+
 /// Keys of `sm_meta`.
 pub mod sm_meta {
     pub const LAST_APPLIED: &[u8] = b"last_applied";

@@ -46,6 +46,11 @@ pub const CF_TTL: &str = "ttl";
 pub const CF_SEMANTIC: &str = "semantic";
 /// Semantic memory id -> sequence number; the tenant prefix alone holds the next number.
 pub const CF_SEMANTIC_IDS: &str = "semantic_ids";
+/// Conversation message vectors, keyed by tenant and vector number (drawn from the same
+/// per-tenant counter as semantic memories, so one number names one vector of a tenant).
+pub const CF_MESSAGE_VECTORS: &str = "message_vectors";
+/// Message id -> vector number.
+pub const CF_MESSAGE_VECTOR_IDS: &str = "message_vector_ids";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -58,6 +63,8 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_TTL,
     CF_SEMANTIC,
     CF_SEMANTIC_IDS,
+    CF_MESSAGE_VECTORS,
+    CF_MESSAGE_VECTOR_IDS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -71,6 +78,8 @@ const ALL_FAMILIES: &[&str] = &[
     CF_TTL,
     CF_SEMANTIC,
     CF_SEMANTIC_IDS,
+    CF_MESSAGE_VECTORS,
+    CF_MESSAGE_VECTOR_IDS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use crate::memory::conversations::{ConversationRecord, MessageRecord};
 use crate::memory::kv::MemoryItem;
 use crate::memory::semantic::SemanticRecord;
 use crate::search::fulltext::{Hit, HitItem, HitKind};
-use crate::search::recall::{FusedHit, RecallHit, Retriever};
+use crate::search::recall::{FusedHit, RecallHit, RecallItem, Retriever};
 
 pub fn memory_item(i: MemoryItem) -> pb::MemoryItem {
     pb::MemoryItem {
@@ -76,7 +76,10 @@ fn retrievers(r: Vec<Retriever>) -> Vec<String> {
 
 pub fn recall_hit(h: RecallHit) -> pb::RecallHit {
     pb::RecallHit {
-        memory: Some(semantic(h.record)),
+        item: Some(match h.item {
+            RecallItem::Memory(r) => pb::recall_hit::Item::Memory(semantic(r)),
+            RecallItem::Message(m) => pb::recall_hit::Item::Message(message(m)),
+        }),
         score: h.score,
         similarity: h.similarity,
         retrievers: retrievers(h.retrievers),

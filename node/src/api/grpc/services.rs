@@ -16,6 +16,7 @@ use crate::memory::kv::{self, KvService};
 use crate::memory::semantic::{RememberRequest, SemanticService};
 use crate::search::fulltext::{FullTextIndex, SearchRequest};
 use crate::search::recall::{RecallMode, RecallRequest, Recaller};
+use crate::search::vector::PointKind;
 
 pub struct MemoryApi {
     pub kv: Arc<KvService>,
@@ -186,6 +187,19 @@ impl MemoryService for MemoryApi {
                                 ))
                             }
                         },
+                        sources: r
+                            .sources
+                            .iter()
+                            .map(|&s| match pb::RecallSource::try_from(s) {
+                                Ok(pb::RecallSource::Memories) => Ok(PointKind::Memory),
+                                Ok(pb::RecallSource::Messages) => Ok(PointKind::Message),
+                                _ => Err(crate::error::NexusError::invalid(
+                                    "sources",
+                                    format!("{s} is not a RecallSource (MEMORIES or MESSAGES)"),
+                                )),
+                            })
+                            .collect::<Result<_, _>>()?,
+                        conversation_id: r.conversation_id,
                     },
                 )
                 .await?;

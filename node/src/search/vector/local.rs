@@ -20,12 +20,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 
-use super::{VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorPoint};
+use super::{
+    PointKind, VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorPoint,
+};
 use crate::config::VectorConfig;
 
 const WATERMARK_FILE: &str = "WATERMARK";
 const INDEX_SUFFIX: &str = ".usearch";
-const ATTRS_SUFFIX: &str = ".attrs";
+/// Version 2 added each vector's kind; a graph without this file (an older layout) makes
+/// the index rebuild.
+const ATTRS_SUFFIX: &str = ".attrs2";
 /// Capacity a new tenant graph starts with; it doubles as it fills.
 const INITIAL_CAPACITY: usize = 1_024;
 
@@ -80,20 +84,22 @@ impl HnswParams {
 
 #[derive(Debug, Clone)]
 struct Attr {
-    namespace: Arc<str>,
+    kind: PointKind,
+    /// Namespace of a memory, conversation of a message.
+    scope: Arc<str>,
     created_at_ms: i64,
 }
 
-/// The attributes file: (key, namespace, created_at_ms) per vector.
+/// The attributes file: (key, kind, scope, created_at_ms) per vector.
 #[derive(Serialize, Deserialize)]
 struct AttrsFile {
-    entries: Vec<(u64, String, i64)>,
+    entries: Vec<(u64, PointKind, String, i64)>,
 }
 
 struct TenantGraph {
     graph: usearch::Index,
     attrs: HashMap<u64, Attr>,
-    /// Distinct namespaces, so that each is allocated once.
+    /// Distinct scopes, so that each is allocated once.
     names: HashSet<Arc<str>>,
     dirty: bool,
 }
@@ -110,11 +116,11 @@ impl TenantGraph {
         })
     }
 
-    fn intern(&mut self, namespace: &str) -> Arc<str> {
-        if let Some(n) = self.names.get(namespace) {
+    fn intern(&mut self, scope: &str) -> Arc<str> {
+        if let Some(n) = self.names.get(scope) {
             return n.clone();
         }
-        let n: Arc<str> = Arc::from(namespace);
+        let n: Arc<str> = Arc::from(scope);
         self.names.insert(n.clone());
         n
     }
@@ -124,7 +130,7 @@ impl TenantGraph {
             entries: self
                 .attrs
                 .iter()
-                .map(|(k, a)| (*k, a.namespace.to_string(), a.created_at_ms))
+                .map(|(k, a)| (*k, a.kind, a.scope.to_string(), a.created_at_ms))
                 .collect(),
         }
     }
@@ -138,11 +144,12 @@ impl TenantGraph {
             self.graph.reserve(grown).map_err(failed)?;
         }
         self.graph.add(p.seq, &p.vector).map_err(failed)?;
-        let namespace = self.intern(&p.namespace);
+        let scope = self.intern(&p.scope);
         self.attrs.insert(
             p.seq,
             Attr {
-                namespace,
+                kind: p.kind,
+                scope,
                 created_at_ms: p.created_at_ms,
             },
         );
@@ -157,6 +164,35 @@ impl TenantGraph {
         self.attrs.remove(&seq);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Deletes every vector of this kind and scope (a scan of the attributes: rare).
+    fn delete_scope(&mut self, kind: PointKind, scope: &str) -> Result<(), VectorError> {
+        let doomed: Vec<u64> = self
+            .attrs
+            .iter()
+            .filter(|(_, a)| a.kind == kind && &*a.scope == scope)
+            .map(|(k, _)| *k)
+            .collect();
+        for seq in doomed {
+            self.delete(seq)?;
+        }
+        Ok(())
+    }
+
+    fn hits(&self, m: usearch::ffi::Matches) -> Vec<VectorHit> {
+        m.keys
+            .into_iter()
+            .zip(m.distances)
+            .filter_map(|(seq, d)| {
+                Some(VectorHit {
+                    seq,
+                    kind: self.attrs.get(&seq)?.kind,
+                    // usearch's inner-product distance is 1 - a·b.
+                    similarity: 1.0 - d,
+                })
+            })
+            .collect()
     }
 }
 
@@ -260,12 +296,13 @@ impl LocalIndex {
                 names: HashSet::new(),
                 dirty: false,
             };
-            for (key, namespace, created_at_ms) in file.entries {
-                let namespace = g.intern(&namespace);
+            for (key, kind, scope, created_at_ms) in file.entries {
+                let scope = g.intern(&scope);
                 g.attrs.insert(
                     key,
                     Attr {
-                        namespace,
+                        kind,
+                        scope,
                         created_at_ms,
                     },
                 );
@@ -328,7 +365,7 @@ impl LocalIndex {
         };
         let g = g.read().unwrap();
         let m = g.graph.exact_search(query, k).map_err(failed)?;
-        Ok(hits(m))
+        Ok(g.hits(m))
     }
 
     /// Changes the search breadth (ef) of every graph.
@@ -337,18 +374,6 @@ impl LocalIndex {
             g.read().unwrap().graph.change_expansion_search(ef);
         }
     }
-}
-
-fn hits(m: usearch::ffi::Matches) -> Vec<VectorHit> {
-    m.keys
-        .into_iter()
-        .zip(m.distances)
-        .map(|(seq, d)| VectorHit {
-            seq,
-            // usearch's inner-product distance is 1 - a·b.
-            similarity: 1.0 - d,
-        })
-        .collect()
 }
 
 impl VectorIndex for LocalIndex {
@@ -380,6 +405,15 @@ impl VectorIndex for LocalIndex {
                 VectorChange::Delete { tenant, seq } => {
                     if let Some(g) = self.graph(tenant) {
                         g.write().unwrap().delete(*seq)?;
+                    }
+                }
+                VectorChange::DeleteScope {
+                    tenant,
+                    kind,
+                    scope,
+                } => {
+                    if let Some(g) = self.graph(tenant) {
+                        g.write().unwrap().delete_scope(*kind, scope)?;
                     }
                 }
             }
@@ -462,18 +496,17 @@ impl VectorIndex for LocalIndex {
             return Ok(Vec::new());
         };
         let g = g.read().unwrap();
-        let unfiltered = filter.namespace.is_none() && filter.since_ms == 0 && filter.until_ms == 0;
-        let m = if unfiltered {
+        let m = if filter.is_empty() {
             g.graph.search(query, k)
         } else {
             g.graph.filtered_search(query, k, |key| {
                 g.attrs
                     .get(&key)
-                    .is_some_and(|a| filter.accepts(&a.namespace, a.created_at_ms))
+                    .is_some_and(|a| filter.accepts(a.kind, &a.scope, a.created_at_ms))
             })
         }
         .map_err(failed)?;
-        Ok(hits(m))
+        Ok(g.hits(m))
     }
 }
 
@@ -495,7 +528,8 @@ mod tests {
         VectorChange::Upsert(VectorPoint {
             tenant: tenant.into(),
             seq,
-            namespace: ns.into(),
+            kind: PointKind::Memory,
+            scope: ns.into(),
             created_at_ms: seq as i64 * 10,
             vector: crate::memory::semantic::normalized(v.to_vec()),
         })
@@ -527,7 +561,8 @@ mod tests {
             .unwrap()
             .is_empty());
         let only_n2 = VectorFilter {
-            namespace: Some("n2".into()),
+            kind: Some(PointKind::Memory),
+            scope: Some("n2".into()),
             ..Default::default()
         };
         let hits = index.search("a", &q, 10, &only_n2).unwrap();
@@ -537,6 +572,80 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(index.search("a", &q, 10, &recent).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn messages_are_filtered_by_kind_and_deleted_by_conversation() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path(), params()).unwrap();
+        let message = |seq: u64, conversation: &str| {
+            VectorChange::Upsert(VectorPoint {
+                tenant: "a".into(),
+                seq,
+                kind: PointKind::Message,
+                scope: conversation.into(),
+                created_at_ms: 0,
+                vector: vec![0.0, 0.0, 1.0, 0.0],
+            })
+        };
+        // A memory whose namespace is named like a conversation: only kind tells them apart.
+        index
+            .apply(
+                &[
+                    point("a", 1, "c1", [0.0, 0.0, 1.0, 0.0]),
+                    message(2, "c1"),
+                    message(3, "c1"),
+                    message(4, "c2"),
+                ],
+                1,
+            )
+            .unwrap();
+        let q = [0.0, 0.0, 1.0, 0.0];
+        let in_c1 = VectorFilter {
+            kind: Some(PointKind::Message),
+            scope: Some("c1".into()),
+            ..Default::default()
+        };
+        let mut found: Vec<u64> = index
+            .search("a", &q, 10, &in_c1)
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        found.sort();
+        assert_eq!(found, vec![2, 3]);
+        let all = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(
+            all.iter().filter(|h| h.kind == PointKind::Memory).count(),
+            1
+        );
+        let delete_c1 = VectorChange::DeleteScope {
+            tenant: "a".into(),
+            kind: PointKind::Message,
+            scope: "c1".into(),
+        };
+        index.apply(std::slice::from_ref(&delete_c1), 2).unwrap();
+        // Idempotent, and a scope of another tenant is a no-op.
+        index.apply(&[delete_c1], 2).unwrap();
+        let mut left: Vec<(u64, PointKind)> = index
+            .search("a", &q, 10, &VectorFilter::default())
+            .unwrap()
+            .iter()
+            .map(|h| (h.seq, h.kind))
+            .collect();
+        left.sort_by_key(|(s, _)| *s);
+        assert_eq!(left, vec![(1, PointKind::Memory), (4, PointKind::Message)]);
+        // Kinds survive a reload.
+        index.persist().unwrap();
+        drop(index);
+        let index = LocalIndex::open(dir.path(), params()).unwrap();
+        let only_messages = VectorFilter {
+            kind: Some(PointKind::Message),
+            ..Default::default()
+        };
+        let hits = index.search("a", &q, 10, &only_messages).unwrap();
+        assert_eq!(hits.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![4]);
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! Vector indexes of semantic memories, and the indexer that feeds them.
+//! Vector indexes of semantic memories and conversation messages, and the indexer that feeds
+//! them. Both kinds share a tenant's vector numbers (see `memory::conversations`), so a
+//! (tenant, number) pair names one vector, and each point records its kind and scope (a
+//! memory's namespace, a message's conversation) for filtered search.
 //!
 //! A [`VectorIndex`] is derived state, like the full-text index: the [`VectorIndexer`] thread
 //! follows the state machine's applied index, reads the committed entries from the Raft log,
@@ -23,15 +26,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cluster::log_store::LogStore;
 use crate::cluster::state_machine::AppliedState;
 use crate::cluster::Op;
 use crate::error::NexusError;
+use crate::memory::conversations::{self, ConversationOp, MessageVector};
 use crate::memory::semantic::{self, SemanticOp, SemanticRecord};
 use crate::observe::metrics;
-use crate::store::{codec, keys, Store, StoreError, CF_SEMANTIC};
+use crate::store::{codec, keys, Store, StoreError, CF_MESSAGE_VECTORS, CF_SEMANTIC};
 
 /// Entries read from the log per indexing step.
 const BATCH_ENTRIES: u64 = 1_000;
@@ -43,24 +48,65 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// What a vector belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PointKind {
+    /// A semantic memory; its scope is its namespace.
+    Memory,
+    /// A conversation message; its scope is its conversation id.
+    Message,
+}
+
+impl PointKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PointKind::Memory => "memory",
+            PointKind::Message => "message",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "memory" => Some(PointKind::Memory),
+            "message" => Some(PointKind::Message),
+            _ => None,
+        }
+    }
+}
+
 /// One vector with what filters need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorPoint {
     pub tenant: String,
+    /// The tenant's vector number.
     pub seq: u64,
-    pub namespace: String,
+    pub kind: PointKind,
+    /// A memory's namespace or a message's conversation id.
+    pub scope: String,
     pub created_at_ms: i64,
     pub vector: Vec<f32>,
 }
 
 impl VectorPoint {
-    fn of(tenant: &str, r: &SemanticRecord) -> Self {
+    fn of_memory(tenant: &str, r: &SemanticRecord) -> Self {
         VectorPoint {
             tenant: tenant.to_string(),
             seq: r.seq,
-            namespace: r.namespace.clone(),
+            kind: PointKind::Memory,
+            scope: r.namespace.clone(),
             created_at_ms: r.created_at_ms,
             vector: r.embedding.clone(),
+        }
+    }
+
+    fn of_message(tenant: &str, v: &MessageVector) -> Self {
+        VectorPoint {
+            tenant: tenant.to_string(),
+            seq: v.seq,
+            kind: PointKind::Message,
+            scope: v.conversation_id.clone(),
+            created_at_ms: v.created_at_ms,
+            vector: v.embedding.clone(),
         }
     }
 }
@@ -68,13 +114,24 @@ impl VectorPoint {
 #[derive(Debug, Clone, PartialEq)]
 pub enum VectorChange {
     Upsert(VectorPoint),
-    Delete { tenant: String, seq: u64 },
+    Delete {
+        tenant: String,
+        seq: u64,
+    },
+    /// Every point of this kind and scope (a deleted conversation's messages).
+    DeleteScope {
+        tenant: String,
+        kind: PointKind,
+        scope: String,
+    },
 }
 
 /// Restricts a search; empty fields restrict nothing.
 #[derive(Debug, Default, Clone)]
 pub struct VectorFilter {
-    pub namespace: Option<String>,
+    pub kind: Option<PointKind>,
+    /// Only this scope (with `kind`: a namespace of memories, a conversation of messages).
+    pub scope: Option<String>,
     /// Created at or after (0 = unbounded).
     pub since_ms: i64,
     /// Created before (0 = unbounded).
@@ -82,17 +139,24 @@ pub struct VectorFilter {
 }
 
 impl VectorFilter {
-    pub fn accepts(&self, namespace: &str, created_at_ms: i64) -> bool {
-        self.namespace.as_deref().is_none_or(|n| n == namespace)
+    pub fn accepts(&self, kind: PointKind, scope: &str, created_at_ms: i64) -> bool {
+        self.kind.is_none_or(|k| k == kind)
+            && self.scope.as_deref().is_none_or(|s| s == scope)
             && (self.since_ms == 0 || created_at_ms >= self.since_ms)
             && (self.until_ms == 0 || created_at_ms < self.until_ms)
     }
+
+    /// Whether the filter lets every point through.
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_none() && self.scope.is_none() && self.since_ms == 0 && self.until_ms == 0
+    }
 }
 
-/// A nearest neighbour: the memory's sequence number and its cosine similarity to the query.
+/// A nearest neighbour: its vector number and kind, and its cosine similarity to the query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VectorHit {
     pub seq: u64,
+    pub kind: PointKind,
     pub similarity: f32,
 }
 
@@ -148,13 +212,18 @@ pub fn changes_of(
     store: &Store,
     entries: &[crate::cluster::types::Entry],
 ) -> Result<Vec<VectorChange>, StoreError> {
-    // The last change per memory wins; order is kept for the rest.
+    // The last change per vector wins; order is kept for the rest. Scope deletions are kept
+    // in place, so that what they delete is what came before them.
     let mut out: Vec<VectorChange> = Vec::new();
     let mut at: HashMap<(String, u64), usize> = HashMap::new();
     let mut push = |change: VectorChange, out: &mut Vec<VectorChange>| {
         let key = match &change {
             VectorChange::Upsert(p) => (p.tenant.clone(), p.seq),
             VectorChange::Delete { tenant, seq } => (tenant.clone(), *seq),
+            VectorChange::DeleteScope { .. } => {
+                out.push(change);
+                return;
+            }
         };
         match at.get(&key) {
             Some(&i) => out[i] = change,
@@ -169,28 +238,48 @@ pub fn changes_of(
             continue;
         };
         for cmd in &proposal.commands {
-            let Op::Semantic(op) = &cmd.op else { continue };
             let tenant = &cmd.tenant;
-            match op {
-                SemanticOp::Remember { id, .. } => {
+            match &cmd.op {
+                Op::Semantic(SemanticOp::Remember { id, .. }) => {
                     // Gone since (forgotten later): the later Forget removes it.
                     let Some(seq) = semantic::seq_of(store, tenant, id)? else {
                         continue;
                     };
                     match semantic::read(store, tenant, seq)? {
-                        Some(r) if !r.embedding.is_empty() => {
-                            push(VectorChange::Upsert(VectorPoint::of(tenant, &r)), &mut out)
-                        }
+                        Some(r) if !r.embedding.is_empty() => push(
+                            VectorChange::Upsert(VectorPoint::of_memory(tenant, &r)),
+                            &mut out,
+                        ),
                         _ => {}
                     }
                 }
-                SemanticOp::Forget { seq, .. } => push(
+                Op::Semantic(SemanticOp::Forget { seq, .. }) => push(
                     VectorChange::Delete {
                         tenant: tenant.clone(),
                         seq: *seq,
                     },
                     &mut out,
                 ),
+                Op::Conversation(ConversationOp::AppendWithVectors { messages, .. }) => {
+                    for m in messages {
+                        // Gone since (conversation deleted later): that deletion removes it.
+                        if let Some(v) = conversations::read_vector_of(store, tenant, &m.id)? {
+                            push(
+                                VectorChange::Upsert(VectorPoint::of_message(tenant, &v)),
+                                &mut out,
+                            );
+                        }
+                    }
+                }
+                Op::Conversation(ConversationOp::Delete { id }) => push(
+                    VectorChange::DeleteScope {
+                        tenant: tenant.clone(),
+                        kind: PointKind::Message,
+                        scope: id.clone(),
+                    },
+                    &mut out,
+                ),
+                Op::Conversation(_) | Op::Kv(_) => {}
             }
         }
     }
@@ -403,21 +492,29 @@ impl Feeder {
         let upto = applied.map_or(0, |l| l.index);
         let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
         let mut count = 0u64;
-        for item in snapshot.iterator_cf(self.store.cf(CF_SEMANTIC), rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(StoreError::from)?;
-            let Some((tenant, _)) = keys::parse_semantic_key(&k) else {
-                continue;
-            };
-            let r: SemanticRecord = codec::decode(&v).map_err(StoreError::from)?;
-            if r.embedding.is_empty() {
-                continue;
-            }
-            chunk.push(VectorChange::Upsert(VectorPoint::of(&tenant, &r)));
-            count += 1;
-            if chunk.len() == REBUILD_CHUNK {
-                // Watermark 0 until the last chunk: a crash halfway rebuilds again.
-                self.index.apply(&chunk, 0)?;
-                chunk.clear();
+        for cf in [CF_SEMANTIC, CF_MESSAGE_VECTORS] {
+            for item in snapshot.iterator_cf(self.store.cf(cf), rocksdb::IteratorMode::Start) {
+                let (k, v) = item.map_err(StoreError::from)?;
+                let Some((tenant, _)) = keys::parse_semantic_key(&k) else {
+                    continue;
+                };
+                let point = if cf == CF_SEMANTIC {
+                    let r: SemanticRecord = codec::decode(&v).map_err(StoreError::from)?;
+                    if r.embedding.is_empty() {
+                        continue;
+                    }
+                    VectorPoint::of_memory(&tenant, &r)
+                } else {
+                    let m: MessageVector = codec::decode(&v).map_err(StoreError::from)?;
+                    VectorPoint::of_message(&tenant, &m)
+                };
+                chunk.push(VectorChange::Upsert(point));
+                count += 1;
+                if chunk.len() == REBUILD_CHUNK {
+                    // Watermark 0 until the last chunk: a crash halfway rebuilds again.
+                    self.index.apply(&chunk, 0)?;
+                    chunk.clear();
+                }
             }
         }
         drop(snapshot);
@@ -441,13 +538,17 @@ mod tests {
     #[test]
     fn filters_accept_what_they_should() {
         let f = VectorFilter {
-            namespace: Some("a".into()),
+            kind: Some(PointKind::Memory),
+            scope: Some("a".into()),
             since_ms: 10,
             until_ms: 20,
         };
-        assert!(f.accepts("a", 10));
-        assert!(!f.accepts("a", 20));
-        assert!(!f.accepts("b", 15));
-        assert!(VectorFilter::default().accepts("x", 0));
+        assert!(f.accepts(PointKind::Memory, "a", 10));
+        assert!(!f.accepts(PointKind::Memory, "a", 20));
+        assert!(!f.accepts(PointKind::Memory, "b", 15));
+        assert!(!f.accepts(PointKind::Message, "a", 15));
+        assert!(VectorFilter::default().accepts(PointKind::Message, "x", 0));
+        assert!(VectorFilter::default().is_empty());
+        assert!(!f.is_empty());
     }
 }

@@ -22,7 +22,7 @@ use qdrant_client::qdrant::{
 use qdrant_client::{Payload, Qdrant};
 use sha2::{Digest, Sha256};
 
-use super::{VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex};
+use super::{PointKind, VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex};
 use crate::config::VectorConfig;
 
 /// Points per upsert request.
@@ -139,7 +139,8 @@ impl QdrantIndex {
                 .await
                 .map_err(unavailable)?;
             for (field, kind) in [
-                ("namespace", FieldType::Keyword),
+                ("kind", FieldType::Keyword),
+                ("scope", FieldType::Keyword),
                 ("created_at_ms", FieldType::Integer),
             ] {
                 self.client
@@ -230,6 +231,32 @@ impl VectorIndex for QdrantIndex {
             // In order: a run of upserts, then a run of deletes, and so on, so that a later
             // change to the same point wins.
             for change in changes {
+                if let VectorChange::DeleteScope {
+                    tenant,
+                    kind,
+                    scope,
+                } = change
+                {
+                    if !upserts.is_empty() {
+                        self.upsert(std::mem::take(&mut upserts)).await?;
+                    }
+                    if !deletes.is_empty() {
+                        self.delete(std::mem::take(&mut deletes)).await?;
+                    }
+                    self.client
+                        .delete_points(
+                            DeletePointsBuilder::new(&self.collection)
+                                .points(Filter::must([
+                                    Condition::matches("tenant", tenant.clone()),
+                                    Condition::matches("kind", kind.name().to_string()),
+                                    Condition::matches("scope", scope.clone()),
+                                ]))
+                                .wait(true),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    continue;
+                }
                 match change {
                     VectorChange::Upsert(p) => {
                         if !deletes.is_empty() {
@@ -240,8 +267,8 @@ impl VectorIndex for QdrantIndex {
                             continue;
                         }
                         let payload = Payload::try_from(serde_json::json!({
-                            "tenant": p.tenant, "seq": p.seq, "namespace": p.namespace,
-                            "created_at_ms": p.created_at_ms,
+                            "tenant": p.tenant, "seq": p.seq, "kind": p.kind.name(),
+                            "scope": p.scope, "created_at_ms": p.created_at_ms,
                         }))
                         .map_err(|e| VectorError::Failed(e.to_string()))?;
                         upserts.push(PointStruct::new(
@@ -259,6 +286,7 @@ impl VectorIndex for QdrantIndex {
                         }
                         deletes.push(PointId::from(point_id(tenant, *seq)));
                     }
+                    VectorChange::DeleteScope { .. } => unreachable!("handled above"),
                 }
             }
             if !upserts.is_empty() {
@@ -301,8 +329,11 @@ impl VectorIndex for QdrantIndex {
         self.block_on(async {
             self.ensure().await?;
             let mut must = vec![Condition::matches("tenant", tenant.to_string())];
-            if let Some(ns) = &filter.namespace {
-                must.push(Condition::matches("namespace", ns.clone()));
+            if let Some(kind) = filter.kind {
+                must.push(Condition::matches("kind", kind.name().to_string()));
+            }
+            if let Some(scope) = &filter.scope {
+                must.push(Condition::matches("scope", scope.clone()));
             }
             if filter.since_ms != 0 || filter.until_ms != 0 {
                 must.push(Condition::range(
@@ -330,8 +361,10 @@ impl VectorIndex for QdrantIndex {
                 .into_iter()
                 .filter_map(|p| {
                     let seq = p.payload.get("seq")?.as_integer()?;
+                    let kind = PointKind::parse(p.payload.get("kind")?.as_str()?)?;
                     Some(VectorHit {
                         seq: seq as u64,
+                        kind,
                         similarity: p.score,
                     })
                 })
