@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "nexus/v1/conversation.proto",
     "nexus/v1/search.proto",
     "nexus/v1/cluster.proto",
+    "nexus/v1/iam.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use in_process::Parts;
 use nexus_node::cluster::ReadConsistency;
 use nexus_node::error::NexusError;
+use nexus_node::iam::service::IamService;
 use nexus_node::memory::conversations::{ConversationService, NewMessageRequest};
 use nexus_node::memory::semantic::{RememberRequest, SemanticService};
 use nexus_node::search::fulltext::{HitItem, SearchRequest};
@@ -44,6 +45,10 @@ async fn tenants_never_see_each_others_memories() {
         &config.search,
     );
 
+    let iam = IamService::new(node.clone());
+    for t in ["tenant-a", "tenant-b"] {
+        iam.create_tenant(t, "").await.unwrap();
+    }
     let remember = |tenant: &'static str, text: &'static str| {
         let semantic = &semantic;
         async move {
@@ -228,6 +233,65 @@ async fn tenants_never_see_each_others_memories() {
             .len(),
         1
     );
+
+    // Deleting tenant B removes all of its data from both indexes; A keeps everything.
+    iam.delete_tenant("tenant-b").await.unwrap();
+    let gone = recaller
+        .recall(
+            "tenant-b",
+            &RecallRequest {
+                query: "secret launch code binder offsite".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(gone.is_empty(), "{gone:?}");
+    assert!(local
+        .search("tenant-b", &b.embedding, 10, &VectorFilter::default())
+        .unwrap()
+        .is_empty());
+    let words = fulltext
+        .search(
+            "tenant-b",
+            &SearchRequest {
+                query: "binder offsite".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(words.is_empty());
+    assert!(matches!(
+        semantic
+            .get("tenant-b", &b.id, ReadConsistency::Linearizable)
+            .await,
+        Err(NexusError::NotFound(_))
+    ));
+    // A tenant that is gone takes no new data.
+    assert!(matches!(
+        semantic
+            .remember(
+                "tenant-b",
+                RememberRequest {
+                    text: "too late".into(),
+                    ..Default::default()
+                },
+            )
+            .await,
+        Err(NexusError::NotFound(_))
+    ));
+    let kept = recaller
+        .recall(
+            "tenant-a",
+            &RecallRequest {
+                query: "secret launch code binder".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept[0].item.id(), a.id);
     vectors.shutdown();
     parts.stop().await;
 }

@@ -39,6 +39,29 @@ pub struct Config {
     pub peer_tls: PeerTlsConfig,
     pub embedding: EmbeddingConfig,
     pub vector: VectorConfig,
+    pub auth: AuthConfig,
+}
+
+/// Authentication of API clients. Off, a node serves tenant `default` with full rights and
+/// listens on loopback only; on, every request needs the root key or an API key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    /// Environment variable holding the root key (at least 32 characters).
+    pub root_key_env: String,
+    /// File holding the root key instead (empty = use `root_key_env`).
+    pub root_key_file: PathBuf,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            root_key_env: "NEXUS_ROOT_KEY".into(),
+            root_key_file: PathBuf::new(),
+        }
+    }
 }
 
 /// The embedding model of semantic memories. Vectors are made on the node that proposes a
@@ -194,6 +217,7 @@ impl Default for Config {
             peer_tls: PeerTlsConfig::default(),
             embedding: EmbeddingConfig::default(),
             vector: VectorConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -367,6 +391,16 @@ format = "text"
 # cert_file = "/etc/nexus/tls/node.pem"
 # key_file = "/etc/nexus/tls/node.key"
 # ca_file = "/etc/nexus/tls/ca.pem"
+
+[auth]
+# Off: every request runs as tenant "default" with full rights, and the node refuses to
+# listen on anything but loopback. On: every request needs the root key or an API key
+# (`nexusctl key create`), sent as `authorization: Bearer <key>`.
+enabled = false
+# The root key (at least 32 characters; e.g. `openssl rand -base64 32`) bootstraps tenants
+# and keys. Read from this environment variable, or from root_key_file when that is set.
+root_key_env = "NEXUS_ROOT_KEY"
+root_key_file = ""
 
 [embedding]
 # How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with

@@ -30,6 +30,12 @@ pub enum NexusError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// No valid credentials (appended: the variant order is part of the Raft reply encoding).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the permission the request needs.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl NexusError {

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod iam;
 pub mod memory;
 pub mod observe;
 pub mod search;

@@ -9,16 +9,20 @@ use anyhow::Context;
 use nexus_proto::raft::v1::raft_service_server::RaftServiceServer;
 use nexus_proto::v1::cluster_service_server::ClusterServiceServer;
 use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
+use nexus_proto::v1::iam_service_server::IamServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
 use nexus_proto::v1::search_service_server::SearchServiceServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::grpc::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
+use crate::api::grpc::{ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi};
 use crate::api::http::{router, HttpState};
+use crate::auth::{is_loopback, Authenticator};
 use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
 use crate::cluster::ClusterNode;
 use crate::config::Config;
+use crate::iam::service::IamService;
 use crate::memory::conversations::ConversationService;
 use crate::memory::kv::KvService;
 use crate::memory::semantic::SemanticService;
@@ -48,9 +52,28 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Refuses to serve the API beyond loopback without authentication: there every caller would
+/// be tenant `default` with full rights.
+fn check_exposure(config: &Config) -> anyhow::Result<()> {
+    if config.auth.enabled {
+        return Ok(());
+    }
+    // The HTTP port serves only probes and metrics, no tenant data.
+    let addr = config.grpc_addr;
+    if !is_loopback(&addr) {
+        anyhow::bail!(
+            "refusing to serve the API on {addr} without authentication: every caller would have full rights. \
+             Turn authentication on ([auth] enabled = true, or NEXUS_AUTH__ENABLED=true, with a root key in NEXUS_ROOT_KEY) \
+             or listen on loopback (127.0.0.1)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs a node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     crate::observe::metrics::init();
+    check_exposure(&config)?;
     let peer_tls = PeerTls::load(&config.peer_tls)?;
     let embedder = crate::embed::from_config(&config.embedding)
         .context("loading the embedding model ([embedding])")?;
@@ -99,20 +122,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max = config.limits.max_request_bytes;
-    let memory_svc = MemoryServiceServer::new(MemoryApi {
-        kv: kv.clone(),
-        semantic,
-        recaller: recaller.clone(),
-    })
-    .max_decoding_message_size(max);
-    let conversation_svc = ConversationServiceServer::new(ConversationApi { conversations })
-        .max_decoding_message_size(max);
-    let search_svc =
-        SearchServiceServer::new(SearchApi { recaller }).max_decoding_message_size(max);
-    let cluster_svc = ClusterServiceServer::new(ClusterApi {
-        node: node.clone(),
-        index: index.clone(),
-    });
+    let auth = Authenticator::from_config(&config.auth, node.store.clone())?;
+    if auth.enabled() {
+        tracing::info!("authentication: on (root key or API keys)");
+    }
+    // Every public service is behind the authenticator; `api::grpc::handle` refuses a
+    // request that did not pass it.
+    let memory_svc = InterceptedService::new(
+        MemoryServiceServer::new(MemoryApi {
+            kv: kv.clone(),
+            semantic,
+            recaller: recaller.clone(),
+        })
+        .max_decoding_message_size(max),
+        auth.interceptor(),
+    );
+    let conversation_svc = InterceptedService::new(
+        ConversationServiceServer::new(ConversationApi { conversations })
+            .max_decoding_message_size(max),
+        auth.interceptor(),
+    );
+    let search_svc = InterceptedService::new(
+        SearchServiceServer::new(SearchApi { recaller }).max_decoding_message_size(max),
+        auth.interceptor(),
+    );
+    let cluster_svc = InterceptedService::new(
+        ClusterServiceServer::new(ClusterApi {
+            node: node.clone(),
+            index: index.clone(),
+        }),
+        auth.interceptor(),
+    );
+    let iam_svc = InterceptedService::new(
+        IamServiceServer::new(IamApi {
+            iam: Arc::new(IamService::new(node.clone())),
+        }),
+        auth.interceptor(),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -126,6 +172,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(conversation_svc)
         .add_service(search_svc)
         .add_service(cluster_svc)
+        .add_service(iam_svc)
         .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
     let mut peer = tonic::transport::Server::builder();
     if let Some(tls) = &peer_tls {
@@ -165,6 +212,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         "nexus.v1.ConversationService",
                         "nexus.v1.SearchService",
                         "nexus.v1.ClusterService",
+                        "nexus.v1.IamService",
                         "",
                     ] {
                         health

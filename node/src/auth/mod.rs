@@ -1,19 +1,252 @@
-//! Who is calling. Until authentication lands (API keys, OIDC), every request runs as tenant
-//! `default` with full rights, which is why a node binds to loopback by default. Handlers take
-//! the tenant only from here, never from a request body, so the switch to real principals
-//! changes this module alone.
+//! Who is calling. Every gRPC service is wrapped in [`Authenticator::interceptor`], which turns
+//! the request's credentials into a [`Principal`] (tenant, subject, grants) stored in the
+//! request's extensions; `api::grpc::handle` then checks the method's permission and hands
+//! the principal to the handler. Handlers take the tenant only from the principal, never from
+//! a request body.
+//!
+//! Credentials: `authorization: Bearer <token>`, where the token is
+//! - the root key (`auth.root_key_env` or `auth.root_key_file`): tenant `default`, every
+//!   permission including the system ones (tenants, cluster membership). It bootstraps the
+//!   first tenants and keys.
+//! - an API key `nxk_<id>_<secret>` of a service account: its tenant, and the grants of the
+//!   roles bound to `sa:<name>` there.
+//!
+//! With `auth.enabled = false` (the default) every request runs as tenant `default` with full
+//! rights, and `nexus serve` refuses to listen on anything but loopback.
 
-/// The tenant of unauthenticated local use.
+use std::sync::Arc;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::AuthConfig;
+use crate::error::NexusError;
+use crate::iam::{self, rbac::Grants, TenantState};
+use crate::store::Store;
+
+/// The tenant of unauthenticated local use, and of the root key.
 pub const DEFAULT_TENANT: &str = "default";
+/// Prefix of API keys.
+pub const KEY_PREFIX: &str = "nxk_";
+/// Shortest root key accepted.
+pub const MIN_ROOT_KEY_CHARS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub tenant: String,
+    /// `root`, `local`, `sa:<name>` or `user:<subject>`.
+    pub subject: String,
+    pub grants: Grants,
 }
 
-/// Authenticates a request from its metadata.
-pub fn authenticate(_metadata: &tonic::metadata::MetadataMap) -> Principal {
-    Principal {
-        tenant: DEFAULT_TENANT.to_string(),
+impl Principal {
+    /// The principal of a node without authentication.
+    pub fn local() -> Self {
+        Principal {
+            tenant: DEFAULT_TENANT.into(),
+            subject: "local".into(),
+            grants: Grants::root(),
+        }
+    }
+
+    /// Ok when the principal may act on `tenant`'s identities: its own, or any for root.
+    pub fn may_administer(&self, tenant: &str) -> Result<(), NexusError> {
+        if self.grants.is_root() || self.tenant == tenant {
+            Ok(())
+        } else {
+            Err(NexusError::PermissionDenied(format!(
+                "{} of tenant {} cannot act on tenant {tenant}",
+                self.subject, self.tenant
+            )))
+        }
+    }
+}
+
+/// A new API key: the token to hand out once, and what is stored.
+pub struct NewKey {
+    pub id: String,
+    pub token: String,
+    pub secret_sha256: Vec<u8>,
+}
+
+/// Draws a new API key from the OS's random source.
+pub fn new_api_key() -> Result<NewKey, NexusError> {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut id).map_err(NexusError::internal)?;
+    getrandom::fill(&mut secret).map_err(NexusError::internal)?;
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    Ok(NewKey {
+        token: format!("{KEY_PREFIX}{id}_{secret}"),
+        secret_sha256: Sha256::digest(secret.as_bytes()).to_vec(),
+        id,
+    })
+}
+
+pub struct Authenticator {
+    enabled: bool,
+    root_sha256: Option<[u8; 32]>,
+    store: Store,
+}
+
+fn unauthenticated(why: &str) -> NexusError {
+    NexusError::Unauthenticated(format!(
+        "{why}: send `authorization: Bearer <API key>` (nexusctl: --token or NEXUS_TOKEN)"
+    ))
+}
+
+impl Authenticator {
+    /// Reads the root key when authentication is on. A root key that is configured but
+    /// missing or short is an error: a node must not start with a guessable bootstrap key.
+    pub fn from_config(config: &AuthConfig, store: Store) -> anyhow::Result<Arc<Self>> {
+        let mut root = None;
+        if config.enabled {
+            let from_file = (!config.root_key_file.as_os_str().is_empty())
+                .then(|| std::fs::read_to_string(&config.root_key_file))
+                .transpose()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "reading auth.root_key_file {}: {e}",
+                        config.root_key_file.display()
+                    )
+                })?;
+            let key = from_file.or_else(|| std::env::var(&config.root_key_env).ok());
+            if let Some(key) = key.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()) {
+                if key.chars().count() < MIN_ROOT_KEY_CHARS {
+                    anyhow::bail!(
+                        "the root key is {} characters; at least {MIN_ROOT_KEY_CHARS} are needed (e.g. `openssl rand -base64 32`)",
+                        key.chars().count()
+                    );
+                }
+                root = Some(Sha256::digest(key.as_bytes()).into());
+            } else {
+                tracing::warn!(
+                    env = %config.root_key_env,
+                    "authentication is on without a root key: only existing API keys can call"
+                );
+            }
+        }
+        Ok(Arc::new(Authenticator {
+            enabled: config.enabled,
+            root_sha256: root,
+            store,
+        }))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The principal of a request's metadata.
+    pub fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Principal, NexusError> {
+        if !self.enabled {
+            return Ok(Principal::local());
+        }
+        let Some(value) = metadata.get("authorization") else {
+            return Err(unauthenticated("no credentials"));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
+        self.authenticate_token(token)
+    }
+
+    /// The principal of a bearer token.
+    pub fn authenticate_token(&self, token: &str) -> Result<Principal, NexusError> {
+        if let Some(rest) = token.strip_prefix(KEY_PREFIX) {
+            return self.api_key(rest);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match &self.root_sha256 {
+            Some(root) if bool::from(root.ct_eq(&digest)) => Ok(Principal {
+                tenant: DEFAULT_TENANT.into(),
+                subject: "root".into(),
+                grants: Grants::root(),
+            }),
+            _ => Err(unauthenticated("invalid credentials")),
+        }
+    }
+
+    fn api_key(&self, rest: &str) -> Result<Principal, NexusError> {
+        let invalid = || unauthenticated("invalid API key");
+        let (id, secret) = rest.split_once('_').ok_or_else(invalid)?;
+        let Some((tenant, key)) = iam::api_key(&self.store, id)? else {
+            return Err(invalid());
+        };
+        let digest = Sha256::digest(secret.as_bytes());
+        if !bool::from(key.secret_sha256.as_slice().ct_eq(digest.as_slice())) {
+            return Err(invalid());
+        }
+        if key.revoked_at_ms != 0 {
+            return Err(unauthenticated(&format!("API key {id} was revoked")));
+        }
+        if key.expires_at_ms != 0 && crate::memory::now_ms() >= key.expires_at_ms {
+            return Err(unauthenticated(&format!("API key {id} has expired")));
+        }
+        match iam::tenant(&self.store, &tenant)? {
+            Some(t) if t.state == TenantState::Suspended => {
+                return Err(NexusError::PermissionDenied(format!(
+                    "tenant {tenant} is suspended"
+                )))
+            }
+            Some(_) => {}
+            None => return Err(invalid()),
+        }
+        let subject = key.principal();
+        let grants = iam::grants_of(&self.store, &tenant, &subject)?;
+        Ok(Principal {
+            tenant,
+            subject,
+            grants,
+        })
+    }
+
+    /// A tonic interceptor that authenticates each request and stores its principal in the
+    /// request's extensions (for `api::grpc::handle`), or refuses it.
+    pub fn interceptor(
+        self: &Arc<Self>,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+        let this = self.clone();
+        move |mut request: tonic::Request<()>| {
+            let principal = this
+                .authenticate(request.metadata())
+                .map_err(crate::api::grpc::to_status)?;
+            request.extensions_mut().insert(principal);
+            Ok(request)
+        }
+    }
+}
+
+/// Whether an address is loopback (where a node without authentication may listen).
+pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_long_random_and_hashed() {
+        let a = new_api_key().unwrap();
+        let b = new_api_key().unwrap();
+        assert_ne!(a.token, b.token);
+        assert!(a.token.starts_with("nxk_"));
+        let (id, secret) = a.token[4..].split_once('_').unwrap();
+        assert_eq!(id, a.id);
+        assert_eq!(id.len(), 16);
+        assert_eq!(secret.len(), 43);
+        assert_eq!(a.secret_sha256, Sha256::digest(secret.as_bytes()).to_vec());
     }
 }

@@ -18,6 +18,8 @@ use super::types::{
     Command, Entry, LogId, Op, Reply, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
+use crate::error::NexusError;
+use crate::iam;
 use crate::memory::{conversations, kv, semantic};
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SM_META};
 
@@ -104,6 +106,13 @@ impl StateMachine {
             EntryPayload::Normal(proposal) => {
                 let mut out = Vec::with_capacity(proposal.commands.len());
                 for Command { tenant, op } in &proposal.commands {
+                    // A tenant deleted while a request was in flight takes no new data.
+                    if !matches!(op, Op::Iam(_)) && !iam::tenant_exists_in(&ctx, tenant)? {
+                        out.push(Err(NexusError::NotFound(format!(
+                            "tenant {tenant} not found"
+                        ))));
+                        continue;
+                    }
                     out.push(match op {
                         Op::Kv(op) => kv::apply(&mut ctx, tenant, op)?.map(Reply::Kv),
                         Op::Conversation(op) => {
@@ -112,6 +121,7 @@ impl StateMachine {
                         Op::Semantic(op) => {
                             semantic::apply(&mut ctx, tenant, op)?.map(Reply::Semantic)
                         }
+                        Op::Iam(op) => iam::apply(&mut ctx, tenant, op)?.map(Reply::Iam),
                     });
                 }
                 out

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::NexusError;
+use crate::iam::{IamOp, IamReply};
 use crate::memory::conversations::{ConversationOp, ConversationReply};
 use crate::memory::kv::{KvOp, KvReply};
 use crate::memory::semantic::{SemanticOp, SemanticReply};
@@ -38,6 +39,7 @@ pub enum Op {
     Conversation(ConversationOp),
     /// Appended last: a variant's position is part of the log's encoding.
     Semantic(SemanticOp),
+    Iam(IamOp),
 }
 
 impl std::fmt::Display for Command {
@@ -46,6 +48,7 @@ impl std::fmt::Display for Command {
             Op::Kv(op) => op.name(),
             Op::Conversation(op) => op.name(),
             Op::Semantic(op) => op.name(),
+            Op::Iam(op) => op.name(),
         };
         write!(f, "{kind}(tenant={})", self.tenant)
     }
@@ -65,6 +68,7 @@ impl Command {
             Op::Kv(op) => op.approx_size(),
             Op::Conversation(op) => op.approx_size(),
             Op::Semantic(op) => op.approx_size(),
+            Op::Iam(op) => op.approx_size(),
         };
         self.tenant.len() + body + 16
     }
@@ -76,6 +80,7 @@ pub enum Reply {
     Kv(KvReply),
     Conversation(ConversationReply),
     Semantic(SemanticReply),
+    Iam(IamReply),
 }
 
 /// A command's outcome: a reply, or a rejection decided deterministically by the state machine.

@@ -33,6 +33,7 @@ use crate::cluster::state_machine::AppliedState;
 use crate::cluster::{ClusterNode, Op, ReadConsistency};
 use crate::config::SearchConfig;
 use crate::error::NexusError;
+use crate::iam::IamOp;
 use crate::memory::conversations::{self, ConversationOp, MessageRecord};
 use crate::memory::kv::{self, MemoryItem, MemoryRecord};
 use crate::memory::semantic::{self, SemanticOp, SemanticRecord};
@@ -613,6 +614,12 @@ impl Indexer {
             for cmd in &proposal.commands {
                 let tenant = &cmd.tenant;
                 match &cmd.op {
+                    Op::Iam(IamOp::DeleteTenant) => {
+                        // Deletions first, like a conversation's: the tenant's every document.
+                        self.writer
+                            .delete_term(Term::from_field_text(f.tenant, tenant));
+                    }
+                    Op::Iam(_) => {}
                     Op::Kv(op) => {
                         for (ns, key) in op.touched() {
                             let id = memory_doc_id(tenant, ns, key);

@@ -430,8 +430,22 @@ impl Recaller {
         let read_index = self.node.read_barrier(req.consistency).await?;
         let wait_for = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
         let wants = |k: HitKind| req.kinds.is_empty() || req.kinds.contains(&k);
-        // Conversation filters exclude memories, a namespace excludes messages.
+        // Conversation filters exclude memories, a namespace excludes messages. A query that
+        // uses the query language ("phrases", +required, -excluded, field:value) asks for
+        // exact matches, which nearest neighbours would dilute: words only.
         let mut vector_kinds = Vec::new();
+        if uses_query_syntax(&req.query) {
+            return Ok(self
+                .fulltext
+                .search_at(tenant, req, limit, wait_for)
+                .await?
+                .into_iter()
+                .map(|hit| FusedHit {
+                    hit,
+                    retrievers: vec![Retriever::Bm25],
+                })
+                .collect());
+        }
         if wants(HitKind::Semantic) && req.conversation_id.is_empty() && req.role.is_empty() {
             vector_kinds.push(PointKind::Memory);
         }
@@ -533,6 +547,17 @@ impl Recaller {
             })
             .collect())
     }
+}
+
+/// Whether a search query uses the query language: quotes, a leading `+` or `-`, or
+/// `field:value`.
+pub fn uses_query_syntax(query: &str) -> bool {
+    query.contains('"')
+        || query.split_whitespace().any(|w| {
+            w.starts_with('+')
+                || (w.starts_with('-') && w.len() > 1)
+                || w.trim_end_matches(':').contains(':')
+        })
 }
 
 /// What a recall hit is, for fusing the two retrievers' lists.
@@ -655,6 +680,21 @@ mod tests {
         );
         assert_eq!(keywords("what is it?"), "what is it?");
         assert_eq!(keywords("Maria's flight"), "Maria's flight");
+    }
+
+    #[test]
+    fn query_syntax_is_recognised() {
+        for q in [
+            "\"launch deadline\"",
+            "+launch",
+            "deadline -march",
+            "role:user hi",
+        ] {
+            assert!(uses_query_syntax(q), "{q}");
+        }
+        for q in ["launch deadline", "when is it? - soon", "note:", "a-b"] {
+            assert!(!uses_query_syntax(q), "{q}");
+        }
     }
 
     #[test]

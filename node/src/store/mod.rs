@@ -51,6 +51,10 @@ pub const CF_SEMANTIC_IDS: &str = "semantic_ids";
 pub const CF_MESSAGE_VECTORS: &str = "message_vectors";
 /// Message id -> vector number.
 pub const CF_MESSAGE_VECTOR_IDS: &str = "message_vector_ids";
+/// Tenants, API keys, custom roles and role bindings, keyed by tenant (see `iam`).
+pub const CF_IAM: &str = "iam";
+/// API key id -> tenant: the one state-machine family not keyed by tenant.
+pub const CF_API_KEY_IDS: &str = "api_key_ids";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -65,6 +69,8 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_SEMANTIC_IDS,
     CF_MESSAGE_VECTORS,
     CF_MESSAGE_VECTOR_IDS,
+    CF_IAM,
+    CF_API_KEY_IDS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -80,6 +86,8 @@ const ALL_FAMILIES: &[&str] = &[
     CF_SEMANTIC_IDS,
     CF_MESSAGE_VECTORS,
     CF_MESSAGE_VECTOR_IDS,
+    CF_IAM,
+    CF_API_KEY_IDS,
 ];
 
 #[derive(Debug, thiserror::Error)]

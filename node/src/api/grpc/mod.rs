@@ -1,16 +1,19 @@
 //! The public gRPC services of `nexus.v1`.
 
 mod convert;
+mod iam;
 mod services;
 
 use std::future::Future;
 use std::time::Instant;
 
+pub use iam::IamApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::cluster::ReadConsistency;
 use crate::error::NexusError;
+use crate::iam::rbac;
 use crate::observe::metrics;
 use nexus_proto::v1::Consistency;
 
@@ -41,6 +44,8 @@ pub fn to_status(e: NexusError) -> tonic::Status {
             tracing::error!(error = %m, "internal error");
             Status::internal(m)
         }
+        NexusError::Unauthenticated(m) => Status::unauthenticated(m),
+        NexusError::PermissionDenied(m) => Status::permission_denied(m),
     }
 }
 
@@ -57,7 +62,22 @@ pub fn consistency(value: i32) -> Result<ReadConsistency, NexusError> {
     }
 }
 
-/// Runs one handler: authenticates, times and counts it, and maps its error.
+/// The principal the authentication interceptor stored, if it may call `method`: the one
+/// place where permissions are checked. A request that reached a handler without passing
+/// the interceptor is refused (fail closed).
+fn authorize<Req>(method: &str, request: &tonic::Request<Req>) -> Result<Principal, NexusError> {
+    let Some(principal) = request.extensions().get::<Principal>() else {
+        return Err(NexusError::Unauthenticated(
+            "the request was not authenticated".into(),
+        ));
+    };
+    if let Some(permission) = rbac::permission_for(method)? {
+        principal.grants.require(&principal.subject, permission)?;
+    }
+    Ok(principal.clone())
+}
+
+/// Runs one handler: checks its permission, times and counts it, and maps its error.
 pub async fn handle<Req, Resp, F, Fut>(
     method: &'static str,
     request: tonic::Request<Req>,
@@ -68,8 +88,10 @@ where
     Fut: Future<Output = Result<Resp, NexusError>>,
 {
     let started = Instant::now();
-    let principal = auth::authenticate(request.metadata());
-    let result = f(principal, request.into_inner()).await.map_err(to_status);
+    let result = match authorize(method, &request) {
+        Ok(principal) => f(principal, request.into_inner()).await.map_err(to_status),
+        Err(e) => Err(to_status(e)),
+    };
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(s) => s.code(),

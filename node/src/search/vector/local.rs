@@ -207,6 +207,8 @@ pub struct LocalIndex {
     tenants: RwLock<HashMap<String, Arc<RwLock<TenantGraph>>>>,
     /// The watermark of the applied changes, written by the next `persist`.
     applied: Mutex<u64>,
+    /// Tenants deleted since the last persist, whose files it removes.
+    dropped: Mutex<Vec<String>>,
     durable: Mutex<u64>,
 }
 
@@ -246,6 +248,7 @@ impl LocalIndex {
             params,
             tenants: RwLock::new(HashMap::new()),
             applied: Mutex::new(0),
+            dropped: Mutex::new(Vec::new()),
             durable: Mutex::new(0),
         };
         match index.load() {
@@ -416,6 +419,13 @@ impl VectorIndex for LocalIndex {
                         g.write().unwrap().delete_scope(*kind, scope)?;
                     }
                 }
+                VectorChange::DeleteTenant { tenant } => {
+                    // The graph goes now; its files at the next persist (a crash in between
+                    // replays this change from the log).
+                    if self.tenants.write().unwrap().remove(tenant).is_some() {
+                        self.dropped.lock().unwrap().push(tenant.clone());
+                    }
+                }
             }
         }
         *self.applied.lock().unwrap() = upto;
@@ -455,6 +465,18 @@ impl VectorIndex for LocalIndex {
                 Ok(())
             })?;
             g.write().unwrap().dirty = false;
+        }
+        for tenant in std::mem::take(&mut *self.dropped.lock().unwrap()) {
+            // Deleted again since: nothing to remove, or a new graph of the same name.
+            if self.graph(&tenant).is_some() {
+                continue;
+            }
+            for suffix in [INDEX_SUFFIX, ATTRS_SUFFIX] {
+                match std::fs::remove_file(tenant_file(&self.dir, &tenant, suffix)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
         }
         write_atomically(&self.dir.join(WATERMARK_FILE), |tmp| {
             let mut f = std::fs::File::create(tmp)?;

@@ -33,6 +33,7 @@ use crate::cluster::log_store::LogStore;
 use crate::cluster::state_machine::AppliedState;
 use crate::cluster::Op;
 use crate::error::NexusError;
+use crate::iam::IamOp;
 use crate::memory::conversations::{self, ConversationOp, MessageVector};
 use crate::memory::semantic::{self, SemanticOp, SemanticRecord};
 use crate::observe::metrics;
@@ -123,6 +124,10 @@ pub enum VectorChange {
         tenant: String,
         kind: PointKind,
         scope: String,
+    },
+    /// Every point of a deleted tenant.
+    DeleteTenant {
+        tenant: String,
     },
 }
 
@@ -220,7 +225,7 @@ pub fn changes_of(
         let key = match &change {
             VectorChange::Upsert(p) => (p.tenant.clone(), p.seq),
             VectorChange::Delete { tenant, seq } => (tenant.clone(), *seq),
-            VectorChange::DeleteScope { .. } => {
+            VectorChange::DeleteScope { .. } | VectorChange::DeleteTenant { .. } => {
                 out.push(change);
                 return;
             }
@@ -279,7 +284,13 @@ pub fn changes_of(
                     },
                     &mut out,
                 ),
-                Op::Conversation(_) | Op::Kv(_) => {}
+                Op::Iam(IamOp::DeleteTenant) => push(
+                    VectorChange::DeleteTenant {
+                        tenant: tenant.clone(),
+                    },
+                    &mut out,
+                ),
+                Op::Conversation(_) | Op::Kv(_) | Op::Iam(_) => {}
             }
         }
     }

@@ -231,12 +231,22 @@ impl VectorIndex for QdrantIndex {
             // In order: a run of upserts, then a run of deletes, and so on, so that a later
             // change to the same point wins.
             for change in changes {
-                if let VectorChange::DeleteScope {
-                    tenant,
-                    kind,
-                    scope,
-                } = change
-                {
+                let by_filter = match change {
+                    VectorChange::DeleteScope {
+                        tenant,
+                        kind,
+                        scope,
+                    } => Some(Filter::must([
+                        Condition::matches("tenant", tenant.clone()),
+                        Condition::matches("kind", kind.name().to_string()),
+                        Condition::matches("scope", scope.clone()),
+                    ])),
+                    VectorChange::DeleteTenant { tenant } => Some(Filter::must([
+                        Condition::matches("tenant", tenant.clone()),
+                    ])),
+                    _ => None,
+                };
+                if let Some(filter) = by_filter {
                     if !upserts.is_empty() {
                         self.upsert(std::mem::take(&mut upserts)).await?;
                     }
@@ -246,11 +256,7 @@ impl VectorIndex for QdrantIndex {
                     self.client
                         .delete_points(
                             DeletePointsBuilder::new(&self.collection)
-                                .points(Filter::must([
-                                    Condition::matches("tenant", tenant.clone()),
-                                    Condition::matches("kind", kind.name().to_string()),
-                                    Condition::matches("scope", scope.clone()),
-                                ]))
+                                .points(filter)
                                 .wait(true),
                         )
                         .await
@@ -286,7 +292,9 @@ impl VectorIndex for QdrantIndex {
                         }
                         deletes.push(PointId::from(point_id(tenant, *seq)));
                     }
-                    VectorChange::DeleteScope { .. } => unreachable!("handled above"),
+                    VectorChange::DeleteScope { .. } | VectorChange::DeleteTenant { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             }
             if !upserts.is_empty() {

@@ -1,0 +1,267 @@
+//! Permissions and roles: what each API needs, what each built-in role grants, and the one
+//! check every request goes through (`api::grpc::handle`).
+//!
+//! A permission is `resource:action` (`memory:read`), optionally narrowed to one item
+//! (`tools:call:web.fetch`). A grant may end in `*`: `memory:*` grants every memory action,
+//! `tools:call` also grants `tools:call:NAME` for every NAME, and `*` grants every tenant
+//! permission. System permissions (`cluster:admin`, `tenants:admin`) are never granted by a
+//! role: only the root principal holds them, so no tenant can act on the cluster or on other
+//! tenants.
+
+use std::collections::BTreeSet;
+
+use crate::error::NexusError;
+
+/// Permissions only the root principal holds.
+pub const SYSTEM_PERMISSIONS: &[&str] = &["cluster:admin", "tenants:admin"];
+
+/// Every permission a role may name (besides wildcards and `tools:call:NAME`).
+pub const PERMISSIONS: &[&str] = &[
+    "memory:read",
+    "memory:write",
+    "secrets:read",
+    "secrets:write",
+    "secrets:list",
+    "tools:call",
+    "tools:read",
+    "tools:write",
+    "schedules:read",
+    "schedules:write",
+    "iam:read",
+    "iam:write",
+    "audit:read",
+    "cluster:read",
+];
+
+/// The built-in roles and their grants.
+pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
+    // Everything within the tenant.
+    ("admin", &["*"]),
+    // Runs the deployment: reads state, audit and identities, manages schedules.
+    (
+        "operator",
+        &[
+            "memory:read",
+            "cluster:read",
+            "audit:read",
+            "iam:read",
+            "schedules:*",
+            "tools:read",
+            "secrets:list",
+        ],
+    ),
+    // Builds agents: memory, tools, schedules; sets secrets but does not read them back.
+    (
+        "developer",
+        &[
+            "memory:*",
+            "tools:*",
+            "schedules:*",
+            "secrets:write",
+            "secrets:list",
+        ],
+    ),
+    // An agent at run time: its memory and its tools.
+    ("agent", &["memory:read", "memory:write", "tools:call"]),
+    ("reader", &["memory:read"]),
+];
+
+/// The grants of a built-in role.
+pub fn builtin(role: &str) -> Option<&'static [&'static str]> {
+    BUILTIN_ROLES
+        .iter()
+        .find(|(name, _)| *name == role)
+        .map(|(_, grants)| *grants)
+}
+
+/// Checks a permission a custom role names: a known permission, a `resource:*` of a known
+/// resource, `*`, or `tools:call:NAME`. System permissions are refused.
+pub fn validate_grant(field: &str, grant: &str) -> Result<(), NexusError> {
+    if SYSTEM_PERMISSIONS.contains(&grant) {
+        return Err(NexusError::invalid(
+            field,
+            format!("{grant:?} is held by the root principal only and cannot be granted"),
+        ));
+    }
+    if grant == "*" || PERMISSIONS.contains(&grant) {
+        return Ok(());
+    }
+    if let Some(resource) = grant.strip_suffix(":*") {
+        if PERMISSIONS
+            .iter()
+            .any(|p| p.split(':').next() == Some(resource))
+        {
+            return Ok(());
+        }
+    }
+    if let Some(tool) = grant.strip_prefix("tools:call:") {
+        if !tool.is_empty()
+            && tool.len() <= 128
+            && tool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Ok(());
+        }
+    }
+    Err(NexusError::invalid(
+        field,
+        format!(
+            "{grant:?} is not a permission; use one of {}, RESOURCE:*, * or tools:call:NAME",
+            PERMISSIONS.join(", ")
+        ),
+    ))
+}
+
+/// A principal's permissions: the union of its roles' grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    grants: BTreeSet<String>,
+    /// The root principal: every permission, system ones included.
+    root: bool,
+}
+
+impl Grants {
+    pub fn root() -> Self {
+        Grants {
+            grants: BTreeSet::new(),
+            root: true,
+        }
+    }
+
+    pub fn of<I: IntoIterator<Item = S>, S: Into<String>>(grants: I) -> Self {
+        Grants {
+            grants: grants.into_iter().map(Into::into).collect(),
+            root: false,
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.root
+    }
+
+    /// Whether these grants allow `permission`.
+    pub fn allows(&self, permission: &str) -> bool {
+        if self.root {
+            return true;
+        }
+        if SYSTEM_PERMISSIONS.contains(&permission) {
+            return false;
+        }
+        if self.grants.contains("*") || self.grants.contains(permission) {
+            return true;
+        }
+        let mut parts = permission.splitn(3, ':');
+        let (Some(resource), Some(action)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        if self.grants.contains(&format!("{resource}:*")) {
+            return true;
+        }
+        // tools:call grants tools:call:NAME.
+        parts.next().is_some() && self.grants.contains(&format!("{resource}:{action}"))
+    }
+
+    /// Ok when allowed; otherwise PermissionDenied naming the principal and the permission.
+    pub fn require(&self, subject: &str, permission: &str) -> Result<(), NexusError> {
+        if self.allows(permission) {
+            return Ok(());
+        }
+        Err(NexusError::PermissionDenied(format!(
+            "{subject} lacks the permission {permission}"
+        )))
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        if self.root {
+            return vec!["*".into(), "cluster:admin".into(), "tenants:admin".into()];
+        }
+        self.grants.iter().cloned().collect()
+    }
+}
+
+/// The permission each gRPC method needs (`None`: authentication alone). A method missing
+/// from this table is refused: a new API cannot be served unguarded by omission.
+pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> {
+    Ok(Some(match method {
+        "memory.put" | "memory.delete" | "memory.remember" | "memory.forget" => "memory:write",
+        "memory.get" | "memory.list" | "memory.get_semantic" | "memory.recall" => "memory:read",
+        "conversation.create" | "conversation.append" | "conversation.delete" => "memory:write",
+        "conversation.get" | "conversation.list" | "conversation.list_messages" => "memory:read",
+        "search.search" => "memory:read",
+        "cluster.status" => "cluster:read",
+        "cluster.add_member"
+        | "cluster.promote_member"
+        | "cluster.remove_member"
+        | "cluster.transfer_leader" => "cluster:admin",
+        "iam.create_tenant" | "iam.list_tenants" | "iam.set_tenant_state" | "iam.delete_tenant" => {
+            "tenants:admin"
+        }
+        "iam.create_key" | "iam.revoke_key" | "iam.put_role" | "iam.delete_role"
+        | "iam.create_binding" | "iam.delete_binding" => "iam:write",
+        "iam.list_keys" | "iam.list_roles" | "iam.list_bindings" => "iam:read",
+        "iam.whoami" => return Ok(None),
+        other => {
+            return Err(NexusError::internal(format!(
+                "no permission is declared for method {other} (iam::rbac::permission_for)"
+            )))
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_and_tool_names() {
+        let g = Grants::of(["memory:*", "tools:call"]);
+        assert!(g.allows("memory:read") && g.allows("memory:write"));
+        assert!(g.allows("tools:call") && g.allows("tools:call:web.fetch"));
+        assert!(!g.allows("tools:write") && !g.allows("secrets:read"));
+        let one_tool = Grants::of(["tools:call:web.fetch"]);
+        assert!(one_tool.allows("tools:call:web.fetch"));
+        assert!(!one_tool.allows("tools:call:shell") && !one_tool.allows("tools:call"));
+        let admin = Grants::of(builtin("admin").unwrap().iter().copied());
+        assert!(admin.allows("secrets:read") && admin.allows("iam:write"));
+        // No role reaches system permissions, not even `*`.
+        assert!(!admin.allows("cluster:admin") && !admin.allows("tenants:admin"));
+        assert!(Grants::root().allows("tenants:admin"));
+        let err = Grants::of(builtin("reader").unwrap().iter().copied())
+            .require("sa:bot", "memory:write")
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("sa:bot lacks the permission memory:write"));
+    }
+
+    #[test]
+    fn grants_of_custom_roles_are_checked() {
+        for ok in [
+            "memory:read",
+            "memory:*",
+            "*",
+            "tools:call:web.fetch",
+            "schedules:*",
+        ] {
+            validate_grant("permissions", ok).unwrap();
+        }
+        for bad in [
+            "cluster:admin",
+            "tenants:admin",
+            "memory:delete",
+            "nope:*",
+            "tools:call:",
+            "",
+        ] {
+            let err = validate_grant("permissions", bad).unwrap_err();
+            assert!(err.to_string().contains("permissions"), "{bad}: {err}");
+        }
+        // Every built-in role's grants are valid custom grants too.
+        for (_, grants) in BUILTIN_ROLES {
+            for g in *grants {
+                validate_grant("g", g).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The identity and access API of a node: validates, decides which tenant a request may act
+//! on, and proposes `IamOp`s. Permissions (`iam:read`, `iam:write`, `tenants:admin`) are
+//! checked before these run, in `api::grpc::handle`.
+
+use std::sync::Arc;
+
+use super::{
+    rbac, validate_name, validate_principal, validate_tenant_id, ApiKeyRecord, BindingRecord,
+    IamOp, IamReply, RoleRecord, TenantRecord, TenantState,
+};
+use crate::auth::{new_api_key, Principal};
+use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
+use crate::error::NexusError;
+use crate::memory::now_ms;
+
+/// Most permissions in one custom role, and roles named with one key.
+const MAX_LIST: usize = 64;
+
+/// A role as listed: built-in or custom.
+pub struct RoleView {
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub builtin: bool,
+}
+
+pub struct IamService {
+    node: Arc<ClusterNode>,
+}
+
+impl IamService {
+    pub fn new(node: Arc<ClusterNode>) -> Self {
+        Self { node }
+    }
+
+    /// The tenant a request acts on: the one it names, or the caller's own; another tenant
+    /// only for the root principal.
+    fn target(&self, p: &Principal, tenant: &str) -> Result<String, NexusError> {
+        if tenant.is_empty() {
+            return Ok(p.tenant.clone());
+        }
+        validate_tenant_id("tenant", tenant)?;
+        p.may_administer(tenant)?;
+        Ok(tenant.to_string())
+    }
+
+    async fn propose(&self, tenant: &str, op: IamOp) -> Result<IamReply, NexusError> {
+        match self
+            .node
+            .propose(Command {
+                tenant: tenant.to_string(),
+                op: Op::Iam(op),
+            })
+            .await?
+        {
+            Reply::Iam(r) => Ok(r),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn read(&self) -> Result<(), NexusError> {
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn create_tenant(
+        &self,
+        id: &str,
+        display_name: &str,
+    ) -> Result<TenantRecord, NexusError> {
+        validate_tenant_id("id", id)?;
+        if display_name.len() > 256 {
+            return Err(NexusError::invalid(
+                "display_name",
+                "is longer than 256 bytes",
+            ));
+        }
+        match self
+            .propose(
+                id,
+                IamOp::CreateTenant {
+                    display_name: display_name.to_string(),
+                    now_ms: now_ms(),
+                },
+            )
+            .await?
+        {
+            IamReply::Tenant(t) => Ok(t),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<TenantRecord>, NexusError> {
+        self.read().await?;
+        Ok(super::tenants(&self.node.store)?)
+    }
+
+    pub async fn set_tenant_state(
+        &self,
+        id: &str,
+        state: TenantState,
+    ) -> Result<TenantRecord, NexusError> {
+        validate_tenant_id("id", id)?;
+        match self.propose(id, IamOp::SetTenantState { state }).await? {
+            IamReply::Tenant(t) => Ok(t),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn delete_tenant(&self, id: &str) -> Result<(), NexusError> {
+        validate_tenant_id("id", id)?;
+        self.propose(id, IamOp::DeleteTenant).await.map(|_| ())
+    }
+
+    /// Makes a key; returns it with the token, which exists only in this reply.
+    pub async fn create_key(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        service_account: &str,
+        ttl_ms: i64,
+        roles: Vec<String>,
+    ) -> Result<(String, ApiKeyRecord, String), NexusError> {
+        let tenant = self.target(p, tenant)?;
+        validate_name("service_account", service_account)?;
+        if ttl_ms < 0 {
+            return Err(NexusError::invalid("ttl_ms", "must not be negative"));
+        }
+        if roles.len() > MAX_LIST {
+            return Err(NexusError::invalid(
+                "roles",
+                format!("names {} roles; at most {MAX_LIST}", roles.len()),
+            ));
+        }
+        for (i, r) in roles.iter().enumerate() {
+            validate_name(&format!("roles[{i}]"), r)?;
+        }
+        let key = new_api_key()?;
+        let now = now_ms();
+        let op = IamOp::CreateKey {
+            id: key.id.clone(),
+            service_account: service_account.to_string(),
+            secret_sha256: key.secret_sha256,
+            expires_at_ms: if ttl_ms == 0 {
+                0
+            } else {
+                now.saturating_add(ttl_ms)
+            },
+            now_ms: now,
+            roles,
+        };
+        match self.propose(&tenant, op).await? {
+            IamReply::Key(k) => Ok((tenant, k, key.token)),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn list_keys(
+        &self,
+        p: &Principal,
+        tenant: &str,
+    ) -> Result<(String, Vec<ApiKeyRecord>), NexusError> {
+        let tenant = self.target(p, tenant)?;
+        self.read().await?;
+        Ok((tenant.clone(), super::keys_of(&self.node.store, &tenant)?))
+    }
+
+    /// Revokes a key of the caller's tenant (any tenant for root). Another tenant's key is
+    /// NotFound, as if it did not exist.
+    pub async fn revoke_key(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<(String, ApiKeyRecord), NexusError> {
+        let not_found = || NexusError::NotFound(format!("API key {id} not found"));
+        if id.is_empty() || id.len() > 64 {
+            return Err(NexusError::invalid("id", "is not an API key id"));
+        }
+        self.read().await?;
+        let Some((tenant, _)) = super::api_key(&self.node.store, id)? else {
+            return Err(not_found());
+        };
+        if p.may_administer(&tenant).is_err() {
+            return Err(not_found());
+        }
+        match self
+            .propose(
+                &tenant,
+                IamOp::RevokeKey {
+                    id: id.to_string(),
+                    now_ms: now_ms(),
+                },
+            )
+            .await?
+        {
+            IamReply::Key(k) => Ok((tenant, k)),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn put_role(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        name: &str,
+        permissions: Vec<String>,
+    ) -> Result<RoleRecord, NexusError> {
+        let tenant = self.target(p, tenant)?;
+        validate_name("name", name)?;
+        if permissions.is_empty() || permissions.len() > MAX_LIST {
+            return Err(NexusError::invalid(
+                "permissions",
+                format!("must name 1 to {MAX_LIST} permissions"),
+            ));
+        }
+        for (i, perm) in permissions.iter().enumerate() {
+            rbac::validate_grant(&format!("permissions[{i}]"), perm)?;
+        }
+        let op = IamOp::PutRole {
+            name: name.to_string(),
+            permissions,
+            now_ms: now_ms(),
+        };
+        match self.propose(&tenant, op).await? {
+            IamReply::Role(r) => Ok(r),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn list_roles(
+        &self,
+        p: &Principal,
+        tenant: &str,
+    ) -> Result<Vec<RoleView>, NexusError> {
+        let tenant = self.target(p, tenant)?;
+        self.read().await?;
+        let mut out: Vec<RoleView> = rbac::BUILTIN_ROLES
+            .iter()
+            .map(|(name, grants)| RoleView {
+                name: name.to_string(),
+                permissions: grants.iter().map(|g| g.to_string()).collect(),
+                builtin: true,
+            })
+            .collect();
+        out.extend(
+            super::roles_of(&self.node.store, &tenant)?
+                .into_iter()
+                .map(|r| RoleView {
+                    name: r.name,
+                    permissions: r.permissions,
+                    builtin: false,
+                }),
+        );
+        Ok(out)
+    }
+
+    pub async fn delete_role(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(), NexusError> {
+        let tenant = self.target(p, tenant)?;
+        validate_name("name", name)?;
+        if rbac::builtin(name).is_some() {
+            return Err(NexusError::invalid(
+                "name",
+                format!("{name} is a built-in role and cannot be deleted"),
+            ));
+        }
+        self.propose(
+            &tenant,
+            IamOp::DeleteRole {
+                name: name.to_string(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn create_binding(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        principal: &str,
+        role: &str,
+    ) -> Result<BindingRecord, NexusError> {
+        let tenant = self.target(p, tenant)?;
+        validate_principal("principal", principal)?;
+        validate_name("role", role)?;
+        let op = IamOp::CreateBinding {
+            principal: principal.to_string(),
+            role: role.to_string(),
+            now_ms: now_ms(),
+        };
+        match self.propose(&tenant, op).await? {
+            IamReply::Binding(b) => Ok(b),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn list_bindings(
+        &self,
+        p: &Principal,
+        tenant: &str,
+    ) -> Result<Vec<BindingRecord>, NexusError> {
+        let tenant = self.target(p, tenant)?;
+        self.read().await?;
+        Ok(super::bindings_of(&self.node.store, &tenant)?)
+    }
+
+    pub async fn delete_binding(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        principal: &str,
+        role: &str,
+    ) -> Result<(), NexusError> {
+        let tenant = self.target(p, tenant)?;
+        validate_principal("principal", principal)?;
+        validate_name("role", role)?;
+        self.propose(
+            &tenant,
+            IamOp::DeleteBinding {
+                principal: principal.to_string(),
+                role: role.to_string(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+}
