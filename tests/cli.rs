@@ -226,3 +226,110 @@ async fn nexusctl_tables_json_and_exit_codes() {
     assert_eq!(code, 3);
     assert!(err.contains("cannot connect"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexusctl_manages_tenants_keys_roles_and_bindings() {
+    const ROOT: &str = "root-key-for-cli-tests-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("NEXUS_AUTH__ENABLED", "true"), ("NEXUS_ROOT_KEY", ROOT)];
+    let nexus = Nexus::start(&dir.path().join("node"), &env).await;
+    let ep = nexus.endpoint();
+    let as_root = |args: &[&str]| {
+        let mut all = vec!["--token", ROOT];
+        all.extend_from_slice(args);
+        nexusctl(&ep, &all)
+    };
+
+    // No credentials: refused, saying how to send them.
+    let (code, _, err) = nexusctl(&ep, &["memory", "list", "n"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Unauthenticated") && err.contains("NEXUS_TOKEN"),
+        "{err}"
+    );
+
+    assert_eq!(
+        as_root(&["tenant", "create", "acme", "--name", "Acme"]).0,
+        0
+    );
+    let (_, out, _) = as_root(&["tenant", "list"]);
+    assert!(out.contains("acme") && out.contains("active"), "{out}");
+    let (code, out, err) = as_root(&[
+        "key", "create", "bot", "--tenant", "acme", "--role", "agent", "-o", "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let key = json(&out);
+    let token = key["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("nxk_"));
+    assert_eq!(key["principal"], "sa:bot");
+
+    // The key works through NEXUS_TOKEN, as its tenant and role.
+    let as_bot = |args: &[&str]| {
+        Command::new(NEXUSCTL_BIN)
+            .args(args)
+            .env("NEXUS_ENDPOINT", &ep)
+            .env("NEXUS_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = as_bot(&["whoami", "-o", "json"]);
+    let me = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(me["tenant"], "acme");
+    assert_eq!(me["subject"], "sa:bot");
+    assert!(as_bot(&["memory", "put", "n", "k", "1"]).status.success());
+    let denied = as_bot(&["key", "list"]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("iam:read"));
+
+    // Roles and bindings, as tables and JSON.
+    let (code, _, err) = as_root(&[
+        "role",
+        "create",
+        "auditor",
+        "--perm",
+        "memory:read",
+        "--perm",
+        "iam:read",
+        "--tenant",
+        "acme",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = as_root(&["role", "list", "--tenant", "acme"]);
+    assert!(out.contains("auditor") && out.contains("custom") && out.contains("built-in"));
+    assert_eq!(
+        as_root(&["binding", "create", "sa:bot", "auditor", "--tenant", "acme"]).0,
+        0
+    );
+    let (_, out, _) = as_root(&["binding", "list", "--tenant", "acme", "-o", "json"]);
+    let roles: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["role"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(roles, vec!["agent", "auditor"]);
+    let listed = as_bot(&["key", "list", "-o", "json"]);
+    assert!(listed.status.success(), "auditor grants iam:read");
+    let keys = json(&String::from_utf8_lossy(&listed.stdout));
+    assert_eq!(keys[0]["id"], key["id"]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&token[20..]));
+    assert_eq!(
+        as_root(&["binding", "delete", "sa:bot", "auditor", "--tenant", "acme"]).0,
+        0
+    );
+    assert_eq!(as_bot(&["key", "list"]).status.code(), Some(1));
+    assert_eq!(
+        as_root(&["role", "delete", "auditor", "--tenant", "acme"]).0,
+        0
+    );
+
+    // Revoked: refused.
+    let id = key["id"].as_str().unwrap();
+    assert_eq!(as_root(&["key", "revoke", id]).0, 0);
+    let out = as_bot(&["memory", "get", "n", "k"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+    let (code, out, _) = as_root(&["tenant", "delete", "acme"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deleted tenant acme"));
+}

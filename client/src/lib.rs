@@ -2,6 +2,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), nexus_client::ClientError> {
+//! // With authentication on: Client::connect_with_token(endpoint, Some(api_key)).
 //! let mut nexus = nexus_client::Client::connect("http://127.0.0.1:7700").await?;
 //! let put = nexus.memory.put(nexus_client::pb::PutRequest {
 //!     namespace: "notes".into(), key: "greeting".into(), value: "\"hello\"".into(),
@@ -18,8 +19,11 @@ use std::time::Duration;
 pub use nexus_proto::v1 as pb;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::conversation_service_client::ConversationServiceClient;
+use pb::iam_service_client::IamServiceClient;
 use pb::memory_service_client::MemoryServiceClient;
 use pb::search_service_client::SearchServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// The endpoint used when none is given.
@@ -39,22 +43,70 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("the token cannot be sent in a header: {0}")]
+    Token(String),
     #[error(transparent)]
     Status(#[from] tonic::Status),
 }
 
+/// Adds `authorization: Bearer <token>` to every request when a token is set.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    pub fn bearer(token: Option<&str>) -> Result<Self, ClientError> {
+        let bearer = token
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::Token("it holds characters a header cannot".into()))
+            })
+            .transpose()?;
+        Ok(Credentials { bearer })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.bearer {
+            request.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The connection every service client of [`Client`] uses: a channel with credentials.
+pub type Transport = InterceptedService<Channel, Credentials>;
+
 /// One connection to a node, with a client per service. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    pub memory: MemoryServiceClient<Channel>,
-    pub conversations: ConversationServiceClient<Channel>,
-    pub search: SearchServiceClient<Channel>,
-    pub cluster: ClusterServiceClient<Channel>,
+    pub memory: MemoryServiceClient<Transport>,
+    pub conversations: ConversationServiceClient<Transport>,
+    pub search: SearchServiceClient<Transport>,
+    pub cluster: ClusterServiceClient<Transport>,
+    pub iam: IamServiceClient<Transport>,
 }
 
 impl Client {
-    /// Connects to `endpoint` (`http://host:port`; a bare `host:port` is accepted too).
+    /// Connects to `endpoint` (`http://host:port`; a bare `host:port` is accepted too),
+    /// without credentials (a node without authentication).
     pub async fn connect(endpoint: &str) -> Result<Self, ClientError> {
+        Self::connect_with_token(endpoint, None).await
+    }
+
+    /// Connects and sends `token` (an API key or the root key) with every request.
+    pub async fn connect_with_token(
+        endpoint: &str,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let credentials = Credentials::bearer(token)?;
         let uri = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
@@ -73,18 +125,20 @@ impl Client {
                 endpoint: endpoint.to_string(),
                 source,
             })?;
-        Ok(Self::from_channel(channel))
+        Ok(Self::from_channel(channel, credentials))
     }
 
-    pub fn from_channel(channel: Channel) -> Self {
+    pub fn from_channel(channel: Channel, credentials: Credentials) -> Self {
+        let t = InterceptedService::new(channel, credentials);
         Self {
-            memory: MemoryServiceClient::new(channel.clone())
+            memory: MemoryServiceClient::new(t.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            conversations: ConversationServiceClient::new(channel.clone())
+            conversations: ConversationServiceClient::new(t.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            search: SearchServiceClient::new(channel.clone())
+            search: SearchServiceClient::new(t.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            cluster: ClusterServiceClient::new(channel),
+            cluster: ClusterServiceClient::new(t.clone()),
+            iam: IamServiceClient::new(t),
         }
     }
 }
@@ -105,7 +159,7 @@ pub fn is_retryable(e: &ClientError, idempotent: bool) -> bool {
     match e {
         ClientError::Connect { .. } => true,
         ClientError::Status(s) => idempotent && s.code() == tonic::Code::Unavailable,
-        ClientError::Endpoint { .. } => false,
+        ClientError::Endpoint { .. } | ClientError::Token(_) => false,
     }
 }
 

@@ -78,6 +78,8 @@ pub struct Nexus {
     pub peer_port: u16,
     /// The address the node listens for peers on (and its peer connections come from).
     pub peer_host: String,
+    /// The address the gRPC API listens on (clients connect to 127.0.0.1 either way).
+    pub grpc_host: String,
     pub env: Vec<(String, String)>,
     log: PathBuf,
 }
@@ -176,12 +178,26 @@ impl Nexus {
         self.spawn();
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its status, if it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
 
-    fn new(data_dir: &Path, env: &[(&str, &str)]) -> Nexus {
+    /// A node not started yet (see `spawn`), to adjust first.
+    pub fn new(data_dir: &Path, env: &[(&str, &str)]) -> Nexus {
         Nexus {
             child: None,
             data_dir: data_dir.to_path_buf(),
@@ -189,6 +205,7 @@ impl Nexus {
             http_port: free_port(),
             peer_port: free_port(),
             peer_host: "127.0.0.1".into(),
+            grpc_host: "127.0.0.1".into(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -205,7 +222,8 @@ impl Nexus {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -216,7 +234,7 @@ impl Nexus {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--grpc-addr")
-            .arg(format!("127.0.0.1:{}", self.grpc_port))
+            .arg(format!("{}:{}", self.grpc_host, self.grpc_port))
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http_port))
             .arg("--peer-addr")
@@ -243,7 +261,9 @@ impl Nexus {
                     );
                 }
             }
-            if let Ok(mut c) = Client::connect(&self.endpoint()).await {
+            if let Ok(mut c) =
+                Client::connect_with_token(&self.endpoint(), self.root_key().as_deref()).await
+            {
                 if let Ok(s) = c.cluster.status(pb::StatusRequest {}).await {
                     if s.into_inner().leader_id != 0
                         && http_get(&self.http("/readyz")).await.0 == 200
@@ -261,10 +281,24 @@ impl Nexus {
         }
     }
 
+    /// A client with the node's root key when it has one (authentication on).
     pub async fn client(&self) -> Client {
-        Client::connect(&self.endpoint())
+        self.client_with(self.root_key().as_deref()).await
+    }
+
+    /// A client that sends `token` (None: no credentials).
+    pub async fn client_with(&self, token: Option<&str>) -> Client {
+        Client::connect_with_token(&self.endpoint(), token)
             .await
             .expect("connecting to nexus")
+    }
+
+    /// The root key in the node's environment (`NEXUS_ROOT_KEY`), if any.
+    pub fn root_key(&self) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "NEXUS_ROOT_KEY")
+            .map(|(_, v)| v.clone())
     }
 
     /// SIGKILL: no chance to flush anything.

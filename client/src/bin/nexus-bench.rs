@@ -386,7 +386,7 @@ impl RunResult {
 /// driven with the same operations.
 #[derive(Clone)]
 enum Driver {
-    Nexus(MemoryServiceClient<tonic::transport::Channel>),
+    Nexus(MemoryServiceClient<nexus_client::Transport>),
     Etcd(KvClient<tonic::transport::Channel>),
 }
 

@@ -5,6 +5,8 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod iam;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use nexus_client::{pb, Client, ClientError, DEFAULT_ENDPOINT};
@@ -17,6 +19,9 @@ struct Cli {
     /// reached (and, for reads, when it answers Unavailable).
     #[arg(long, global = true, env = "NEXUS_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     endpoint: String,
+    /// API key or root key, when the node requires authentication.
+    #[arg(long, global = true, env = "NEXUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -57,6 +62,28 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Tenants (root key only).
+    Tenant {
+        #[command(subcommand)]
+        command: iam::TenantCommand,
+    },
+    /// API keys of service accounts.
+    Key {
+        #[command(subcommand)]
+        command: iam::KeyCommand,
+    },
+    /// Roles: built-in and custom sets of permissions.
+    Role {
+        #[command(subcommand)]
+        command: iam::RoleCommand,
+    },
+    /// Role bindings: which principal holds which role.
+    Binding {
+        #[command(subcommand)]
+        command: iam::BindingCommand,
+    },
+    /// Who the credentials in use are: tenant, subject, permissions.
+    Whoami,
 }
 
 #[derive(Subcommand, Clone)]
@@ -454,6 +481,13 @@ impl Command {
             Command::Member { command } => matches!(command, MemberCommand::List),
             // Transferring to the node that already leads is a no-op: safe to repeat.
             Command::Cluster { .. } => true,
+            Command::Whoami => true,
+            Command::Tenant { command } => matches!(command, iam::TenantCommand::List),
+            Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
+            Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
+            Command::Binding { command } => {
+                matches!(command, iam::BindingCommand::List { .. })
+            }
         }
     }
 }
@@ -467,7 +501,14 @@ async fn run_with_failover(cli: Cli) -> Result<(), ClientError> {
         message: "no endpoint given".into(),
     };
     for (i, endpoint) in endpoints.iter().enumerate() {
-        match run(endpoint, cli.output, cli.command.clone()).await {
+        match run(
+            endpoint,
+            cli.token.as_deref(),
+            cli.output,
+            cli.command.clone(),
+        )
+        .await
+        {
             Err(e) if nexus_client::is_retryable(&e, idempotent) && i + 1 < endpoints.len() => {
                 eprintln!("note: {endpoint}: {e}; trying {}", endpoints[i + 1]);
                 last = e;
@@ -478,9 +519,19 @@ async fn run_with_failover(cli: Cli) -> Result<(), ClientError> {
     Err(last)
 }
 
-async fn run(endpoint: &str, out: Output, command: Command) -> Result<(), ClientError> {
-    let mut c = Client::connect(endpoint).await?;
+async fn run(
+    endpoint: &str,
+    token: Option<&str>,
+    out: Output,
+    command: Command,
+) -> Result<(), ClientError> {
+    let mut c = Client::connect_with_token(endpoint, token).await?;
     match command {
+        Command::Tenant { command } => iam::tenant(&mut c, out, command).await?,
+        Command::Key { command } => iam::key(&mut c, out, command).await?,
+        Command::Role { command } => iam::role(&mut c, out, command).await?,
+        Command::Binding { command } => iam::binding(&mut c, out, command).await?,
+        Command::Whoami => iam::whoami(&mut c, out).await?,
         Command::Status => {
             let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
             let members: Vec<Value> = s.members.iter().map(member_json).collect();

@@ -1,0 +1,828 @@
+//! Authentication and authorization through the real `nexus` binary with `[auth]` on:
+//! - the authorization matrix: every RPC × every built-in role × own and other tenant. In its
+//!   own tenant a role's call succeeds exactly when the role grants the RPC's permission
+//!   (otherwise PERMISSION_DENIED, and nothing changes); from another tenant, no call reads,
+//!   lists, searches, recalls, changes or deletes anything of the first tenant.
+//! - credentials: none, malformed, unknown, revoked and expired keys; a suspended tenant; the
+//!   root key; a node that refuses to listen beyond loopback without authentication.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::Nexus;
+use nexus_client::{pb, Client};
+use tonic::Code;
+
+const ROOT_KEY: &str = "root-key-for-tests-0123456789abcdefghij";
+/// A word in every piece of tenant acme's data, to find leaks by.
+const MARKER: &str = "acmesecret";
+const ROLES: &[&str] = &["admin", "operator", "developer", "agent", "reader"];
+
+/// What each built-in role grants, written out independently of the server's table.
+fn granted(role: &str, permission: &str) -> bool {
+    let grants: &[&str] = match role {
+        "admin" => return !matches!(permission, "cluster:admin" | "tenants:admin"),
+        "operator" => &["memory:read", "cluster:read", "iam:read"],
+        "developer" | "agent" => &["memory:read", "memory:write"],
+        "reader" => &["memory:read"],
+        _ => unreachable!(),
+    };
+    grants.contains(&permission)
+}
+
+/// Every RPC of the public API and the permission it needs ("" = none beyond a valid key).
+const RPCS: &[(&str, &str)] = &[
+    ("memory.put", "memory:write"),
+    ("memory.get", "memory:read"),
+    ("memory.delete", "memory:write"),
+    ("memory.list", "memory:read"),
+    ("memory.remember", "memory:write"),
+    ("memory.forget", "memory:write"),
+    ("memory.get_semantic", "memory:read"),
+    ("memory.recall", "memory:read"),
+    ("conversation.create", "memory:write"),
+    ("conversation.append", "memory:write"),
+    ("conversation.get", "memory:read"),
+    ("conversation.list", "memory:read"),
+    ("conversation.list_messages", "memory:read"),
+    ("conversation.delete", "memory:write"),
+    ("search.search", "memory:read"),
+    ("cluster.status", "cluster:read"),
+    ("cluster.add_member", "cluster:admin"),
+    ("cluster.promote_member", "cluster:admin"),
+    ("cluster.remove_member", "cluster:admin"),
+    ("cluster.transfer_leader", "cluster:admin"),
+    ("iam.whoami", ""),
+    ("iam.create_tenant", "tenants:admin"),
+    ("iam.list_tenants", "tenants:admin"),
+    ("iam.set_tenant_state", "tenants:admin"),
+    ("iam.delete_tenant", "tenants:admin"),
+    ("iam.create_key", "iam:write"),
+    ("iam.list_keys", "iam:read"),
+    ("iam.revoke_key", "iam:write"),
+    ("iam.put_role", "iam:write"),
+    ("iam.list_roles", "iam:read"),
+    ("iam.delete_role", "iam:write"),
+    ("iam.create_binding", "iam:write"),
+    ("iam.list_bindings", "iam:read"),
+    ("iam.delete_binding", "iam:write"),
+];
+
+/// Acme's data, with one item per role for the calls that delete.
+#[derive(Default)]
+struct Seed {
+    semantic: BTreeMap<String, String>,
+    keys: BTreeMap<String, String>,
+    shared_semantic: String,
+}
+
+async fn seed(acme: &mut Client) -> Seed {
+    let mut s = Seed::default();
+    let put = |ns: &str, key: &str| pb::PutRequest {
+        namespace: ns.into(),
+        key: key.into(),
+        value: format!("\"{MARKER} value\""),
+        ..Default::default()
+    };
+    acme.memory.put(put("seed", "k")).await.unwrap();
+    let remember = |text: String| pb::RememberRequest {
+        text,
+        ..Default::default()
+    };
+    s.shared_semantic = acme
+        .memory
+        .remember(remember(format!("{MARKER}: the launch is in March")))
+        .await
+        .unwrap()
+        .into_inner()
+        .memory
+        .unwrap()
+        .id;
+    acme.conversations
+        .create_conversation(pb::CreateConversationRequest {
+            id: "seedconv".into(),
+            title: MARKER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    acme.conversations
+        .append_messages(pb::AppendMessagesRequest {
+            conversation_id: "seedconv".into(),
+            messages: vec![pb::NewMessage {
+                role: "user".into(),
+                content: format!("{MARKER}: the launch is in March"),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    for role in ROLES {
+        acme.memory
+            .put(put("seed", &format!("del-{role}")))
+            .await
+            .unwrap();
+        let id = acme
+            .memory
+            .remember(remember(format!("{MARKER} note of {role}")))
+            .await
+            .unwrap()
+            .into_inner()
+            .memory
+            .unwrap()
+            .id;
+        s.semantic.insert(role.to_string(), id);
+        acme.conversations
+            .create_conversation(pb::CreateConversationRequest {
+                id: format!("del-{role}"),
+                title: MARKER.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let key = acme
+            .iam
+            .create_api_key(pb::CreateApiKeyRequest {
+                service_account: format!("{MARKER}-victim-{role}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key
+            .unwrap()
+            .id;
+        s.keys.insert(role.to_string(), key);
+        acme.iam
+            .put_role(pb::PutRoleRequest {
+                name: format!("{MARKER}-del-{role}"),
+                permissions: vec!["memory:read".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        acme.iam
+            .create_binding(pb::CreateBindingRequest {
+                principal: format!("sa:{MARKER}-del-{role}"),
+                role: "reader".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    s
+}
+
+/// Calls one RPC as `c` on behalf of `role`, aimed at acme's data (its ids and names).
+/// Returns the response's debug text.
+async fn call(c: &mut Client, rpc: &str, role: &str, seed: &Seed) -> Result<String, tonic::Status> {
+    let dbg = |r: &dyn std::fmt::Debug| format!("{r:?}");
+    let mine = format!("{role}-{}", rpc.replace('.', "-"));
+    Ok(match rpc {
+        "memory.put" => dbg(&c
+            .memory
+            .put(pb::PutRequest {
+                namespace: "m".into(),
+                key: mine,
+                value: "1".into(),
+                ..Default::default()
+            })
+            .await?),
+        "memory.get" => dbg(&c
+            .memory
+            .get(pb::GetRequest {
+                namespace: "seed".into(),
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await?),
+        "memory.delete" => dbg(&c
+            .memory
+            .delete(pb::DeleteRequest {
+                namespace: "seed".into(),
+                key: format!("del-{role}"),
+                expected_version: None,
+            })
+            .await?),
+        "memory.list" => dbg(&c
+            .memory
+            .list(pb::ListRequest {
+                namespace: "seed".into(),
+                ..Default::default()
+            })
+            .await?),
+        "memory.remember" => dbg(&c
+            .memory
+            .remember(pb::RememberRequest {
+                text: format!("written by {mine}"),
+                ..Default::default()
+            })
+            .await?),
+        "memory.forget" => dbg(&c
+            .memory
+            .forget(pb::ForgetRequest {
+                id: seed.semantic[role].clone(),
+            })
+            .await?),
+        "memory.get_semantic" => dbg(&c
+            .memory
+            .get_semantic(pb::GetSemanticRequest {
+                id: seed.shared_semantic.clone(),
+                ..Default::default()
+            })
+            .await?),
+        "memory.recall" => dbg(&c
+            .memory
+            .recall(pb::RecallRequest {
+                query: format!("{MARKER} launch"),
+                ..Default::default()
+            })
+            .await?),
+        "conversation.create" => dbg(&c
+            .conversations
+            .create_conversation(pb::CreateConversationRequest {
+                id: mine,
+                ..Default::default()
+            })
+            .await?),
+        "conversation.append" => dbg(&c
+            .conversations
+            .append_messages(pb::AppendMessagesRequest {
+                conversation_id: "seedconv".into(),
+                messages: vec![pb::NewMessage {
+                    role: "user".into(),
+                    content: format!("from {mine}"),
+                    ..Default::default()
+                }],
+            })
+            .await?),
+        "conversation.get" => dbg(&c
+            .conversations
+            .get_conversation(pb::GetConversationRequest {
+                id: "seedconv".into(),
+                ..Default::default()
+            })
+            .await?),
+        "conversation.list" => dbg(&c
+            .conversations
+            .list_conversations(pb::ListConversationsRequest::default())
+            .await?),
+        "conversation.list_messages" => dbg(&c
+            .conversations
+            .list_messages(pb::ListMessagesRequest {
+                conversation_id: "seedconv".into(),
+                ..Default::default()
+            })
+            .await?),
+        "conversation.delete" => dbg(&c
+            .conversations
+            .delete_conversation(pb::DeleteConversationRequest {
+                id: format!("del-{role}"),
+            })
+            .await?),
+        "search.search" => dbg(&c
+            .search
+            .search(pb::SearchRequest {
+                query: MARKER.into(),
+                ..Default::default()
+            })
+            .await?),
+        "cluster.status" => dbg(&c.cluster.status(pb::StatusRequest {}).await?),
+        // Denied to every role; harmless if they were not (ids of no node).
+        "cluster.add_member" => dbg(&c
+            .cluster
+            .add_member(pb::AddMemberRequest {
+                id: 99,
+                peer_addr: "127.0.0.1:1".into(),
+                api_addr: "127.0.0.1:2".into(),
+            })
+            .await?),
+        "cluster.promote_member" => dbg(&c
+            .cluster
+            .promote_member(pb::PromoteMemberRequest { id: 99 })
+            .await?),
+        "cluster.remove_member" => dbg(&c
+            .cluster
+            .remove_member(pb::RemoveMemberRequest { id: 99 })
+            .await?),
+        "cluster.transfer_leader" => dbg(&c
+            .cluster
+            .transfer_leader(pb::TransferLeaderRequest { id: 1 })
+            .await?),
+        "iam.whoami" => dbg(&c.iam.who_am_i(pb::WhoAmIRequest {}).await?),
+        "iam.create_tenant" => dbg(&c
+            .iam
+            .create_tenant(pb::CreateTenantRequest {
+                id: format!("t-{role}"),
+                ..Default::default()
+            })
+            .await?),
+        "iam.list_tenants" => dbg(&c.iam.list_tenants(pb::ListTenantsRequest {}).await?),
+        "iam.set_tenant_state" => dbg(&c
+            .iam
+            .set_tenant_state(pb::SetTenantStateRequest {
+                id: "acme".into(),
+                state: pb::TenantState::Suspended as i32,
+            })
+            .await?),
+        "iam.delete_tenant" => dbg(&c
+            .iam
+            .delete_tenant(pb::DeleteTenantRequest { id: "acme".into() })
+            .await?),
+        "iam.create_key" => dbg(&c
+            .iam
+            .create_api_key(pb::CreateApiKeyRequest {
+                service_account: mine,
+                ..Default::default()
+            })
+            .await?),
+        "iam.list_keys" => dbg(&c
+            .iam
+            .list_api_keys(pb::ListApiKeysRequest::default())
+            .await?),
+        "iam.revoke_key" => dbg(&c
+            .iam
+            .revoke_api_key(pb::RevokeApiKeyRequest {
+                id: seed.keys[role].clone(),
+            })
+            .await?),
+        "iam.put_role" => dbg(&c
+            .iam
+            .put_role(pb::PutRoleRequest {
+                name: mine,
+                permissions: vec!["memory:read".into()],
+                ..Default::default()
+            })
+            .await?),
+        "iam.list_roles" => dbg(&c.iam.list_roles(pb::ListRolesRequest::default()).await?),
+        "iam.delete_role" => dbg(&c
+            .iam
+            .delete_role(pb::DeleteRoleRequest {
+                name: format!("{MARKER}-del-{role}"),
+                ..Default::default()
+            })
+            .await?),
+        "iam.create_binding" => dbg(&c
+            .iam
+            .create_binding(pb::CreateBindingRequest {
+                principal: format!("sa:{mine}"),
+                role: "reader".into(),
+                ..Default::default()
+            })
+            .await?),
+        "iam.list_bindings" => dbg(&c
+            .iam
+            .list_bindings(pb::ListBindingsRequest::default())
+            .await?),
+        "iam.delete_binding" => dbg(&c
+            .iam
+            .delete_binding(pb::DeleteBindingRequest {
+                principal: format!("sa:{MARKER}-del-{role}"),
+                role: "reader".into(),
+                ..Default::default()
+            })
+            .await?),
+        other => panic!("no call for {other}"),
+    })
+}
+
+/// A key of `role` in `tenant`, made by root.
+async fn key(root: &mut Client, tenant: &str, sa: &str, roles: &[&str], ttl_ms: i64) -> String {
+    root.iam
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant: tenant.into(),
+            service_account: sa.into(),
+            ttl_ms,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// Everything of acme that a snapshot of its state shows, read with acme's admin key.
+async fn acme_state(acme: &mut Client) -> String {
+    let kv = acme
+        .memory
+        .list(pb::ListRequest {
+            namespace: "seed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .iter()
+        .map(|i| i.key.clone())
+        .collect::<Vec<_>>();
+    let conversations = acme
+        .conversations
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .conversations
+        .iter()
+        .map(|c| format!("{}:{}", c.id, c.message_count))
+        .collect::<Vec<_>>();
+    let keys = acme
+        .iam
+        .list_api_keys(pb::ListApiKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .iter()
+        .map(|k| format!("{}:{}", k.id, k.revoked_at_ms))
+        .collect::<Vec<_>>();
+    let roles = acme
+        .iam
+        .list_roles(pb::ListRolesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .roles
+        .len();
+    let bindings = acme
+        .iam
+        .list_bindings(pb::ListBindingsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .bindings
+        .len();
+    let recalled = acme
+        .memory
+        .recall(pb::RecallRequest {
+            query: MARKER.into(),
+            k: 100,
+            mode: pb::RecallMode::Bm25 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits
+        .len();
+    format!(
+        "{kv:?} {conversations:?} {keys:?} roles={roles} bindings={bindings} recalled={recalled}"
+    )
+}
+
+#[tokio::test]
+async fn every_rpc_every_role_own_and_other_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let n = Nexus::start(dir.path(), &env).await;
+    let mut root = n.client().await;
+    for t in ["acme", "globex"] {
+        root.iam
+            .create_tenant(pb::CreateTenantRequest {
+                id: t.into(),
+                display_name: t.to_uppercase(),
+            })
+            .await
+            .unwrap();
+    }
+    let acme_admin = key(&mut root, "acme", "owner", &["admin"], 0).await;
+    let mut acme = n.client_with(Some(&acme_admin)).await;
+    let seed = seed(&mut acme).await;
+
+    // Other tenant first, while acme's data is all there: whatever globex may do, it never
+    // touches acme.
+    let before = acme_state(&mut acme).await;
+    for role in ROLES {
+        let token = key(&mut root, "globex", &format!("g-{role}"), &[role], 0).await;
+        let mut g = n.client_with(Some(&token)).await;
+        for (rpc, permission) in RPCS {
+            let result = call(&mut g, rpc, role, &seed).await;
+            let allowed = permission.is_empty() || granted(role, permission);
+            match result {
+                Ok(text) => {
+                    assert!(allowed, "globex {role} {rpc} was allowed: {text}");
+                    assert!(
+                        !text.contains(MARKER),
+                        "globex {role} {rpc} sees acme's data: {text}"
+                    );
+                }
+                Err(s) if !allowed => {
+                    assert_eq!(
+                        s.code(),
+                        Code::PermissionDenied,
+                        "globex {role} {rpc}: {s:?}"
+                    )
+                }
+                // Allowed, aimed at acme's ids: they do not exist for globex.
+                Err(s) => assert_eq!(s.code(), Code::NotFound, "globex {role} {rpc}: {s:?}"),
+            }
+        }
+    }
+    assert_eq!(acme_state(&mut acme).await, before, "globex changed acme");
+
+    // Own tenant: exactly the granted cells succeed; a denied one changes nothing.
+    let (mut succeeded, mut denied) = (0, 0);
+    for role in ROLES {
+        let token = key(&mut root, "acme", &format!("a-{role}"), &[role], 0).await;
+        let mut c = n.client_with(Some(&token)).await;
+        for (rpc, permission) in RPCS {
+            let allowed = permission.is_empty() || granted(role, permission);
+            let before = (!allowed).then_some(acme_state(&mut acme).await);
+            let result = call(&mut c, rpc, role, &seed).await;
+            match (allowed, result) {
+                (true, Ok(_)) => succeeded += 1,
+                (true, Err(s)) => panic!("acme {role} {rpc} should succeed: {s:?}"),
+                (false, Ok(text)) => panic!("acme {role} {rpc} should be denied: {text}"),
+                (false, Err(s)) => {
+                    assert_eq!(s.code(), Code::PermissionDenied, "acme {role} {rpc}: {s:?}");
+                    assert!(
+                        s.message().contains(permission),
+                        "the denial names the permission: {}",
+                        s.message()
+                    );
+                    assert_eq!(
+                        acme_state(&mut acme).await,
+                        before.unwrap(),
+                        "denied {rpc} of {role} changed something"
+                    );
+                    denied += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(succeeded + denied, ROLES.len() * RPCS.len());
+    assert_eq!((succeeded, denied), (80, 90), "cells allowed and denied");
+    // The root key may do what no role may.
+    let members = root
+        .iam
+        .list_tenants(pb::ListTenantsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tenants;
+    assert_eq!(
+        members.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec!["default", "acme", "globex"]
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let n = Nexus::start(dir.path(), &env).await;
+    let mut root = n.client().await;
+    root.iam
+        .create_tenant(pb::CreateTenantRequest {
+            id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let token = key(&mut root, "acme", "bot", &["agent"], 0).await;
+    let status = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            c.memory
+                .list(pb::ListRequest {
+                    namespace: "n".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    // No credentials, a malformed header, an unknown key, a wrong secret.
+    for bad in [
+        None,
+        Some("Basic abc"),
+        Some("nxk_0000000000000000_nope"),
+        Some("not-the-root-key"),
+    ] {
+        let mut c = match bad {
+            Some("Basic abc") => {
+                // Sent as the whole header value.
+                let channel = tonic::transport::Endpoint::from_shared(n.endpoint())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                let mut client = pb::memory_service_client::MemoryServiceClient::new(channel);
+                let mut req = tonic::Request::new(pb::ListRequest {
+                    namespace: "n".into(),
+                    ..Default::default()
+                });
+                req.metadata_mut()
+                    .insert("authorization", "Basic abc".parse().unwrap());
+                let err = client.list(req).await.unwrap_err();
+                assert_eq!(err.code(), Code::Unauthenticated);
+                assert!(err.message().contains("Bearer"), "{}", err.message());
+                continue;
+            }
+            other => n.client_with(other).await,
+        };
+        let err = status(&mut c).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{bad:?}: {err:?}");
+    }
+    let (id, secret) = token[4..].split_once('_').unwrap();
+    let wrong = format!("nxk_{id}_{}x", &secret[..secret.len() - 1]);
+    let err = status(&mut n.client_with(Some(&wrong)).await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut bot = n.client_with(Some(&token)).await;
+    bot.memory
+        .put(pb::PutRequest {
+            namespace: "n".into(),
+            key: "k".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let me = bot
+        .iam
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (me.tenant.as_str(), me.subject.as_str()),
+        ("acme", "sa:bot")
+    );
+
+    // Suspended: refused with PERMISSION_DENIED naming the tenant; resumed: served again.
+    root.iam
+        .set_tenant_state(pb::SetTenantStateRequest {
+            id: "acme".into(),
+            state: pb::TenantState::Suspended as i32,
+        })
+        .await
+        .unwrap();
+    let err = status(&mut bot).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("acme is suspended"),
+        "{}",
+        err.message()
+    );
+    root.iam
+        .set_tenant_state(pb::SetTenantStateRequest {
+            id: "acme".into(),
+            state: pb::TenantState::Active as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&mut bot).await.unwrap().into_inner().items.len(), 1);
+
+    // Expired and revoked keys.
+    let short = key(&mut root, "acme", "short", &["agent"], 300).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = status(&mut n.client_with(Some(&short)).await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("expired"), "{}", err.message());
+    root.iam
+        .revoke_api_key(pb::RevokeApiKeyRequest { id: id.to_string() })
+        .await
+        .unwrap();
+    let err = status(&mut bot).await.unwrap_err();
+    assert!(err.message().contains("revoked"), "{}", err.message());
+
+    // Bad input to the IAM API names the field.
+    for (result, field) in [
+        (
+            root.iam
+                .create_tenant(pb::CreateTenantRequest {
+                    id: "Bad Id".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "id",
+        ),
+        (
+            root.iam
+                .put_role(pb::PutRoleRequest {
+                    tenant: "acme".into(),
+                    name: "r".into(),
+                    permissions: vec!["cluster:admin".into()],
+                })
+                .await
+                .map(|_| ()),
+            "permissions[0]",
+        ),
+        (
+            root.iam
+                .create_binding(pb::CreateBindingRequest {
+                    tenant: "acme".into(),
+                    principal: "bot".into(),
+                    role: "reader".into(),
+                })
+                .await
+                .map(|_| ()),
+            "principal",
+        ),
+        (
+            root.iam
+                .create_api_key(pb::CreateApiKeyRequest {
+                    tenant: "acme".into(),
+                    service_account: "x".into(),
+                    roles: vec!["no-such-role".into()],
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "roles[0]",
+        ),
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+
+    // Deleting the tenant takes its data and keys with it.
+    let admin = key(&mut root, "acme", "admin", &["admin"], 0).await;
+    root.iam
+        .delete_tenant(pb::DeleteTenantRequest { id: "acme".into() })
+        .await
+        .unwrap();
+    let err = status(&mut n.client_with(Some(&admin)).await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    root.iam
+        .create_tenant(pb::CreateTenantRequest {
+            id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let again = key(&mut root, "acme", "admin", &["admin"], 0).await;
+    let items = status(&mut n.client_with(Some(&again)).await)
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(
+        items.is_empty(),
+        "a tenant made again starts empty: {items:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_authentication_a_node_serves_loopback_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut open = Nexus::new(&dir.path().join("open"), &[]);
+    open.grpc_host = "0.0.0.0".into();
+    open.spawn();
+    let status = open
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("nexus refuses to start");
+    assert!(!status.success());
+    let log = open.log_text();
+    assert!(
+        log.contains("without authentication") && log.contains("NEXUS_AUTH__ENABLED"),
+        "{log}"
+    );
+    // With authentication it serves there.
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let mut guarded = Nexus::new(&dir.path().join("guarded"), &env);
+    guarded.grpc_host = "0.0.0.0".into();
+    guarded.spawn();
+    guarded.wait_ready().await;
+    let me = guarded
+        .client()
+        .await
+        .iam
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.subject, "root");
+    // A short root key is refused at start-up.
+    let mut short = Nexus::new(
+        &dir.path().join("short"),
+        &[("NEXUS_AUTH__ENABLED", "true"), ("NEXUS_ROOT_KEY", "short")],
+    );
+    short.spawn();
+    assert!(short.wait_exit(Duration::from_secs(30)).await.is_some());
+    assert!(
+        short.log_text().contains("at least 32"),
+        "{}",
+        short.log_text()
+    );
+}
