@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "nexus/v1/search.proto",
     "nexus/v1/cluster.proto",
     "nexus/v1/iam.proto",
+    "nexus/v1/secrets.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

@@ -24,8 +24,14 @@ const ROLES: &[&str] = &["admin", "operator", "developer", "agent", "reader"];
 fn granted(role: &str, permission: &str) -> bool {
     let grants: &[&str] = match role {
         "admin" => return !matches!(permission, "cluster:admin" | "tenants:admin"),
-        "operator" => &["memory:read", "cluster:read", "iam:read"],
-        "developer" | "agent" => &["memory:read", "memory:write"],
+        "operator" => &["memory:read", "cluster:read", "iam:read", "secrets:list"],
+        "developer" => &[
+            "memory:read",
+            "memory:write",
+            "secrets:write",
+            "secrets:list",
+        ],
+        "agent" => &["memory:read", "memory:write"],
         "reader" => &["memory:read"],
         _ => unreachable!(),
     };
@@ -68,6 +74,11 @@ const RPCS: &[(&str, &str)] = &[
     ("iam.create_binding", "iam:write"),
     ("iam.list_bindings", "iam:read"),
     ("iam.delete_binding", "iam:write"),
+    ("secrets.set", "secrets:write"),
+    ("secrets.get", "secrets:read"),
+    ("secrets.list", "secrets:list"),
+    ("secrets.delete", "secrets:write"),
+    ("secrets.rotate_master_key", "cluster:admin"),
 ];
 
 /// Acme's data, with one item per role for the calls that delete.
@@ -87,6 +98,14 @@ async fn seed(acme: &mut Client) -> Seed {
         ..Default::default()
     };
     acme.memory.put(put("seed", "k")).await.unwrap();
+    let secret = |name: String| pb::SetSecretRequest {
+        name,
+        value: format!("{MARKER}-value").into_bytes(),
+    };
+    acme.secrets
+        .set_secret(secret(format!("{MARKER}-shared")))
+        .await
+        .unwrap();
     let remember = |text: String| pb::RememberRequest {
         text,
         ..Default::default()
@@ -122,6 +141,10 @@ async fn seed(acme: &mut Client) -> Seed {
     for role in ROLES {
         acme.memory
             .put(put("seed", &format!("del-{role}")))
+            .await
+            .unwrap();
+        acme.secrets
+            .set_secret(secret(format!("{MARKER}-del-{role}")))
             .await
             .unwrap();
         let id = acme
@@ -384,6 +407,31 @@ async fn call(c: &mut Client, rpc: &str, role: &str, seed: &Seed) -> Result<Stri
                 ..Default::default()
             })
             .await?),
+        "secrets.set" => dbg(&c
+            .secrets
+            .set_secret(pb::SetSecretRequest {
+                name: mine,
+                value: b"v".to_vec(),
+            })
+            .await?),
+        "secrets.get" => dbg(&c
+            .secrets
+            .get_secret(pb::GetSecretRequest {
+                name: format!("{MARKER}-shared"),
+                version: 0,
+            })
+            .await?),
+        "secrets.list" => dbg(&c.secrets.list_secrets(pb::ListSecretsRequest {}).await?),
+        "secrets.delete" => dbg(&c
+            .secrets
+            .delete_secret(pb::DeleteSecretRequest {
+                name: format!("{MARKER}-del-{role}"),
+            })
+            .await?),
+        "secrets.rotate_master_key" => dbg(&c
+            .secrets
+            .rotate_master_key(pb::RotateMasterKeyRequest {})
+            .await?),
         other => panic!("no call for {other}"),
     })
 }
@@ -467,8 +515,18 @@ async fn acme_state(acme: &mut Client) -> String {
         .into_inner()
         .hits
         .len();
+    let secrets = acme
+        .secrets
+        .list_secrets(pb::ListSecretsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .secrets
+        .iter()
+        .map(|s| format!("{}:{}", s.name, s.versions.len()))
+        .collect::<Vec<_>>();
     format!(
-        "{kv:?} {conversations:?} {keys:?} roles={roles} bindings={bindings} recalled={recalled}"
+        "{kv:?} {conversations:?} {keys:?} {secrets:?} roles={roles} bindings={bindings} recalled={recalled}"
     )
 }
 
@@ -556,7 +614,7 @@ async fn every_rpc_every_role_own_and_other_tenant() {
         }
     }
     assert_eq!(succeeded + denied, ROLES.len() * RPCS.len());
-    assert_eq!((succeeded, denied), (80, 90), "cells allowed and denied");
+    assert_eq!((succeeded, denied), (88, 107), "cells allowed and denied");
     // The root key may do what no role may.
     let members = root
         .iam

@@ -193,6 +193,8 @@ async fn acknowledged_writes_survive_sigkill_and_are_searchable_after_restart() 
             .search
             .search(pb::SearchRequest {
                 query: format!("token{i:05}x"),
+                // Exact words: nearest neighbours would add look-alike items.
+                mode: pb::RecallMode::Bm25 as i32,
                 ..Default::default()
             })
             .await
@@ -210,6 +212,7 @@ async fn acknowledged_writes_survive_sigkill_and_are_searchable_after_restart() 
             .search
             .search(pb::SearchRequest {
                 query: format!("word{i:05}y"),
+                mode: pb::RecallMode::Bm25 as i32,
                 kinds: vec![pb::HitKind::Message as i32],
                 ..Default::default()
             })

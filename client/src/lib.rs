@@ -22,6 +22,7 @@ use pb::conversation_service_client::ConversationServiceClient;
 use pb::iam_service_client::IamServiceClient;
 use pb::memory_service_client::MemoryServiceClient;
 use pb::search_service_client::SearchServiceClient;
+use pb::secrets_service_client::SecretsServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -92,6 +93,7 @@ pub struct Client {
     pub search: SearchServiceClient<Transport>,
     pub cluster: ClusterServiceClient<Transport>,
     pub iam: IamServiceClient<Transport>,
+    pub secrets: SecretsServiceClient<Transport>,
 }
 
 impl Client {
@@ -138,7 +140,8 @@ impl Client {
             search: SearchServiceClient::new(t.clone())
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
             cluster: ClusterServiceClient::new(t.clone()),
-            iam: IamServiceClient::new(t),
+            iam: IamServiceClient::new(t.clone()),
+            secrets: SecretsServiceClient::new(t),
         }
     }
 }

@@ -40,6 +40,31 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     pub vector: VectorConfig,
     pub auth: AuthConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// The master key of the secrets manager (it wraps each tenant's data key). Every node of a
+/// cluster needs the same one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// File holding the master key: 32 bytes, base64.
+    pub master_key_file: PathBuf,
+    /// Environment variable holding it instead. With neither, the node makes
+    /// `<data-dir>/master.key` (fine on one laptop; not for clusters or production).
+    pub master_key_env: String,
+    /// Earlier master keys, during a rotation: they unwrap data keys not re-wrapped yet.
+    pub previous_master_key_files: Vec<PathBuf>,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            master_key_file: PathBuf::new(),
+            master_key_env: "NEXUS_MASTER_KEY".into(),
+            previous_master_key_files: Vec::new(),
+        }
+    }
 }
 
 /// Authentication of API clients. Off, a node serves tenant `default` with full rights and
@@ -218,6 +243,7 @@ impl Default for Config {
             embedding: EmbeddingConfig::default(),
             vector: VectorConfig::default(),
             auth: AuthConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -401,6 +427,16 @@ enabled = false
 # and keys. Read from this environment variable, or from root_key_file when that is set.
 root_key_env = "NEXUS_ROOT_KEY"
 root_key_file = ""
+
+[secrets]
+# The master key wraps each tenant's data key (envelope encryption): 32 bytes, base64
+# (`openssl rand -base64 32`), from this file or this environment variable. With neither,
+# the node makes <data-dir>/master.key: fine on one laptop; a cluster needs the same key on
+# every node. To rotate: the new key here, the old one in previous_master_key_files, then
+# `nexus secrets rotate-master-key`; afterwards the old key can go.
+master_key_file = ""
+master_key_env = "NEXUS_MASTER_KEY"
+previous_master_key_files = []
 
 [embedding]
 # How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with

@@ -11,5 +11,6 @@ pub mod iam;
 pub mod memory;
 pub mod observe;
 pub mod search;
+pub mod secrets;
 pub mod server;
 pub mod store;

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+mod secrets_cli;
+
 use clap::{Parser, Subcommand};
 use nexus_node::config::{Config, FlagOverrides, DEFAULT_CONFIG_TOML};
 
@@ -36,6 +38,8 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// The secrets manager of a running node: set, get, list, delete, rotate-master-key.
+    Secrets(secrets_cli::SecretsArgs),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Secrets(args) => secrets_cli::run(args),
         Command::Serve(args) => {
             let config = load(args)?;
             nexus_node::observe::init_tracing(&config.log.level, &config.log.format);

@@ -12,11 +12,12 @@ use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
 use nexus_proto::v1::iam_service_server::IamServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
 use nexus_proto::v1::search_service_server::SearchServiceServer;
+use nexus_proto::v1::secrets_service_server::SecretsServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::grpc::{ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi};
+use crate::api::grpc::{ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi};
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, Authenticator};
 use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
@@ -31,6 +32,8 @@ use crate::search::recall::Recaller;
 use crate::search::vector::local::{HnswParams, LocalIndex};
 use crate::search::vector::qdrant::QdrantIndex;
 use crate::search::vector::{VectorIndex, VectorIndexer};
+use crate::secrets::service::SecretsService;
+use crate::secrets::MasterKeys;
 use crate::store::{format, Store};
 
 /// How often the leader looks for expired memories.
@@ -80,6 +83,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let found = format::prepare(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
     let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
+    let master_keys = Arc::new(
+        MasterKeys::load(&config.secrets, &config.data_dir)
+            .context("loading the secrets master key ([secrets])")?,
+    );
+    tracing::info!(
+        master_key_id = master_keys.current_id(),
+        "secrets master key loaded"
+    );
 
     // Listen before starting Raft so that a taken port fails fast and clearly.
     let grpc_listener = bind(config.grpc_addr, "gRPC").await?;
@@ -153,6 +164,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }),
         auth.interceptor(),
     );
+    let secrets_svc = InterceptedService::new(
+        SecretsServiceServer::new(SecretsApi {
+            secrets: Arc::new(SecretsService::new(node.clone(), master_keys)),
+        }),
+        auth.interceptor(),
+    );
     let iam_svc = InterceptedService::new(
         IamServiceServer::new(IamApi {
             iam: Arc::new(IamService::new(node.clone())),
@@ -173,6 +190,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(search_svc)
         .add_service(cluster_svc)
         .add_service(iam_svc)
+        .add_service(secrets_svc)
         .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
     let mut peer = tonic::transport::Server::builder();
     if let Some(tls) = &peer_tls {
@@ -213,6 +231,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         "nexus.v1.SearchService",
                         "nexus.v1.ClusterService",
                         "nexus.v1.IamService",
+                        "nexus.v1.SecretsService",
                         "",
                     ] {
                         health

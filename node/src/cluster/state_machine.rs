@@ -21,6 +21,7 @@ use super::types::{
 use crate::error::NexusError;
 use crate::iam;
 use crate::memory::{conversations, kv, semantic};
+use crate::secrets;
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SM_META};
 
 /// Where the state machine stands; followed by derived indexes.
@@ -122,6 +123,7 @@ impl StateMachine {
                             semantic::apply(&mut ctx, tenant, op)?.map(Reply::Semantic)
                         }
                         Op::Iam(op) => iam::apply(&mut ctx, tenant, op)?.map(Reply::Iam),
+                        Op::Secret(op) => secrets::apply(&mut ctx, tenant, op)?.map(Reply::Secret),
                     });
                 }
                 out

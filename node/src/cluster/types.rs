@@ -10,6 +10,7 @@ use crate::iam::{IamOp, IamReply};
 use crate::memory::conversations::{ConversationOp, ConversationReply};
 use crate::memory::kv::{KvOp, KvReply};
 use crate::memory::semantic::{SemanticOp, SemanticReply};
+use crate::secrets::{SecretOp, SecretReply};
 
 /// A node as the cluster membership records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,7 @@ pub enum Op {
     /// Appended last: a variant's position is part of the log's encoding.
     Semantic(SemanticOp),
     Iam(IamOp),
+    Secret(SecretOp),
 }
 
 impl std::fmt::Display for Command {
@@ -49,6 +51,7 @@ impl std::fmt::Display for Command {
             Op::Conversation(op) => op.name(),
             Op::Semantic(op) => op.name(),
             Op::Iam(op) => op.name(),
+            Op::Secret(op) => op.name(),
         };
         write!(f, "{kind}(tenant={})", self.tenant)
     }
@@ -69,6 +72,7 @@ impl Command {
             Op::Conversation(op) => op.approx_size(),
             Op::Semantic(op) => op.approx_size(),
             Op::Iam(op) => op.approx_size(),
+            Op::Secret(op) => op.approx_size(),
         };
         self.tenant.len() + body + 16
     }
@@ -81,6 +85,7 @@ pub enum Reply {
     Conversation(ConversationReply),
     Semantic(SemanticReply),
     Iam(IamReply),
+    Secret(SecretReply),
 }
 
 /// A command's outcome: a reply, or a rejection decided deterministically by the state machine.

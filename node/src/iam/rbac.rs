@@ -200,6 +200,10 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         "iam.create_key" | "iam.revoke_key" | "iam.put_role" | "iam.delete_role"
         | "iam.create_binding" | "iam.delete_binding" => "iam:write",
         "iam.list_keys" | "iam.list_roles" | "iam.list_bindings" => "iam:read",
+        "secrets.set" | "secrets.delete" => "secrets:write",
+        "secrets.get" => "secrets:read",
+        "secrets.list" => "secrets:list",
+        "secrets.rotate_master_key" => "cluster:admin",
         "iam.whoami" => return Ok(None),
         other => {
             return Err(NexusError::internal(format!(

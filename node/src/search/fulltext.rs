@@ -619,7 +619,7 @@ impl Indexer {
                         self.writer
                             .delete_term(Term::from_field_text(f.tenant, tenant));
                     }
-                    Op::Iam(_) => {}
+                    Op::Iam(_) | Op::Secret(_) => {}
                     Op::Kv(op) => {
                         for (ns, key) in op.touched() {
                             let id = memory_doc_id(tenant, ns, key);

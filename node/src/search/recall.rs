@@ -425,8 +425,15 @@ impl Recaller {
         &self,
         tenant: &str,
         req: &SearchRequest,
+        mode: RecallMode,
     ) -> Result<Vec<FusedHit>, NexusError> {
         let limit = self.fulltext.validate(req)?;
+        if mode == RecallMode::Vector && !self.semantic() {
+            return Err(NexusError::precondition(
+                "mode",
+                "needs an embedding model, and this node has none (see `nexus model pull` and [embedding])",
+            ));
+        }
         let read_index = self.node.read_barrier(req.consistency).await?;
         let wait_for = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
         let wants = |k: HitKind| req.kinds.is_empty() || req.kinds.contains(&k);
@@ -434,7 +441,8 @@ impl Recaller {
         // uses the query language ("phrases", +required, -excluded, field:value) asks for
         // exact matches, which nearest neighbours would dilute: words only.
         let mut vector_kinds = Vec::new();
-        if uses_query_syntax(&req.query) {
+        if mode == RecallMode::Bm25 || (mode == RecallMode::Hybrid && uses_query_syntax(&req.query))
+        {
             return Ok(self
                 .fulltext
                 .search_at(tenant, req, limit, wait_for)
@@ -452,10 +460,13 @@ impl Recaller {
         if wants(HitKind::Message) && req.namespace.is_empty() {
             vector_kinds.push(PointKind::Message);
         }
-        let words = self
-            .fulltext
-            .search_at(tenant, req, limit, wait_for)
-            .await?;
+        let words = if mode == RecallMode::Vector {
+            Vec::new()
+        } else {
+            self.fulltext
+                .search_at(tenant, req, limit, wait_for)
+                .await?
+        };
         let query_vector = if vector_kinds.is_empty() {
             None
         } else {

@@ -55,6 +55,8 @@ pub const CF_MESSAGE_VECTOR_IDS: &str = "message_vector_ids";
 pub const CF_IAM: &str = "iam";
 /// API key id -> tenant: the one state-machine family not keyed by tenant.
 pub const CF_API_KEY_IDS: &str = "api_key_ids";
+/// Secrets (sealed) and each tenant's wrapped data key (see `secrets`).
+pub const CF_SECRETS: &str = "secrets";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -71,6 +73,7 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_MESSAGE_VECTOR_IDS,
     CF_IAM,
     CF_API_KEY_IDS,
+    CF_SECRETS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -88,6 +91,7 @@ const ALL_FAMILIES: &[&str] = &[
     CF_MESSAGE_VECTOR_IDS,
     CF_IAM,
     CF_API_KEY_IDS,
+    CF_SECRETS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -283,6 +283,16 @@ struct SearchArgs {
     limit: u32,
     #[arg(long)]
     stale: bool,
+    /// Retrievers: hybrid (words and meaning, fused), bm25 (exact words) or vector.
+    #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Hybrid,
+    Bm25,
+    Vector,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -994,6 +1004,11 @@ async fn run(
                     until_ms: a.until.unwrap_or(0),
                     limit: a.limit,
                     consistency: consistency(a.stale),
+                    mode: match a.mode {
+                        Mode::Hybrid => pb::RecallMode::Hybrid,
+                        Mode::Bm25 => pb::RecallMode::Bm25,
+                        Mode::Vector => pb::RecallMode::Vector,
+                    } as i32,
                 })
                 .await?
                 .into_inner();

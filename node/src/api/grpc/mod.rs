@@ -2,12 +2,14 @@
 
 mod convert;
 mod iam;
+mod secrets;
 mod services;
 
 use std::future::Future;
 use std::time::Instant;
 
 pub use iam::IamApi;
+pub use secrets::SecretsApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 
 use crate::auth::Principal;

@@ -18,6 +18,18 @@ use crate::search::fulltext::{FullTextIndex, SearchRequest};
 use crate::search::recall::{RecallMode, RecallRequest, Recaller};
 use crate::search::vector::PointKind;
 
+fn recall_mode(mode: i32) -> Result<RecallMode, crate::error::NexusError> {
+    match pb::RecallMode::try_from(mode) {
+        Ok(pb::RecallMode::Hybrid) => Ok(RecallMode::Hybrid),
+        Ok(pb::RecallMode::Vector) => Ok(RecallMode::Vector),
+        Ok(pb::RecallMode::Bm25) => Ok(RecallMode::Bm25),
+        Err(_) => Err(crate::error::NexusError::invalid(
+            "mode",
+            format!("{mode} is not a RecallMode value"),
+        )),
+    }
+}
+
 pub struct MemoryApi {
     pub kv: Arc<KvService>,
     pub semantic: Arc<SemanticService>,
@@ -176,17 +188,7 @@ impl MemoryService for MemoryApi {
                         until_ms: r.until_ms,
                         min_score: r.min_score,
                         consistency: consistency(r.consistency)?,
-                        mode: match pb::RecallMode::try_from(r.mode) {
-                            Ok(pb::RecallMode::Hybrid) => RecallMode::Hybrid,
-                            Ok(pb::RecallMode::Vector) => RecallMode::Vector,
-                            Ok(pb::RecallMode::Bm25) => RecallMode::Bm25,
-                            Err(_) => {
-                                return Err(crate::error::NexusError::invalid(
-                                    "mode",
-                                    format!("{} is not a RecallMode value", r.mode),
-                                ))
-                            }
-                        },
+                        mode: recall_mode(r.mode)?,
                         sources: r
                             .sources
                             .iter()
@@ -362,7 +364,10 @@ impl SearchService for SearchApi {
                 limit: r.limit,
                 consistency: consistency(r.consistency)?,
             };
-            let hits = self.recaller.search(&p.tenant, &req).await?;
+            let hits = self
+                .recaller
+                .search(&p.tenant, &req, recall_mode(r.mode)?)
+                .await?;
             Ok(pb::SearchResponse {
                 hits: hits.into_iter().map(convert::fused_hit).collect(),
             })

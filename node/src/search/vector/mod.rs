@@ -290,7 +290,7 @@ pub fn changes_of(
                     },
                     &mut out,
                 ),
-                Op::Conversation(_) | Op::Kv(_) | Op::Iam(_) => {}
+                Op::Conversation(_) | Op::Kv(_) | Op::Iam(_) | Op::Secret(_) => {}
             }
         }
     }
