@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "nexus/v1/cluster.proto",
     "nexus/v1/iam.proto",
     "nexus/v1/secrets.proto",
+    "nexus/v1/audit.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

@@ -17,6 +17,7 @@ pub mod report;
 use std::time::Duration;
 
 pub use nexus_proto::v1 as pb;
+use pb::audit_service_client::AuditServiceClient;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::conversation_service_client::ConversationServiceClient;
 use pb::iam_service_client::IamServiceClient;
@@ -94,6 +95,7 @@ pub struct Client {
     pub cluster: ClusterServiceClient<Transport>,
     pub iam: IamServiceClient<Transport>,
     pub secrets: SecretsServiceClient<Transport>,
+    pub audit: AuditServiceClient<Transport>,
 }
 
 impl Client {
@@ -141,7 +143,8 @@ impl Client {
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
             cluster: ClusterServiceClient::new(t.clone()),
             iam: IamServiceClient::new(t.clone()),
-            secrets: SecretsServiceClient::new(t),
+            secrets: SecretsServiceClient::new(t.clone()),
+            audit: AuditServiceClient::new(t),
         }
     }
 }

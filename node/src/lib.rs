@@ -2,6 +2,7 @@
 //! top of each module for what it owns.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod config;

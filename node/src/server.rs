@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nexus_proto::raft::v1::raft_service_server::RaftServiceServer;
+use nexus_proto::v1::audit_service_server::AuditServiceServer;
 use nexus_proto::v1::cluster_service_server::ClusterServiceServer;
 use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
 use nexus_proto::v1::iam_service_server::IamServiceServer;
@@ -17,7 +18,9 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::grpc::{ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi};
+use crate::api::grpc::{
+    AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi,
+};
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, Authenticator};
 use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
@@ -133,7 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max = config.limits.max_request_bytes;
-    let auth = Authenticator::from_config(&config.auth, node.store.clone())?;
+    let auth = Authenticator::from_config(&config.auth, node.clone())?;
     if auth.enabled() {
         tracing::info!("authentication: on (root key or API keys)");
     }
@@ -164,6 +167,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }),
         auth.interceptor(),
     );
+    let audit_svc = InterceptedService::new(
+        AuditServiceServer::new(AuditApi {
+            node: node.clone(),
+            max_page_size: config.limits.max_page_size,
+        }),
+        auth.interceptor(),
+    );
     let secrets_svc = InterceptedService::new(
         SecretsServiceServer::new(SecretsApi {
             secrets: Arc::new(SecretsService::new(node.clone(), master_keys)),
@@ -191,6 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(cluster_svc)
         .add_service(iam_svc)
         .add_service(secrets_svc)
+        .add_service(audit_svc)
         .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
     let mut peer = tonic::transport::Server::builder();
     if let Some(tls) = &peer_tls {
@@ -232,6 +243,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         "nexus.v1.ClusterService",
                         "nexus.v1.IamService",
                         "nexus.v1.SecretsService",
+                        "nexus.v1.AuditService",
                         "",
                     ] {
                         health

@@ -113,9 +113,15 @@ def main() -> None:
             "missing",
         )
 
-        hits = search.Search(search_pb2.SearchRequest(query="snakes")).hits
+        # Exact words only (BM25); the default also fuses in messages near in meaning.
+        hits = search.Search(
+            search_pb2.SearchRequest(query="snakes", mode=memory_pb2.RECALL_MODE_BM25)
+        ).hits
         assert len(hits) == 1 and hits[0].WhichOneof("item") == "message", hits
         assert hits[0].message.conversation_id == conv.id
+        hybrid = search.Search(search_pb2.SearchRequest(query="snakes")).hits
+        assert hybrid[0].message.id == hits[0].message.id, hybrid
+        assert list(hybrid[0].retrievers) == ["vector", "bm25"], hybrid
 
         deleted = conversations.DeleteConversation(conversation_pb2.DeleteConversationRequest(id=conv.id))
         assert deleted.deleted_messages == 2

@@ -20,6 +20,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cluster::ClusterNode;
 use crate::config::AuthConfig;
 use crate::error::NexusError;
 use crate::iam::{self, rbac::Grants, TenantState};
@@ -89,6 +90,15 @@ pub struct Authenticator {
     enabled: bool,
     root_sha256: Option<[u8; 32]>,
     store: Store,
+    node: Arc<ClusterNode>,
+}
+
+/// What the interceptor leaves in a request's extensions for `api::grpc::handle`: who is
+/// calling (or why that is unknown), and the node to record a denial with.
+#[derive(Clone)]
+pub struct Caller {
+    pub principal: Result<Principal, NexusError>,
+    pub node: Arc<ClusterNode>,
 }
 
 fn unauthenticated(why: &str) -> NexusError {
@@ -100,7 +110,7 @@ fn unauthenticated(why: &str) -> NexusError {
 impl Authenticator {
     /// Reads the root key when authentication is on. A root key that is configured but
     /// missing or short is an error: a node must not start with a guessable bootstrap key.
-    pub fn from_config(config: &AuthConfig, store: Store) -> anyhow::Result<Arc<Self>> {
+    pub fn from_config(config: &AuthConfig, node: Arc<ClusterNode>) -> anyhow::Result<Arc<Self>> {
         let mut root = None;
         if config.enabled {
             let from_file = (!config.root_key_file.as_os_str().is_empty())
@@ -131,7 +141,8 @@ impl Authenticator {
         Ok(Arc::new(Authenticator {
             enabled: config.enabled,
             root_sha256: root,
-            store,
+            store: node.store.clone(),
+            node,
         }))
     }
 
@@ -212,17 +223,19 @@ impl Authenticator {
         })
     }
 
-    /// A tonic interceptor that authenticates each request and stores its principal in the
-    /// request's extensions (for `api::grpc::handle`), or refuses it.
+    /// A tonic interceptor that authenticates each request and stores the outcome in the
+    /// request's extensions. `api::grpc::handle` refuses (and audits) a failure, with the
+    /// method named.
     pub fn interceptor(
         self: &Arc<Self>,
     ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
         let this = self.clone();
         move |mut request: tonic::Request<()>| {
-            let principal = this
-                .authenticate(request.metadata())
-                .map_err(crate::api::grpc::to_status)?;
-            request.extensions_mut().insert(principal);
+            let principal = this.authenticate(request.metadata());
+            request.extensions_mut().insert(Caller {
+                principal,
+                node: this.node.clone(),
+            });
             Ok(request)
         }
     }

@@ -244,7 +244,15 @@ impl ClusterNode {
 
     /// Replicates a command and returns what applying it produced, once it is committed on a
     /// majority and applied here. Commands of concurrent callers share a log entry.
-    pub async fn propose(&self, command: Command) -> Result<Reply, NexusError> {
+    pub async fn propose(&self, mut command: Command) -> Result<Reply, NexusError> {
+        // On behalf of a principal (inside `api::grpc::handle`): audited with the change.
+        let context = crate::audit::CONTEXT.try_with(|c| c.clone());
+        if let (Ok(context), false) = (context, matches!(command.op, Op::Audit(_))) {
+            command.op = Op::Audited {
+                context,
+                op: Box::new(command.op),
+            };
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = || self.unavailable("the node is shutting down", None, None);
         self.proposals.send((command, tx)).map_err(|_| stopped())?;

@@ -18,6 +18,7 @@ use super::types::{
     Command, Entry, LogId, Op, Reply, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
+use crate::audit;
 use crate::error::NexusError;
 use crate::iam;
 use crate::memory::{conversations, kv, semantic};
@@ -107,24 +108,7 @@ impl StateMachine {
             EntryPayload::Normal(proposal) => {
                 let mut out = Vec::with_capacity(proposal.commands.len());
                 for Command { tenant, op } in &proposal.commands {
-                    // A tenant deleted while a request was in flight takes no new data.
-                    if !matches!(op, Op::Iam(_)) && !iam::tenant_exists_in(&ctx, tenant)? {
-                        out.push(Err(NexusError::NotFound(format!(
-                            "tenant {tenant} not found"
-                        ))));
-                        continue;
-                    }
-                    out.push(match op {
-                        Op::Kv(op) => kv::apply(&mut ctx, tenant, op)?.map(Reply::Kv),
-                        Op::Conversation(op) => {
-                            conversations::apply(&mut ctx, tenant, op)?.map(Reply::Conversation)
-                        }
-                        Op::Semantic(op) => {
-                            semantic::apply(&mut ctx, tenant, op)?.map(Reply::Semantic)
-                        }
-                        Op::Iam(op) => iam::apply(&mut ctx, tenant, op)?.map(Reply::Iam),
-                        Op::Secret(op) => secrets::apply(&mut ctx, tenant, op)?.map(Reply::Secret),
-                    });
+                    out.push(apply_op(&mut ctx, tenant, op)?);
                 }
                 out
             }
@@ -289,4 +273,38 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(file),
         })
     }
+}
+
+/// Applies one command in this step: its change and, when audited, its audit record.
+fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
+    match op {
+        Op::Audited { context, op } => {
+            let response = apply_op(ctx, tenant, op)?;
+            let mut resource = op.resource(tenant);
+            if tenant != context.tenant {
+                resource = format!("{resource} (tenant {tenant})");
+            }
+            audit::append(ctx, context, resource, audit::result_text(&response))?;
+            return Ok(response);
+        }
+        Op::Audit(r) => {
+            audit::append(ctx, &r.context, r.resource.clone(), r.result.clone())?;
+            return Ok(Ok(Reply::Audited));
+        }
+        _ => {}
+    }
+    // A tenant deleted while a request was in flight takes no new data.
+    if !matches!(op, Op::Iam(_)) && !iam::tenant_exists_in(ctx, tenant)? {
+        return Ok(Err(NexusError::NotFound(format!(
+            "tenant {tenant} not found"
+        ))));
+    }
+    Ok(match op {
+        Op::Kv(op) => kv::apply(ctx, tenant, op)?.map(Reply::Kv),
+        Op::Conversation(op) => conversations::apply(ctx, tenant, op)?.map(Reply::Conversation),
+        Op::Semantic(op) => semantic::apply(ctx, tenant, op)?.map(Reply::Semantic),
+        Op::Iam(op) => iam::apply(ctx, tenant, op)?.map(Reply::Iam),
+        Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
+        Op::Audited { .. } | Op::Audit(_) => unreachable!("handled above"),
+    })
 }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditContext, AuditRecordOp};
 use crate::error::NexusError;
 use crate::iam::{IamOp, IamReply};
 use crate::memory::conversations::{ConversationOp, ConversationReply};
@@ -42,17 +43,119 @@ pub enum Op {
     Semantic(SemanticOp),
     Iam(IamOp),
     Secret(SecretOp),
+    /// A command made on behalf of a principal: applied as `op`, with its audit record
+    /// appended in the same step.
+    Audited {
+        context: AuditContext,
+        op: Box<Op>,
+    },
+    /// An audit record of something that changed nothing (a denial, a secret read).
+    Audit(AuditRecordOp),
 }
 
-impl std::fmt::Display for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match &self.op {
+impl Op {
+    /// The command itself, without its audit wrapping.
+    pub fn inner(&self) -> &Op {
+        match self {
+            Op::Audited { op, .. } => op.inner(),
+            other => other,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
             Op::Kv(op) => op.name(),
             Op::Conversation(op) => op.name(),
             Op::Semantic(op) => op.name(),
             Op::Iam(op) => op.name(),
             Op::Secret(op) => op.name(),
-        };
+            Op::Audited { op, .. } => op.name(),
+            Op::Audit(_) => "audit.record",
+        }
+    }
+
+    /// Roughly how many bytes the op takes in a log entry.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Op::Kv(op) => op.approx_size(),
+            Op::Conversation(op) => op.approx_size(),
+            Op::Semantic(op) => op.approx_size(),
+            Op::Iam(op) => op.approx_size(),
+            Op::Secret(op) => op.approx_size(),
+            Op::Audited { op, context } => {
+                op.approx_size()
+                    + context.request_id.len()
+                    + context.principal.len()
+                    + context.tenant.len()
+                    + context.action.len()
+                    + 32
+            }
+            Op::Audit(r) => r.resource.len() + r.result.len() + 128,
+        }
+    }
+
+    /// What the command acts on, for the audit log.
+    pub fn resource(&self, tenant: &str) -> String {
+        use crate::iam::IamOp as I;
+        use crate::memory::conversations::ConversationOp as C;
+        use crate::memory::kv::KvOp as K;
+        use crate::memory::semantic::SemanticOp as S;
+        match self {
+            Op::Kv(K::Put { namespace, key, .. } | K::Delete { namespace, key, .. }) => {
+                format!("memory/{namespace}/{key}")
+            }
+            Op::Kv(K::PurgeExpired { items, .. }) => format!("memory/{} expired", items.len()),
+            Op::Conversation(C::Create { id, .. } | C::Delete { id }) => {
+                format!("conversation/{id}")
+            }
+            Op::Conversation(
+                C::Append {
+                    conversation_id,
+                    messages,
+                    ..
+                }
+                | C::AppendWithVectors {
+                    conversation_id,
+                    messages,
+                    ..
+                },
+            ) => format!(
+                "conversation/{conversation_id} +{} messages",
+                messages.len()
+            ),
+            Op::Semantic(S::Remember { id, .. } | S::Forget { id, .. }) => {
+                format!("semantic/{id}")
+            }
+            Op::Iam(I::CreateTenant { .. } | I::SetTenantState { .. } | I::DeleteTenant) => {
+                format!("tenant/{tenant}")
+            }
+            Op::Iam(I::CreateKey {
+                id,
+                service_account,
+                ..
+            }) => format!("key/{id} sa:{service_account}"),
+            Op::Iam(I::RevokeKey { id, .. }) => format!("key/{id}"),
+            Op::Iam(I::PutRole { name, .. } | I::DeleteRole { name }) => format!("role/{name}"),
+            Op::Iam(
+                I::CreateBinding {
+                    principal, role, ..
+                }
+                | I::DeleteBinding { principal, role },
+            ) => format!("binding/{principal}/{role}"),
+            Op::Secret(
+                crate::secrets::SecretOp::Set { name, .. }
+                | crate::secrets::SecretOp::Delete { name },
+            ) => format!("secret/{name}"),
+            Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => "data key".into(),
+            Op::Audited { op, .. } => op.resource(tenant),
+            Op::Audit(r) => r.resource.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = self.op.name();
         write!(f, "{kind}(tenant={})", self.tenant)
     }
 }
@@ -67,14 +170,7 @@ pub struct Proposal {
 impl Command {
     /// Roughly how many bytes this command adds to a log entry, to bound proposal batches.
     pub fn approx_size(&self) -> usize {
-        let body = match &self.op {
-            Op::Kv(op) => op.approx_size(),
-            Op::Conversation(op) => op.approx_size(),
-            Op::Semantic(op) => op.approx_size(),
-            Op::Iam(op) => op.approx_size(),
-            Op::Secret(op) => op.approx_size(),
-        };
-        self.tenant.len() + body + 16
+        self.tenant.len() + self.op.approx_size() + 16
     }
 }
 
@@ -86,6 +182,8 @@ pub enum Reply {
     Semantic(SemanticReply),
     Iam(IamReply),
     Secret(SecretReply),
+    /// An audit record was appended.
+    Audited,
 }
 
 /// A command's outcome: a reply, or a rejection decided deterministically by the state machine.

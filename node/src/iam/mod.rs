@@ -264,7 +264,14 @@ pub fn apply(
             }
             let range = keys::tenant_prefix(tenant);
             for cf in SM_FAMILIES {
-                if *cf != crate::store::CF_SM_META && *cf != CF_API_KEY_IDS {
+                // The audit log outlives the tenant: it records what happened.
+                if ![
+                    crate::store::CF_SM_META,
+                    CF_API_KEY_IDS,
+                    crate::store::CF_AUDIT,
+                ]
+                .contains(cf)
+                {
                     ctx.delete_prefix(cf, &range);
                 }
             }

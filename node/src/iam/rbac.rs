@@ -204,6 +204,7 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         "secrets.get" => "secrets:read",
         "secrets.list" => "secrets:list",
         "secrets.rotate_master_key" => "cluster:admin",
+        "audit.tail" | "audit.verify" => "audit:read",
         "iam.whoami" => return Ok(None),
         other => {
             return Err(NexusError::internal(format!(

@@ -613,13 +613,13 @@ impl Indexer {
             };
             for cmd in &proposal.commands {
                 let tenant = &cmd.tenant;
-                match &cmd.op {
+                match cmd.op.inner() {
                     Op::Iam(IamOp::DeleteTenant) => {
                         // Deletions first, like a conversation's: the tenant's every document.
                         self.writer
                             .delete_term(Term::from_field_text(f.tenant, tenant));
                     }
-                    Op::Iam(_) | Op::Secret(_) => {}
+                    Op::Iam(_) | Op::Secret(_) | Op::Audit(_) | Op::Audited { .. } => {}
                     Op::Kv(op) => {
                         for (ns, key) in op.touched() {
                             let id = memory_doc_id(tenant, ns, key);

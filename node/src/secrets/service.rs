@@ -146,6 +146,14 @@ impl SecretsService {
         let key = self.keys.unwrap(tenant, &data_key)?;
         let value = open(&key, &value_aad(tenant, name, v.version), &v.sealed)
             .map_err(|e| NexusError::internal(format!("secret {name}: {e}")))?;
+        // The value leaves only once its read is on record.
+        crate::audit::record(
+            &self.node,
+            tenant,
+            format!("secret/{name} version {}", v.version),
+            "ok".into(),
+        )
+        .await?;
         Ok((v.version, value))
     }
 

@@ -57,6 +57,8 @@ pub const CF_IAM: &str = "iam";
 pub const CF_API_KEY_IDS: &str = "api_key_ids";
 /// Secrets (sealed) and each tenant's wrapped data key (see `secrets`).
 pub const CF_SECRETS: &str = "secrets";
+/// The audit log's hash chain (see `audit`); not keyed by tenant.
+pub const CF_AUDIT: &str = "audit";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -74,6 +76,7 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_IAM,
     CF_API_KEY_IDS,
     CF_SECRETS,
+    CF_AUDIT,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -92,6 +95,7 @@ const ALL_FAMILIES: &[&str] = &[
     CF_IAM,
     CF_API_KEY_IDS,
     CF_SECRETS,
+    CF_AUDIT,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -398,3 +398,87 @@ pub async fn whoami(c: &mut Client, out: Output) -> Result<(), ClientError> {
     }
     Ok(())
 }
+
+#[derive(Subcommand, Clone)]
+pub enum AuditCommand {
+    /// The latest records (your tenant's; all for the root key).
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: u32,
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Check the hash chain; exit 1 naming the first changed or removed record.
+    Verify,
+}
+
+pub async fn audit(c: &mut Client, out: Output, cmd: AuditCommand) -> Result<(), ClientError> {
+    match cmd {
+        AuditCommand::Tail { limit, after } => {
+            let records = c
+                .audit
+                .tail(pb::AuditTailRequest {
+                    limit,
+                    after_seq: after,
+                })
+                .await?
+                .into_inner()
+                .records;
+            if out == Output::Json {
+                let v = records
+                    .iter()
+                    .map(|r| {
+                        json!({"seq": r.seq, "at_ms": r.at_ms, "request_id": r.request_id,
+                               "principal": r.principal, "tenant": r.tenant, "action": r.action,
+                               "resource": r.resource, "result": r.result,
+                               "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>()})
+                    })
+                    .collect();
+                print_json(&Value::Array(v));
+            } else {
+                let mut t = table(&[
+                    "SEQ",
+                    "TIME",
+                    "PRINCIPAL",
+                    "TENANT",
+                    "ACTION",
+                    "RESOURCE",
+                    "RESULT",
+                ]);
+                for r in &records {
+                    t.add_row(vec![
+                        r.seq.to_string(),
+                        time(r.at_ms),
+                        r.principal.clone(),
+                        r.tenant.clone(),
+                        r.action.clone(),
+                        r.resource.clone(),
+                        r.result.clone(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        AuditCommand::Verify => {
+            let v = c
+                .audit
+                .verify(pb::AuditVerifyRequest {})
+                .await?
+                .into_inner();
+            if out == Output::Json {
+                print_json(&json!({"intact": v.intact, "records": v.records,
+                                   "broken_at": v.broken_at, "problem": v.problem}));
+            } else if v.intact {
+                println!("intact: {} records, every hash and link checked", v.records);
+            } else {
+                println!("BROKEN at record {}: {}", v.broken_at, v.problem);
+            }
+            if !v.intact {
+                std::process::exit(1);
+            }
+        }
+    }
+    Ok(())
+}

@@ -84,6 +84,11 @@ enum Command {
     },
     /// Who the credentials in use are: tenant, subject, permissions.
     Whoami,
+    /// The audit log: tail, verify.
+    Audit {
+        #[command(subcommand)]
+        command: iam::AuditCommand,
+    },
 }
 
 #[derive(Subcommand, Clone)]
@@ -491,7 +496,7 @@ impl Command {
             Command::Member { command } => matches!(command, MemberCommand::List),
             // Transferring to the node that already leads is a no-op: safe to repeat.
             Command::Cluster { .. } => true,
-            Command::Whoami => true,
+            Command::Whoami | Command::Audit { .. } => true,
             Command::Tenant { command } => matches!(command, iam::TenantCommand::List),
             Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
             Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
@@ -542,6 +547,7 @@ async fn run(
         Command::Role { command } => iam::role(&mut c, out, command).await?,
         Command::Binding { command } => iam::binding(&mut c, out, command).await?,
         Command::Whoami => iam::whoami(&mut c, out).await?,
+        Command::Audit { command } => iam::audit(&mut c, out, command).await?,
         Command::Status => {
             let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
             let members: Vec<Value> = s.members.iter().map(member_json).collect();

@@ -1,5 +1,6 @@
 //! The public gRPC services of `nexus.v1`.
 
+mod audit_api;
 mod convert;
 mod iam;
 mod secrets;
@@ -8,11 +9,13 @@ mod services;
 use std::future::Future;
 use std::time::Instant;
 
+pub use audit_api::AuditApi;
 pub use iam::IamApi;
 pub use secrets::SecretsApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 
-use crate::auth::Principal;
+use crate::audit::{self, AuditContext};
+use crate::auth::{Caller, Principal};
 use crate::cluster::ReadConsistency;
 use crate::error::NexusError;
 use crate::iam::rbac;
@@ -21,6 +24,22 @@ use nexus_proto::v1::Consistency;
 
 /// Metadata key that carries the leader's address on an Unavailable reply.
 pub const LEADER_ADDR_METADATA: &str = "x-nexus-leader-addr";
+
+/// The gRPC code of a domain error.
+pub fn code_of(e: &NexusError) -> tonic::Code {
+    use tonic::Code;
+    match e {
+        NexusError::InvalidArgument { .. } => Code::InvalidArgument,
+        NexusError::NotFound(_) => Code::NotFound,
+        NexusError::AlreadyExists(_) => Code::AlreadyExists,
+        NexusError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        NexusError::ResourceExhausted { .. } => Code::ResourceExhausted,
+        NexusError::Unavailable { .. } => Code::Unavailable,
+        NexusError::Internal(_) => Code::Internal,
+        NexusError::Unauthenticated(_) => Code::Unauthenticated,
+        NexusError::PermissionDenied(_) => Code::PermissionDenied,
+    }
+}
 
 /// The one mapping from domain errors to gRPC statuses.
 pub fn to_status(e: NexusError) -> tonic::Status {
@@ -64,22 +83,28 @@ pub fn consistency(value: i32) -> Result<ReadConsistency, NexusError> {
     }
 }
 
+/// Metadata key of the request id on every reply (also in the audit log).
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
+
 /// The principal the authentication interceptor stored, if it may call `method`: the one
 /// place where permissions are checked. A request that reached a handler without passing
 /// the interceptor is refused (fail closed).
-fn authorize<Req>(method: &str, request: &tonic::Request<Req>) -> Result<Principal, NexusError> {
-    let Some(principal) = request.extensions().get::<Principal>() else {
+fn authorize(method: &str, caller: Option<&Caller>) -> Result<Principal, NexusError> {
+    let Some(caller) = caller else {
         return Err(NexusError::Unauthenticated(
             "the request was not authenticated".into(),
         ));
     };
+    let principal = caller.principal.clone()?;
     if let Some(permission) = rbac::permission_for(method)? {
         principal.grants.require(&principal.subject, permission)?;
     }
-    Ok(principal.clone())
+    Ok(principal)
 }
 
-/// Runs one handler: checks its permission, times and counts it, and maps its error.
+/// Runs one handler: checks its permission, runs it on behalf of its principal (so that its
+/// writes are audited), records a denial, times and counts it, and maps its error. Every
+/// reply carries the request id.
 pub async fn handle<Req, Resp, F, Fut>(
     method: &'static str,
     request: tonic::Request<Req>,
@@ -90,9 +115,44 @@ where
     Fut: Future<Output = Result<Resp, NexusError>>,
 {
     let started = Instant::now();
-    let result = match authorize(method, &request) {
-        Ok(principal) => f(principal, request.into_inner()).await.map_err(to_status),
-        Err(e) => Err(to_status(e)),
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let caller = request.extensions().get::<Caller>().cloned();
+    let mut context = AuditContext {
+        request_id: request_id.clone(),
+        principal: "anonymous".into(),
+        tenant: String::new(),
+        action: method.into(),
+        at_ms: crate::memory::now_ms(),
+    };
+    let result = match authorize(method, caller.as_ref()) {
+        Ok(principal) => {
+            context.principal = principal.subject.clone();
+            context.tenant = principal.tenant.clone();
+            audit::CONTEXT
+                .scope(context, f(principal, request.into_inner()))
+                .await
+                .map_err(to_status)
+        }
+        Err(e) => {
+            if let Some(caller) = caller {
+                if let Ok(p) = &caller.principal {
+                    context.principal = p.subject.clone();
+                    context.tenant = p.tenant.clone();
+                }
+                // Recorded without holding up the reply (a denial changes nothing).
+                let result = audit::result_text::<()>(&Err(e.clone()));
+                tokio::spawn(async move {
+                    let tenant = context.tenant.clone();
+                    if let Err(err) =
+                        audit::record_as(&caller.node, &tenant, context, String::new(), result)
+                            .await
+                    {
+                        tracing::warn!(error = %err, "recording a denial in the audit log");
+                    }
+                });
+            }
+            Err(to_status(e))
+        }
     };
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
@@ -104,5 +164,12 @@ where
     metrics::GRPC_SECONDS
         .with_label_values(&[method])
         .observe(started.elapsed().as_secs_f64());
-    result.map(tonic::Response::new)
+    let mut out = result.map(tonic::Response::new);
+    if let Ok(id) = request_id.parse::<tonic::metadata::MetadataValue<_>>() {
+        match &mut out {
+            Ok(r) => r.metadata_mut().insert(REQUEST_ID_METADATA, id),
+            Err(s) => s.metadata_mut().insert(REQUEST_ID_METADATA, id),
+        };
+    }
+    out
 }

@@ -244,7 +244,7 @@ pub fn changes_of(
         };
         for cmd in &proposal.commands {
             let tenant = &cmd.tenant;
-            match &cmd.op {
+            match cmd.op.inner() {
                 Op::Semantic(SemanticOp::Remember { id, .. }) => {
                     // Gone since (forgotten later): the later Forget removes it.
                     let Some(seq) = semantic::seq_of(store, tenant, id)? else {
@@ -290,7 +290,12 @@ pub fn changes_of(
                     },
                     &mut out,
                 ),
-                Op::Conversation(_) | Op::Kv(_) | Op::Iam(_) | Op::Secret(_) => {}
+                Op::Conversation(_)
+                | Op::Kv(_)
+                | Op::Iam(_)
+                | Op::Secret(_)
+                | Op::Audit(_)
+                | Op::Audited { .. } => {}
             }
         }
     }
