@@ -420,12 +420,21 @@ async fn a_follower_down_for_100k_writes_catches_up_through_a_snapshot() {
         if s.applied_index >= after.commit_index {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the follower did not catch up: applied {} of {}",
-            s.applied_index,
-            after.commit_index
-        );
+        if Instant::now() >= deadline {
+            let log = nodes[down].log_text();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("vote changed"))
+                .rev()
+                .take(30)
+                .collect();
+            panic!(
+                "the follower did not catch up: applied {} of {}; its log ends:\n{}",
+                s.applied_index,
+                after.commit_index,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(

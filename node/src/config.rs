@@ -77,6 +77,51 @@ pub struct AuthConfig {
     pub root_key_env: String,
     /// File holding the root key instead (empty = use `root_key_env`).
     pub root_key_file: PathBuf,
+    /// OIDC issuers whose JWTs are accepted as bearer tokens (principal `user:<sub>`).
+    pub oidc: Vec<OidcConfig>,
+}
+
+/// One OIDC issuer: its tokens are verified against the keys its discovery document names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL (`iss`); `<issuer>/.well-known/openid-configuration` is fetched.
+    pub issuer: String,
+    /// The audience (`aud`) tokens must name.
+    pub audience: String,
+    /// Signature algorithms accepted (public-key ones only).
+    pub algorithms: Vec<String>,
+    /// Claim holding the tenant id.
+    pub tenant_claim: String,
+    /// Claim holding role names (a list, or a space-separated string).
+    pub roles_claim: String,
+    /// Tenant of tokens without `tenant_claim` (empty: such tokens are refused).
+    pub default_tenant: String,
+    /// Clock skew tolerated on exp and nbf, in seconds.
+    pub clock_skew_s: u64,
+    /// Keys are fetched again after this long.
+    pub jwks_refresh_s: u64,
+    /// Least time between two fetches (an unknown key id triggers one).
+    pub jwks_min_refresh_ms: u64,
+    /// Timeout of discovery and JWKS requests.
+    pub timeout_ms: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            tenant_claim: "nexus_tenant".into(),
+            roles_claim: "nexus_roles".into(),
+            default_tenant: String::new(),
+            clock_skew_s: 60,
+            jwks_refresh_s: 3600,
+            jwks_min_refresh_ms: 10_000,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -85,6 +130,7 @@ impl Default for AuthConfig {
             enabled: false,
             root_key_env: "NEXUS_ROOT_KEY".into(),
             root_key_file: PathBuf::new(),
+            oidc: Vec::new(),
         }
     }
 }
@@ -427,6 +473,19 @@ enabled = false
 # and keys. Read from this environment variable, or from root_key_file when that is set.
 root_key_env = "NEXUS_ROOT_KEY"
 root_key_file = ""
+# OIDC issuers whose JWTs are accepted (principal user:<sub>). One table per issuer:
+# [[auth.oidc]]
+# issuer = "https://login.example.com"
+# audience = "nexus"
+# algorithms = ["RS256", "ES256"]
+# tenant_claim = "nexus_tenant"      # the tenant id; default_tenant when absent
+# roles_claim = "nexus_roles"        # role names, added to the user's bindings
+# default_tenant = ""
+# clock_skew_s = 60
+# jwks_refresh_s = 3600
+# jwks_min_refresh_ms = 10000
+# timeout_ms = 5000
+oidc = []
 
 [secrets]
 # The master key wraps each tenant's data key (envelope encryption): 32 bytes, base64

@@ -14,6 +14,8 @@
 //! With `auth.enabled = false` (the default) every request runs as tenant `default` with full
 //! rights, and `nexus serve` refuses to listen on anything but loopback.
 
+pub mod oidc;
+
 use std::sync::Arc;
 
 use base64::Engine;
@@ -28,6 +30,8 @@ use crate::store::Store;
 
 /// The tenant of unauthenticated local use, and of the root key.
 pub const DEFAULT_TENANT: &str = "default";
+/// The subject of every request to a node without authentication.
+pub const LOCAL_SUBJECT: &str = "local";
 /// Prefix of API keys.
 pub const KEY_PREFIX: &str = "nxk_";
 /// Shortest root key accepted.
@@ -46,7 +50,7 @@ impl Principal {
     pub fn local() -> Self {
         Principal {
             tenant: DEFAULT_TENANT.into(),
-            subject: "local".into(),
+            subject: LOCAL_SUBJECT.into(),
             grants: Grants::root(),
         }
     }
@@ -89,16 +93,23 @@ pub fn new_api_key() -> Result<NewKey, NexusError> {
 pub struct Authenticator {
     enabled: bool,
     root_sha256: Option<[u8; 32]>,
+    issuers: Vec<oidc::Issuer>,
     store: Store,
     node: Arc<ClusterNode>,
 }
 
-/// What the interceptor leaves in a request's extensions for `api::grpc::handle`: who is
-/// calling (or why that is unknown), and the node to record a denial with.
+/// What the interceptor leaves in a request's extensions: the authenticator, which
+/// `api::grpc::handle` asks who is calling (asynchronously: an OIDC issuer's keys may need
+/// fetching), and the node to record a denial with.
 #[derive(Clone)]
 pub struct Caller {
-    pub principal: Result<Principal, NexusError>,
-    pub node: Arc<ClusterNode>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl Caller {
+    pub fn node(&self) -> &Arc<ClusterNode> {
+        &self.auth.node
+    }
 }
 
 fn unauthenticated(why: &str) -> NexusError {
@@ -138,9 +149,18 @@ impl Authenticator {
                 );
             }
         }
+        if !config.enabled && !config.oidc.is_empty() {
+            anyhow::bail!("auth.oidc names issuers but auth.enabled is false: turn it on");
+        }
+        let issuers = config
+            .oidc
+            .iter()
+            .map(oidc::Issuer::new)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Arc::new(Authenticator {
             enabled: config.enabled,
             root_sha256: root,
+            issuers,
             store: node.store.clone(),
             node,
         }))
@@ -151,7 +171,7 @@ impl Authenticator {
     }
 
     /// The principal of a request's metadata.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Principal, NexusError> {
@@ -170,13 +190,16 @@ impl Authenticator {
             })
             .map(str::trim)
             .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
-        self.authenticate_token(token)
+        self.authenticate_token(token).await
     }
 
     /// The principal of a bearer token.
-    pub fn authenticate_token(&self, token: &str) -> Result<Principal, NexusError> {
+    pub async fn authenticate_token(&self, token: &str) -> Result<Principal, NexusError> {
         if let Some(rest) = token.strip_prefix(KEY_PREFIX) {
             return self.api_key(rest);
+        }
+        if oidc::looks_like_jwt(token) {
+            return self.jwt(token).await;
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         match &self.root_sha256 {
@@ -186,6 +209,40 @@ impl Authenticator {
                 grants: Grants::root(),
             }),
             _ => Err(unauthenticated("invalid credentials")),
+        }
+    }
+
+    async fn jwt(&self, token: &str) -> Result<Principal, NexusError> {
+        let iss = oidc::unverified_issuer(token)
+            .ok_or_else(|| unauthenticated("a JWT without an iss claim"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.issuer().trim_end_matches('/') == iss.trim_end_matches('/'))
+            .ok_or_else(|| {
+                unauthenticated(&format!(
+                    "token of {iss:?}, which is not a configured issuer (auth.oidc)"
+                ))
+            })?;
+        let identity = issuer.verify(token).await?;
+        let subject = format!("user:{}", identity.subject);
+        self.active_tenant(&identity.tenant)?;
+        let grants = iam::grants_with(&self.store, &identity.tenant, &subject, &identity.roles)?;
+        Ok(Principal {
+            tenant: identity.tenant,
+            subject,
+            grants,
+        })
+    }
+
+    /// Ok when the tenant exists and is not suspended.
+    fn active_tenant(&self, tenant: &str) -> Result<(), NexusError> {
+        match iam::tenant(&self.store, tenant)? {
+            Some(t) if t.state == TenantState::Suspended => Err(NexusError::PermissionDenied(
+                format!("tenant {tenant} is suspended"),
+            )),
+            Some(_) => Ok(()),
+            None => Err(unauthenticated(&format!("tenant {tenant} does not exist"))),
         }
     }
 
@@ -205,15 +262,7 @@ impl Authenticator {
         if key.expires_at_ms != 0 && crate::memory::now_ms() >= key.expires_at_ms {
             return Err(unauthenticated(&format!("API key {id} has expired")));
         }
-        match iam::tenant(&self.store, &tenant)? {
-            Some(t) if t.state == TenantState::Suspended => {
-                return Err(NexusError::PermissionDenied(format!(
-                    "tenant {tenant} is suspended"
-                )))
-            }
-            Some(_) => {}
-            None => return Err(invalid()),
-        }
+        self.active_tenant(&tenant)?;
         let subject = key.principal();
         let grants = iam::grants_of(&self.store, &tenant, &subject)?;
         Ok(Principal {
@@ -223,19 +272,15 @@ impl Authenticator {
         })
     }
 
-    /// A tonic interceptor that authenticates each request and stores the outcome in the
-    /// request's extensions. `api::grpc::handle` refuses (and audits) a failure, with the
-    /// method named.
+    /// A tonic interceptor that hands each request the authenticator (see [`Caller`]).
     pub fn interceptor(
         self: &Arc<Self>,
     ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
         let this = self.clone();
         move |mut request: tonic::Request<()>| {
-            let principal = this.authenticate(request.metadata());
-            request.extensions_mut().insert(Caller {
-                principal,
-                node: this.node.clone(),
-            });
+            request
+                .extensions_mut()
+                .insert(Caller { auth: this.clone() });
             Ok(request)
         }
     }

@@ -467,16 +467,31 @@ pub fn api_key(store: &Store, id: &str) -> Result<Option<(String, ApiKeyRecord)>
 
 /// The grants of a principal in a tenant: the union of its bound roles'.
 pub fn grants_of(store: &Store, tenant: &str, principal: &str) -> Result<rbac::Grants, StoreError> {
+    grants_with(store, tenant, principal, &[])
+}
+
+/// The grants of a principal's bound roles and of `extra_roles` (roles a token names).
+/// Names of roles that do not exist grant nothing.
+pub fn grants_with(
+    store: &Store,
+    tenant: &str,
+    principal: &str,
+    extra_roles: &[String],
+) -> Result<rbac::Grants, StoreError> {
     let mut rest = principal.as_bytes().to_vec();
     rest.push(0);
     let bindings: Vec<BindingRecord> = scan_tag(store, tenant, TAG_BINDING, &rest)?;
+    let roles = bindings
+        .into_iter()
+        .map(|b| b.role)
+        .chain(extra_roles.iter().cloned());
     let mut grants = Vec::new();
-    for b in bindings {
-        match rbac::builtin(&b.role) {
+    for role in roles {
+        match rbac::builtin(&role) {
             Some(g) => grants.extend(g.iter().map(|s| s.to_string())),
             None => {
                 if let Some(r) =
-                    store.get_decoded::<RoleRecord>(CF_IAM, &role_key(tenant, &b.role))?
+                    store.get_decoded::<RoleRecord>(CF_IAM, &role_key(tenant, &role))?
                 {
                     grants.extend(r.permissions);
                 }

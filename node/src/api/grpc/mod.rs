@@ -89,13 +89,11 @@ pub const REQUEST_ID_METADATA: &str = "x-request-id";
 /// The principal the authentication interceptor stored, if it may call `method`: the one
 /// place where permissions are checked. A request that reached a handler without passing
 /// the interceptor is refused (fail closed).
-fn authorize(method: &str, caller: Option<&Caller>) -> Result<Principal, NexusError> {
-    let Some(caller) = caller else {
-        return Err(NexusError::Unauthenticated(
-            "the request was not authenticated".into(),
-        ));
-    };
-    let principal = caller.principal.clone()?;
+fn authorize(
+    method: &str,
+    principal: &Result<Principal, NexusError>,
+) -> Result<Principal, NexusError> {
+    let principal = principal.clone()?;
     if let Some(permission) = rbac::permission_for(method)? {
         principal.grants.require(&principal.subject, permission)?;
     }
@@ -124,7 +122,17 @@ where
         action: method.into(),
         at_ms: crate::memory::now_ms(),
     };
-    let result = match authorize(method, caller.as_ref()) {
+    let principal = match &caller {
+        Some(c) => c.auth.authenticate(request.metadata()).await,
+        None => Err(NexusError::Unauthenticated(
+            "the request was not authenticated".into(),
+        )),
+    };
+    let result = match authorize(method, &principal) {
+        // Without authentication (one local user, loopback only) nothing is audited.
+        Ok(principal) if principal.subject == crate::auth::LOCAL_SUBJECT => {
+            f(principal, request.into_inner()).await.map_err(to_status)
+        }
         Ok(principal) => {
             context.principal = principal.subject.clone();
             context.tenant = principal.tenant.clone();
@@ -135,7 +143,7 @@ where
         }
         Err(e) => {
             if let Some(caller) = caller {
-                if let Ok(p) = &caller.principal {
+                if let Ok(p) = &principal {
                     context.principal = p.subject.clone();
                     context.tenant = p.tenant.clone();
                 }
@@ -144,7 +152,7 @@ where
                 tokio::spawn(async move {
                     let tenant = context.tenant.clone();
                     if let Err(err) =
-                        audit::record_as(&caller.node, &tenant, context, String::new(), result)
+                        audit::record_as(caller.node(), &tenant, context, String::new(), result)
                             .await
                     {
                         tracing::warn!(error = %err, "recording a denial in the audit log");

@@ -1,0 +1,265 @@
+//! JWT bearer tokens from OIDC issuers: discovery, JWKS (cached, refreshed on an unknown key
+//! id and on expiry, with a floor between fetches), signature, `iss`, `aud`, `exp`, `nbf`, an
+//! algorithm allow-list and clock skew, through jsonwebtoken (ring). Claims map to the tenant
+//! (`tenant_claim`) and roles (`roles_claim`); the principal is `user:<sub>`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::OidcConfig;
+use crate::error::NexusError;
+
+fn unauthenticated(why: impl std::fmt::Display) -> NexusError {
+    NexusError::Unauthenticated(format!("invalid token: {why}"))
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, DecodingKey>,
+    fetched: Option<Instant>,
+}
+
+/// One configured issuer and its cached keys.
+pub struct Issuer {
+    config: OidcConfig,
+    algorithms: Vec<Algorithm>,
+    http: reqwest::Client,
+    keys: RwLock<Keys>,
+    /// Serializes fetches; holds when the last one started.
+    fetching: Mutex<Option<Instant>>,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub tenant: String,
+    pub roles: Vec<String>,
+}
+
+impl Issuer {
+    pub fn new(config: &OidcConfig) -> anyhow::Result<Self> {
+        if config.issuer.is_empty() || config.audience.is_empty() {
+            anyhow::bail!("every [[auth.oidc]] needs issuer and audience");
+        }
+        let algorithms = config
+            .algorithms
+            .iter()
+            .map(|a| {
+                let alg: Algorithm = a.parse().map_err(|_| {
+                    anyhow::anyhow!("auth.oidc.algorithms: {a:?} is not a JWS algorithm")
+                })?;
+                if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                    anyhow::bail!(
+                        "auth.oidc.algorithms: {a} is a shared-secret algorithm; an OIDC issuer signs with a public key (RS256, ES256, ...)"
+                    );
+                }
+                Ok(alg)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .build()?;
+        Ok(Issuer {
+            config: config.clone(),
+            algorithms,
+            http,
+            keys: RwLock::new(Keys::default()),
+            fetching: Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// Fetches discovery and the JWKS, unless another fetch started within the floor.
+    async fn refresh(&self) -> Result<(), NexusError> {
+        let mut last = self.fetching.lock().await;
+        let floor = Duration::from_millis(self.config.jwks_min_refresh_ms);
+        if last.is_some_and(|t| t.elapsed() < floor) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            NexusError::unavailable(format!(
+                "cannot verify tokens of {}: {what}: {e}",
+                self.config.issuer
+            ))
+        };
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        let discovery: Discovery = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unavailable("discovery", &e))?
+            .json()
+            .await
+            .map_err(|e| unavailable("discovery document", &e))?;
+        if discovery.issuer.trim_end_matches('/') != self.config.issuer.trim_end_matches('/') {
+            return Err(unavailable(
+                "discovery",
+                &format!("the document names issuer {}", discovery.issuer),
+            ));
+        }
+        let set: JwkSet = self
+            .http
+            .get(&discovery.jwks_uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| unavailable("JWKS", &e))?
+            .json()
+            .await
+            .map_err(|e| unavailable("JWKS document", &e))?;
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    by_kid.insert(kid, key);
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %self.config.issuer, kid, error = %e, "skipping a JWKS key")
+                }
+            }
+        }
+        tracing::info!(issuer = %self.config.issuer, keys = by_kid.len(), "fetched the issuer's keys");
+        *self.keys.write().await = Keys {
+            by_kid,
+            fetched: Some(Instant::now()),
+        };
+        Ok(())
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, NexusError> {
+        let ttl = Duration::from_secs(self.config.jwks_refresh_s);
+        {
+            let keys = self.keys.read().await;
+            let fresh = keys.fetched.is_some_and(|t| t.elapsed() < ttl);
+            if let (Some(k), true) = (keys.by_kid.get(kid), fresh) {
+                return Ok(k.clone());
+            }
+        }
+        // Unknown (a rotation, perhaps) or stale: fetch again, at most once per floor.
+        self.refresh().await?;
+        self.keys
+            .read()
+            .await
+            .by_kid
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| {
+                unauthenticated(format!("unknown key id {kid:?} for {}", self.config.issuer))
+            })
+    }
+
+    /// Verifies a token of this issuer.
+    pub async fn verify(&self, token: &str) -> Result<Identity, NexusError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| unauthenticated(format!("header: {e} (unsigned tokens are refused)")))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(unauthenticated(format!(
+                "algorithm {:?} is not allowed (auth.oidc.algorithms)",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| unauthenticated("the header names no key (kid)"))?;
+        let key = self.key(&kid).await?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.leeway = self.config.clock_skew_s;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                unauthenticated(match e.kind() {
+                    K::ExpiredSignature => "expired".to_string(),
+                    K::ImmatureSignature => "not valid yet (nbf)".to_string(),
+                    K::InvalidAudience => {
+                        format!("wrong audience (expected {})", self.config.audience)
+                    }
+                    K::InvalidIssuer => "wrong issuer".to_string(),
+                    K::InvalidSignature => "bad signature".to_string(),
+                    K::MissingRequiredClaim(c) => format!("no {c} claim"),
+                    other => format!("{other:?}"),
+                })
+            })?;
+        let claims = data.claims;
+        let subject = claims["sub"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| unauthenticated("sub is not a string"))?
+            .to_string();
+        let tenant = match claims
+            .get(&self.config.tenant_claim)
+            .and_then(|v| v.as_str())
+        {
+            Some(t) => t.to_string(),
+            None if !self.config.default_tenant.is_empty() => self.config.default_tenant.clone(),
+            None => {
+                return Err(unauthenticated(format!(
+                    "no {} claim naming the tenant",
+                    self.config.tenant_claim
+                )))
+            }
+        };
+        let roles = match claims.get(&self.config.roles_claim) {
+            None => Vec::new(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|r| r.as_str().map(String::from))
+                .collect(),
+            Some(serde_json::Value::String(s)) => s.split_whitespace().map(String::from).collect(),
+            Some(_) => {
+                return Err(unauthenticated(format!(
+                    "{} is neither a list nor a string",
+                    self.config.roles_claim
+                )))
+            }
+        };
+        Ok(Identity {
+            subject,
+            tenant,
+            roles,
+        })
+    }
+}
+
+/// The unverified `iss` claim of a JWT, to pick the issuer that verifies it.
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(String::from)
+}
+
+/// Whether a bearer token looks like a JWT (three base64url parts).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3 && token.starts_with("ey")
+}
