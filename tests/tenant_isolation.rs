@@ -47,7 +47,7 @@ async fn tenants_never_see_each_others_memories() {
 
     let iam = IamService::new(node.clone());
     for t in ["tenant-a", "tenant-b"] {
-        iam.create_tenant(t, "").await.unwrap();
+        parts.create_tenant(t).await;
     }
     let remember = |tenant: &'static str, text: &'static str| {
         let semantic = &semantic;

@@ -90,6 +90,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     let parts = Parts::start(|c| c.search.wait_timeout_ms = 1_000).await;
+    parts.create_tenant("t").await;
     let (config, node, fulltext, embedder) =
         (&parts.config, &parts.node, &parts.fulltext, &parts.embedder);
     let flaky = Arc::new(Flaky {
@@ -211,6 +212,7 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted() {
     let parts = Parts::start(|_| {}).await;
+    parts.create_tenant("t").await;
     let (config, node, embedder) = (&parts.config, &parts.node, &parts.embedder);
     let semantic =
         SemanticService::new(node.clone(), config.limits.clone(), Some(embedder.clone()));

@@ -53,6 +53,14 @@ impl Parts {
         }
     }
 
+    /// Makes a tenant (data of a tenant that does not exist is refused).
+    pub async fn create_tenant(&self, id: &str) {
+        nexus_node::iam::service::IamService::new(self.node.clone())
+            .create_tenant(id, "")
+            .await
+            .unwrap();
+    }
+
     /// HNSW parameters for the embedder's vectors, from the configuration.
     pub fn hnsw(&self) -> HnswParams {
         HnswParams::from_config(self.embedder.dimensions(), &self.config.vector).unwrap()

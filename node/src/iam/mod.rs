@@ -163,12 +163,7 @@ pub enum IamReply {
     Done,
 }
 
-fn key_of(tenant: &str, tag: u8, rest: &[u8]) -> Vec<u8> {
-    let mut k = keys::tenant_prefix(tenant);
-    k.push(tag);
-    k.extend_from_slice(rest);
-    k
-}
+use keys::tenant_tagged as key_of;
 
 fn tenant_key(tenant: &str) -> Vec<u8> {
     key_of(tenant, TAG_TENANT, b"")

@@ -343,12 +343,7 @@ pub enum SecretReply {
     Rewrapped,
 }
 
-fn tagged(tenant: &str, tag: u8, rest: &[u8]) -> Vec<u8> {
-    let mut k = keys::tenant_prefix(tenant);
-    k.push(tag);
-    k.extend_from_slice(rest);
-    k
-}
+use keys::tenant_tagged as tagged;
 
 pub fn data_key_key(tenant: &str) -> Vec<u8> {
     tagged(tenant, TAG_DATA_KEY, b"")

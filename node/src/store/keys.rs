@@ -147,6 +147,15 @@ pub fn semantic_next_seq_key(tenant: &str) -> Vec<u8> {
     tenant_prefix(tenant)
 }
 
+/// A key of a family that keeps several kinds of records per tenant: the tenant, a tag byte
+/// naming the kind, then the rest (`iam`, `secrets`).
+pub fn tenant_tagged(tenant: &str, tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = tenant_prefix(tenant);
+    k.push(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
 /// Key of a message vector in `message_vectors` (the shape of a `semantic` key, so
 /// [`parse_semantic_key`] splits it too).
 pub fn message_vector_key(tenant: &str, seq: u64) -> Vec<u8> {
