@@ -375,7 +375,9 @@ pub async fn http_get(url: &str) -> (u16, String) {
 
 /// The node's cluster status, or None when it does not answer.
 pub async fn status(n: &Nexus) -> Option<pb::StatusResponse> {
-    let mut c = Client::connect(&n.endpoint()).await.ok()?;
+    let mut c = Client::connect_with_token(&n.endpoint(), n.root_key().as_deref())
+        .await
+        .ok()?;
     c.cluster
         .status(pb::StatusRequest {})
         .await
