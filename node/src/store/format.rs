@@ -21,9 +21,10 @@ pub struct Migration {
 /// `CURRENT_FORMAT`.
 pub const MIGRATIONS: &[Migration] = &[Migration {
     from: 1,
-    describe: "format 2: conversation message vectors. The message_vectors and \
-               message_vector_ids column families are created on open and the log may hold \
-               AppendWithVectors commands, which a format-1 build cannot decode; nothing \
+    describe: "format 2: message vectors, identities, secrets and the audit log. Their \
+               column families (message_vectors, message_vector_ids, iam, api_key_ids, \
+               secrets, audit) are created on open, and the log may hold commands a format-1 \
+               build cannot decode (AppendWithVectors, Iam, Secret, Audited, Audit); nothing \
                existing is rewritten",
     run: |_| Ok(()),
 }];
