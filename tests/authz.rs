@@ -905,3 +905,57 @@ async fn without_authentication_a_node_serves_loopback_only() {
         short.log_text()
     );
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_request_rate_is_refused_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+        ("NEXUS_QUOTAS__REQUESTS_PER_SECOND", "5"),
+        ("NEXUS_QUOTAS__BURST", "5"),
+    ];
+    let n = Nexus::start(dir.path(), &env).await;
+    let mut root = n.client().await;
+    for t in ["acme", "globex"] {
+        root.iam
+            .create_tenant(pb::CreateTenantRequest {
+                id: t.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut acme = n
+        .client_with(Some(&key(&mut root, "acme", "bot", &["reader"], 0).await))
+        .await;
+    let mut globex = n
+        .client_with(Some(&key(&mut root, "globex", "bot", &["reader"], 0).await))
+        .await;
+    let list = || pb::ListRequest {
+        namespace: "n".into(),
+        ..Default::default()
+    };
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(s) = acme.memory.list(list()).await {
+            refused = Some(s);
+            break;
+        }
+    }
+    let s = refused.expect("20 requests at once exceed 5/s with a burst of 5");
+    assert_eq!(s.code(), Code::ResourceExhausted);
+    assert!(
+        s.message().contains("quotas.requests_per_second") && s.message().contains("acme"),
+        "{}",
+        s.message()
+    );
+    // Other tenants, and root, are not held up by acme.
+    globex.memory.list(list()).await.unwrap();
+    for _ in 0..20 {
+        root.memory.list(list()).await.unwrap();
+    }
+    // The bucket refills.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    acme.memory.list(list()).await.unwrap();
+}

@@ -41,6 +41,17 @@ pub struct Config {
     pub vector: VectorConfig,
     pub auth: AuthConfig,
     pub secrets: SecretsConfig,
+    pub quotas: QuotaConfig,
+}
+
+/// Per-tenant limits, enforced by each node on the requests it receives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Requests per second per tenant (0 = unlimited). The root principal is exempt.
+    pub requests_per_second: f64,
+    /// Requests a tenant may make at once after being idle (0 = one second's worth).
+    pub burst: u32,
 }
 
 /// The master key of the secrets manager (it wraps each tenant's data key). Every node of a
@@ -290,6 +301,7 @@ impl Default for Config {
             vector: VectorConfig::default(),
             auth: AuthConfig::default(),
             secrets: SecretsConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -496,6 +508,13 @@ oidc = []
 master_key_file = ""
 master_key_env = "NEXUS_MASTER_KEY"
 previous_master_key_files = []
+
+[quotas]
+# Requests per second per tenant, on each node (0 = unlimited); over it, RESOURCE_EXHAUSTED
+# naming quotas.requests_per_second. The root principal is exempt.
+requests_per_second = 0.0
+# Requests a tenant may make at once after being idle (0 = one second's worth).
+burst = 0
 
 [embedding]
 # How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with

@@ -136,7 +136,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let max = config.limits.max_request_bytes;
-    let auth = Authenticator::from_config(&config.auth, node.clone())?;
+    let auth = Authenticator::from_config(&config.auth, &config.quotas, node.clone())?;
     if auth.enabled() {
         tracing::info!("authentication: on (root key or API keys)");
     }

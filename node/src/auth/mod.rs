@@ -15,6 +15,7 @@
 //! rights, and `nexus serve` refuses to listen on anything but loopback.
 
 pub mod oidc;
+pub mod quota;
 
 use std::sync::Arc;
 
@@ -94,6 +95,7 @@ pub struct Authenticator {
     enabled: bool,
     root_sha256: Option<[u8; 32]>,
     issuers: Vec<oidc::Issuer>,
+    limiter: quota::RateLimiter,
     store: Store,
     node: Arc<ClusterNode>,
 }
@@ -121,7 +123,11 @@ fn unauthenticated(why: &str) -> NexusError {
 impl Authenticator {
     /// Reads the root key when authentication is on. A root key that is configured but
     /// missing or short is an error: a node must not start with a guessable bootstrap key.
-    pub fn from_config(config: &AuthConfig, node: Arc<ClusterNode>) -> anyhow::Result<Arc<Self>> {
+    pub fn from_config(
+        config: &AuthConfig,
+        quotas: &crate::config::QuotaConfig,
+        node: Arc<ClusterNode>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut root = None;
         if config.enabled {
             let from_file = (!config.root_key_file.as_os_str().is_empty())
@@ -161,6 +167,7 @@ impl Authenticator {
             enabled: config.enabled,
             root_sha256: root,
             issuers,
+            limiter: quota::RateLimiter::new(quotas),
             store: node.store.clone(),
             node,
         }))
@@ -168,6 +175,14 @@ impl Authenticator {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Ok when the principal's tenant is within its request rate (root is exempt).
+    pub fn admit(&self, principal: &Principal) -> Result<(), NexusError> {
+        if principal.grants.is_root() && principal.subject != LOCAL_SUBJECT {
+            return Ok(());
+        }
+        self.limiter.check(&principal.tenant)
     }
 
     /// The principal of a request's metadata.

@@ -128,7 +128,12 @@ where
             "the request was not authenticated".into(),
         )),
     };
-    let result = match authorize(method, &principal) {
+    // Over its tenant's rate: refused before anything runs (and not audited: a flood).
+    let admitted = match (&caller, &principal) {
+        (Some(c), Ok(p)) => c.auth.admit(p),
+        _ => Ok(()),
+    };
+    let result = match admitted.and_then(|()| authorize(method, &principal)) {
         // Without authentication (one local user, loopback only) nothing is audited.
         Ok(principal) if principal.subject == crate::auth::LOCAL_SUBJECT => {
             f(principal, request.into_inner()).await.map_err(to_status)
@@ -142,7 +147,8 @@ where
                 .map_err(to_status)
         }
         Err(e) => {
-            if let Some(caller) = caller {
+            let flood = matches!(e, NexusError::ResourceExhausted { .. });
+            if let Some(caller) = caller.filter(|_| !flood) {
                 if let Ok(p) = &principal {
                     context.principal = p.subject.clone();
                     context.tenant = p.tenant.clone();
