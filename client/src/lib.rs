@@ -110,17 +110,33 @@ impl Client {
         endpoint: &str,
         token: Option<&str>,
     ) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, token, None).await
+    }
+
+    /// Connects over TLS when `tls` is given (an `https://` endpoint whose CA it trusts),
+    /// sending `token` with every request.
+    pub async fn connect_with(
+        endpoint: &str,
+        token: Option<&str>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, ClientError> {
         let credentials = Credentials::bearer(token)?;
         let uri = if endpoint.contains("://") {
             endpoint.to_string()
         } else {
             format!("http://{endpoint}")
         };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::Endpoint {
+        let mut ep = Endpoint::from_shared(uri).map_err(|e| ClientError::Endpoint {
+            endpoint: endpoint.to_string(),
+            message: e.to_string(),
+        })?;
+        if let Some(tls) = tls {
+            ep = ep.tls_config(tls).map_err(|e| ClientError::Endpoint {
                 endpoint: endpoint.to_string(),
-                message: e.to_string(),
-            })?
+                message: format!("TLS: {e}"),
+            })?;
+        }
+        let channel = ep
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect()

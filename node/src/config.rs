@@ -42,6 +42,17 @@ pub struct Config {
     pub auth: AuthConfig,
     pub secrets: SecretsConfig,
     pub quotas: QuotaConfig,
+    pub tls: ApiTlsConfig,
+}
+
+/// TLS on the public gRPC API: `cert_file` and `key_file` (PEM) together, or neither
+/// (plaintext). With `client_ca_file`, clients must also present a certificate from that CA.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Per-tenant limits, enforced by each node on the requests it receives.
@@ -302,6 +313,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             secrets: SecretsConfig::default(),
             quotas: QuotaConfig::default(),
+            tls: ApiTlsConfig::default(),
         }
     }
 }
@@ -515,6 +527,14 @@ previous_master_key_files = []
 requests_per_second = 0.0
 # Requests a tenant may make at once after being idle (0 = one second's worth).
 burst = 0
+
+[tls]
+# TLS on the gRPC API: the node's PEM certificate chain and key (both, or neither for
+# plaintext); clients then use https:// and trust its CA (nexusctl --ca-file).
+# cert_file = "/etc/nexus/tls/api.pem"
+# key_file = "/etc/nexus/tls/api.key"
+# Require client certificates from this CA as well (mutual TLS).
+# client_ca_file = "/etc/nexus/tls/clients-ca.pem"
 
 [embedding]
 # How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with

@@ -58,6 +58,26 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// The API's TLS settings from `[tls]`; None for plaintext. Errors name the setting.
+fn api_tls(
+    c: &crate::config::ApiTlsConfig,
+) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |name: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{name}: reading {}", path.display()))
+    };
+    let (cert, key) = match (&c.cert_file, &c.key_file) {
+        (None, None) if c.client_ca_file.is_none() => return Ok(None),
+        (Some(cert), Some(key)) => (read("tls.cert_file", cert)?, read("tls.key_file", key)?),
+        _ => anyhow::bail!("tls: cert_file and key_file go together (client_ca_file needs them)"),
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = &c.client_ca_file {
+        tls = tls.client_ca_root(Certificate::from_pem(read("tls.client_ca_file", ca)?));
+    }
+    Ok(Some(tls))
+}
+
 /// Refuses to serve the API beyond loopback without authentication: there every caller would
 /// be tenant `default` with full rights.
 fn check_exposure(config: &Config) -> anyhow::Result<()> {
@@ -192,7 +212,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some(tls) = api_tls(&config.tls)? {
+        grpc = grpc.tls_config(tls)?;
+        tracing::info!("gRPC API: TLS");
+    }
+    let grpc = grpc
         .add_service(health_service)
         .add_service(reflection)
         .add_service(memory_svc)

@@ -22,6 +22,9 @@ struct Cli {
     /// API key or root key, when the node requires authentication.
     #[arg(long, global = true, env = "NEXUS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA to trust for an https:// endpoint (a node with [tls]).
+    #[arg(long, global = true, env = "NEXUS_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -515,10 +518,24 @@ async fn run_with_failover(cli: Cli) -> Result<(), ClientError> {
         endpoint: cli.endpoint.clone(),
         message: "no endpoint given".into(),
     };
+    let tls = match &cli.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| ClientError::Endpoint {
+                endpoint: cli.endpoint.clone(),
+                message: format!("--ca-file {}: {e}", path.display()),
+            })?;
+            Some(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+        }
+        None => None,
+    };
     for (i, endpoint) in endpoints.iter().enumerate() {
         match run(
             endpoint,
             cli.token.as_deref(),
+            tls.clone(),
             cli.output,
             cli.command.clone(),
         )
@@ -537,10 +554,11 @@ async fn run_with_failover(cli: Cli) -> Result<(), ClientError> {
 async fn run(
     endpoint: &str,
     token: Option<&str>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     out: Output,
     command: Command,
 ) -> Result<(), ClientError> {
-    let mut c = Client::connect_with_token(endpoint, token).await?;
+    let mut c = Client::connect_with(endpoint, token, tls).await?;
     match command {
         Command::Tenant { command } => iam::tenant(&mut c, out, command).await?,
         Command::Key { command } => iam::key(&mut c, out, command).await?,
