@@ -3,50 +3,15 @@
 //! client must also present a certificate from that CA. Certificates are made here with rcgen.
 
 mod common;
+mod tls_ca;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Nexus;
 use nexus_client::{pb, Client};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use tls_ca::Ca;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-}
 
 async fn status(
     n: &Nexus,

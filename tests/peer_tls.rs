@@ -3,59 +3,21 @@
 //! one from another CA, or speaking plaintext is refused at the handshake; and a node with a
 //! certificate from another CA, added as a member, never receives the log.
 //!
-//! Certificates are made in the test with rcgen (a CA, then leaf certificates naming
+//! Certificates are made in the test with rcgen (tests/tls_ca: a CA, then leaf certificates naming
 //! `localhost` and `127.0.0.1`, the host of every peer address here).
 
 mod common;
+mod tls_ca;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Nexus;
 use nexus_client::{pb, Client};
 use nexus_proto::raft::v1::raft_service_client::RaftServiceClient;
 use nexus_proto::raft::v1::RaftMessage;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use tls_ca::Ca;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// Issues a leaf certificate for the loopback peers; writes `NAME.pem` and `NAME.key`.
-    fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-
-    fn write(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(format!("{name}.pem"));
-        std::fs::write(&path, self.cert.pem()).unwrap();
-        path
-    }
-}
 
 fn tls_env(cert: &Path, key: &Path, ca: &Path) -> Vec<(String, String)> {
     vec![
