@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Nexus;
+use common::{api_key, Nexus};
 use nexus_client::{pb, Client};
 use nexus_node::audit::{record_key, AuditRecord};
 use nexus_node::store::{codec, Store, CF_AUDIT};
@@ -34,20 +34,6 @@ async fn tail(c: &mut Client, limit: u32) -> Vec<pb::AuditRecord> {
         .records
 }
 
-async fn key(root: &mut Client, sa: &str, role: &str) -> String {
-    root.iam
-        .create_api_key(pb::CreateApiKeyRequest {
-            tenant: "acme".into(),
-            service_account: sa.into(),
-            roles: vec![role.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
 #[tokio::test]
 async fn writes_denials_and_secret_reads_are_on_record_and_tampering_is_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,13 +48,15 @@ async fn writes_denials_and_secret_reads_are_on_record_and_tampering_is_found() 
         .await
         .unwrap();
     let mut bot = n
-        .client_with(Some(&key(&mut root, "bot", "agent").await))
+        .client_with(Some(&api_key(&root, "acme", "bot", &["agent"], 0).await))
         .await;
     let mut viewer = n
-        .client_with(Some(&key(&mut root, "viewer", "reader").await))
+        .client_with(Some(
+            &api_key(&root, "acme", "viewer", &["reader"], 0).await,
+        ))
         .await;
     let mut boss = n
-        .client_with(Some(&key(&mut root, "boss", "admin").await))
+        .client_with(Some(&api_key(&root, "acme", "boss", &["admin"], 0).await))
         .await;
 
     let put = pb::PutRequest {

@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Nexus;
+use common::{api_key, Nexus};
 use nexus_client::{pb, Client};
 use tonic::Code;
 
@@ -452,21 +452,6 @@ async fn call(c: &mut Client, rpc: &str, role: &str, seed: &Seed) -> Result<Stri
     })
 }
 
-/// A key of `role` in `tenant`, made by root.
-async fn key(root: &mut Client, tenant: &str, sa: &str, roles: &[&str], ttl_ms: i64) -> String {
-    root.iam
-        .create_api_key(pb::CreateApiKeyRequest {
-            tenant: tenant.into(),
-            service_account: sa.into(),
-            ttl_ms,
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
 /// Everything of acme that a snapshot of its state shows, read with acme's admin key.
 async fn acme_state(acme: &mut Client) -> String {
     let kv = acme
@@ -564,7 +549,7 @@ async fn every_rpc_every_role_own_and_other_tenant() {
             .await
             .unwrap();
     }
-    let acme_admin = key(&mut root, "acme", "owner", &["admin"], 0).await;
+    let acme_admin = api_key(&root, "acme", "owner", &["admin"], 0).await;
     let mut acme = n.client_with(Some(&acme_admin)).await;
     let seed = seed(&mut acme).await;
 
@@ -572,7 +557,7 @@ async fn every_rpc_every_role_own_and_other_tenant() {
     // touches acme.
     let before = acme_state(&mut acme).await;
     for role in ROLES {
-        let token = key(&mut root, "globex", &format!("g-{role}"), &[role], 0).await;
+        let token = api_key(&root, "globex", &format!("g-{role}"), &[role], 0).await;
         let mut g = n.client_with(Some(&token)).await;
         for (rpc, permission) in RPCS {
             let result = call(&mut g, rpc, role, &seed).await;
@@ -607,7 +592,7 @@ async fn every_rpc_every_role_own_and_other_tenant() {
     // Own tenant: exactly the granted cells succeed; a denied one changes nothing.
     let (mut succeeded, mut denied) = (0, 0);
     for role in ROLES {
-        let token = key(&mut root, "acme", &format!("a-{role}"), &[role], 0).await;
+        let token = api_key(&root, "acme", &format!("a-{role}"), &[role], 0).await;
         let mut c = n.client_with(Some(&token)).await;
         for (rpc, permission) in RPCS {
             let allowed = permission.is_empty() || granted(role, permission);
@@ -666,7 +651,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
         })
         .await
         .unwrap();
-    let token = key(&mut root, "acme", "bot", &["agent"], 0).await;
+    let token = api_key(&root, "acme", "bot", &["agent"], 0).await;
     let status = |c: &mut Client| {
         let mut c = c.clone();
         async move {
@@ -763,7 +748,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
     assert_eq!(status(&mut bot).await.unwrap().into_inner().items.len(), 1);
 
     // Expired and revoked keys.
-    let short = key(&mut root, "acme", "short", &["agent"], 300).await;
+    let short = api_key(&root, "acme", "short", &["agent"], 300).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let err = status(&mut n.client_with(Some(&short)).await)
         .await
@@ -830,7 +815,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
     }
 
     // Deleting the tenant takes its data and keys with it.
-    let admin = key(&mut root, "acme", "admin", &["admin"], 0).await;
+    let admin = api_key(&root, "acme", "admin", &["admin"], 0).await;
     root.iam
         .delete_tenant(pb::DeleteTenantRequest { id: "acme".into() })
         .await
@@ -846,7 +831,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
         })
         .await
         .unwrap();
-    let again = key(&mut root, "acme", "admin", &["admin"], 0).await;
+    let again = api_key(&root, "acme", "admin", &["admin"], 0).await;
     let items = status(&mut n.client_with(Some(&again)).await)
         .await
         .unwrap()
@@ -927,10 +912,10 @@ async fn a_tenant_over_its_request_rate_is_refused_naming_the_limit() {
             .unwrap();
     }
     let mut acme = n
-        .client_with(Some(&key(&mut root, "acme", "bot", &["reader"], 0).await))
+        .client_with(Some(&api_key(&root, "acme", "bot", &["reader"], 0).await))
         .await;
     let mut globex = n
-        .client_with(Some(&key(&mut root, "globex", "bot", &["reader"], 0).await))
+        .client_with(Some(&api_key(&root, "globex", "bot", &["reader"], 0).await))
         .await;
     let list = || pb::ListRequest {
         namespace: "n".into(),

@@ -370,20 +370,7 @@ async fn permissions_and_bad_input() {
         .await
         .unwrap();
     let key = |roles: &'static [&'static str], sa: &'static str| {
-        let mut root = root.clone();
-        async move {
-            root.iam
-                .create_api_key(pb::CreateApiKeyRequest {
-                    tenant: "acme".into(),
-                    service_account: sa.into(),
-                    roles: roles.iter().map(|r| r.to_string()).collect(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token
-        }
+        common::api_key(&root, "acme", sa, roles, 0)
     };
     let mut dev = n.client_with(Some(&key(&["developer"], "dev").await)).await;
     let mut admin = n.client_with(Some(&key(&["admin"], "boss").await)).await;

@@ -403,3 +403,20 @@ pub async fn agreed_leader(nodes: &[Nexus]) -> usize {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An API key for service account `sa` in `tenant`, bound to `roles`, made with `root`'s
+/// credentials; its token (`ttl_ms` 0 = never expires).
+pub async fn api_key(root: &Client, tenant: &str, sa: &str, roles: &[&str], ttl_ms: i64) -> String {
+    root.iam
+        .clone()
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant: tenant.into(),
+            service_account: sa.into(),
+            ttl_ms,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
