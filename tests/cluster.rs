@@ -372,6 +372,9 @@ async fn a_follower_down_for_100k_writes_catches_up_through_a_snapshot() {
         ("NEXUS_RAFT__SNAPSHOT_EVERY_ENTRIES", "500"),
         ("NEXUS_RAFT__KEEP_ENTRIES_AFTER_SNAPSHOT", "50"),
         ("NEXUS_RAFT__SNAPSHOT_CHUNK_BYTES", "262144"),
+        // With authentication every write is also audited, which doubles the state to send.
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", "cluster-test-root-key-0123456789abcdef"),
     ];
     let mut nodes = Nexus::start_cluster(dir.path(), 3, &env).await;
     let leader = agreed_leader(&nodes).await;

@@ -262,6 +262,10 @@ pub struct RaftConfig {
     pub max_append_entries: u64,
     /// Size of one chunk of a snapshot sent to a follower.
     pub snapshot_chunk_bytes: u64,
+    /// How long the leader waits for one snapshot chunk to be answered. The last chunk is
+    /// answered once the follower has installed the whole snapshot, which for a large state
+    /// takes seconds; a shorter deadline makes the leader start the transfer over, forever.
+    pub install_snapshot_timeout_ms: u64,
     /// Most client commands proposed together in one log entry (group commit).
     pub max_batch_commands: usize,
     /// Most bytes of commands proposed together in one log entry.
@@ -376,6 +380,7 @@ impl Default for RaftConfig {
             keep_entries_after_snapshot: 5_000,
             max_append_entries: 512,
             snapshot_chunk_bytes: 4 << 20,
+            install_snapshot_timeout_ms: 60_000,
             max_batch_commands: 512,
             max_batch_bytes: 4 << 20,
         }
@@ -456,6 +461,9 @@ keep_entries_after_snapshot = 5000
 max_append_entries = 512
 # Size of one chunk of a snapshot sent to a follower: 4 MiB.
 snapshot_chunk_bytes = 4194304
+# How long the leader waits for a snapshot chunk to be answered; the last chunk is answered
+# once the follower has installed the snapshot.
+install_snapshot_timeout_ms = 60000
 # Group commit: writes that arrive while a log entry is being made durable are proposed
 # together in the next entry, up to this many commands and bytes.
 max_batch_commands = 512

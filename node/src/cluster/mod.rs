@@ -155,8 +155,11 @@ pub struct ClusterNode {
     /// The last leader this node knew of (0: none yet), named in Unavailable replies while no
     /// leader is known, e.g. on a node cut off in a minority.
     last_leader: Arc<AtomicU64>,
-    /// Counts election holds (`hold_elections`); only the latest one re-enables elections.
-    election_holds: Arc<AtomicU64>,
+    /// Until when this node starts no election (`hold_elections`); `None` when not held.
+    election_hold: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// The longest election timeout: a receiver of a snapshot holds its elections this long
+    /// after each chunk (`receiving_snapshot`).
+    election_timeout_max: Duration,
 }
 
 impl ClusterNode {
@@ -179,6 +182,7 @@ impl ClusterNode {
             max_in_snapshot_log_to_keep: config.raft.keep_entries_after_snapshot,
             max_payload_entries: config.raft.max_append_entries,
             snapshot_max_chunk_size: config.raft.snapshot_chunk_bytes,
+            install_snapshot_timeout: config.raft.install_snapshot_timeout_ms,
             ..Default::default()
         }
         .validate()?;
@@ -226,7 +230,8 @@ impl ClusterNode {
             read_waiters: read_tx,
             peers,
             last_leader: Arc::new(AtomicU64::new(0)),
-            election_holds: Arc::new(AtomicU64::new(0)),
+            election_hold: Arc::default(),
+            election_timeout_max: Duration::from_millis(config.raft.election_timeout_max_ms),
         });
         tokio::spawn(remember_leader(
             node.raft.metrics(),
@@ -564,19 +569,54 @@ impl ClusterNode {
         result
     }
 
-    /// Does not start elections for `hold` (during a leadership transfer to another node).
+    /// Does not start elections for `hold` (during a leadership transfer to another node, or
+    /// while a snapshot from the leader is arriving). A hold never shortens a longer one.
     pub fn hold_elections(&self, hold: Duration) {
+        let until = tokio::time::Instant::now() + hold;
+        {
+            let mut held = self.election_hold.lock().expect("election hold lock");
+            if held.is_some_and(|t| t >= until) {
+                return;
+            }
+            *held = Some(until);
+        }
+        self.raft.runtime_config().elect(false);
         let raft = self.raft.clone();
-        let generation = self.election_holds.fetch_add(1, Ordering::SeqCst) + 1;
-        let holds = self.election_holds.clone();
-        raft.runtime_config().elect(false);
+        let held = self.election_hold.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(hold).await;
-            // A later hold extends this one.
-            if holds.load(Ordering::SeqCst) == generation {
+            tokio::time::sleep_until(until).await;
+            let mut held = held.lock().expect("election hold lock");
+            // A later, longer hold re-enables elections when it ends.
+            if *held == Some(until) {
+                *held = None;
                 raft.runtime_config().elect(true);
             }
         });
+    }
+
+    /// Runs `receive` (one snapshot chunk from the current leader) while holding this node's
+    /// elections, and holds them for an election timeout after it.
+    ///
+    /// openraft 0.9 sends a follower no heartbeat while a snapshot is in flight to it, and the
+    /// chunks do not reset the follower's election timer: only the first and the last reach
+    /// Raft's core. A transfer longer than the election timeout (tens of MB, or a slow disk)
+    /// therefore made the receiver campaign, which deposed the leader and restarted the
+    /// transfer, forever. Treating each chunk as the heartbeat Raft says it is ends that; if
+    /// the leader dies mid-transfer, the hold lapses one election timeout after the last chunk.
+    /// The last chunk also installs the snapshot, which takes seconds for a large state.
+    pub async fn receiving_snapshot<F: std::future::Future>(&self, receive: F) -> F::Output {
+        let hold = self.election_timeout_max;
+        self.hold_elections(hold);
+        tokio::pin!(receive);
+        let mut renew = tokio::time::interval(hold / 2);
+        let out = loop {
+            tokio::select! {
+                out = &mut receive => break out,
+                _ = renew.tick() => self.hold_elections(hold),
+            }
+        };
+        self.hold_elections(hold);
+        out
     }
 
     /// Starts an election now (the target of a leadership transfer).

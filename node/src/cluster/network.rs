@@ -211,6 +211,45 @@ impl PeerClient {
     }
 }
 
+/// `InstallSnapshotRequest` on the wire, with its data as a byte string. Postcard writes a
+/// `Vec<u8>` and a byte string identically (a varint length, then the bytes), so this is the
+/// same encoding as openraft's type, but serde handles the data in one call instead of one
+/// call per byte: 20 ms per 256 KiB chunk in a debug build became 20 µs, and a 30 MB snapshot
+/// took minutes of a follower's CPU before.
+#[derive(Serialize, serde::Deserialize)]
+struct SnapshotChunk {
+    vote: openraft::Vote<NodeId>,
+    meta: super::types::SnapshotMeta,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
+    fn from(r: InstallSnapshotRequest<TypeConfig>) -> Self {
+        Self {
+            vote: r.vote,
+            meta: r.meta,
+            offset: r.offset,
+            data: r.data,
+            done: r.done,
+        }
+    }
+}
+
+impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
+    fn from(c: SnapshotChunk) -> Self {
+        Self {
+            vote: c.vote,
+            meta: c.meta,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Rpc {
     Append,
@@ -235,7 +274,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NexusNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(&rpc, &option, Rpc::Snapshot).await
+        self.call(&SnapshotChunk::from(rpc), &option, Rpc::Snapshot)
+            .await
     }
 
     async fn vote(
@@ -399,8 +439,20 @@ impl RaftService for PeerService {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["install_snapshot"])
             .start_timer();
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
-        reply(&self.raft.install_snapshot(rpc).await)
+        let rpc: InstallSnapshotRequest<TypeConfig> =
+            decode_request::<SnapshotChunk>(request)?.into();
+        // A chunk from the leader this node follows is its heartbeat (see `receiving_snapshot`).
+        let current = self.raft.metrics().borrow().vote;
+        if rpc.vote.is_committed() && rpc.vote >= current {
+            let node = self.node.clone();
+            reply(
+                &node
+                    .receiving_snapshot(self.raft.install_snapshot(rpc))
+                    .await,
+            )
+        } else {
+            reply(&self.raft.install_snapshot(rpc).await)
+        }
     }
 
     async fn forward(
@@ -440,5 +492,38 @@ impl RaftService for PeerService {
             ForwardRequest::Elect => self.node.campaign().await.map(|()| ForwardReply::Done),
         };
         reply(&result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_chunk_is_encoded_as_openraft_encodes_it() {
+        let meta = super::super::types::SnapshotMeta {
+            last_log_id: Some(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(3, 2),
+                77,
+            )),
+            last_membership: Default::default(),
+            snapshot_id: "3-77-abc".into(),
+        };
+        let req = InstallSnapshotRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(3, 2),
+            meta,
+            offset: 1 << 20,
+            data: (0..=255u8).cycle().take(70_000).collect(),
+            done: true,
+        };
+        let ours = codec::encode(&SnapshotChunk::from(req.clone()));
+        assert_eq!(
+            ours,
+            codec::encode(&req),
+            "nodes of either build read each other's chunks"
+        );
+        let back: InstallSnapshotRequest<TypeConfig> =
+            codec::decode::<SnapshotChunk>(&ours).unwrap().into();
+        assert_eq!(back, req);
     }
 }
