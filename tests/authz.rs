@@ -71,6 +71,8 @@ const RPCS: &[(&str, &str)] = &[
     ("iam.list_tenants", "tenants:admin"),
     ("iam.set_tenant_state", "tenants:admin"),
     ("iam.delete_tenant", "tenants:admin"),
+    ("iam.set_tenant_limits", "tenants:admin"),
+    ("iam.get_usage", "iam:read"),
     ("iam.create_key", "iam:write"),
     ("iam.list_keys", "iam:read"),
     ("iam.revoke_key", "iam:write"),
@@ -362,6 +364,20 @@ async fn call(c: &mut Client, rpc: &str, role: &str, seed: &Seed) -> Result<Stri
             .iam
             .delete_tenant(pb::DeleteTenantRequest { id: "acme".into() })
             .await?),
+        "iam.set_tenant_limits" => dbg(&c
+            .iam
+            .set_tenant_limits(pb::SetTenantLimitsRequest {
+                id: "acme".into(),
+                limits: Some(pb::TenantLimits {
+                    max_items: 1,
+                    ..Default::default()
+                }),
+            })
+            .await?),
+        "iam.get_usage" => dbg(&c
+            .iam
+            .get_tenant_usage(pb::GetTenantUsageRequest::default())
+            .await?),
         "iam.create_key" => dbg(&c
             .iam
             .create_api_key(pb::CreateApiKeyRequest {
@@ -620,7 +636,7 @@ async fn every_rpc_every_role_own_and_other_tenant() {
         }
     }
     assert_eq!(succeeded + denied, ROLES.len() * RPCS.len());
-    assert_eq!((succeeded, denied), (92, 113), "cells allowed and denied");
+    assert_eq!((succeeded, denied), (94, 121), "cells allowed and denied");
     // The root key may do what no role may.
     let members = root
         .iam

@@ -323,6 +323,30 @@ async fn nexusctl_manages_tenants_keys_roles_and_bindings() {
         0
     );
 
+    // Quotas: set from flags (others kept), shown as a table and as JSON.
+    let (code, out, err) = as_root(&["tenant", "limits", "acme", "--max-items", "100"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("MAX ITEMS") && out.contains("100"), "{out}");
+    let (code, out, err) = as_root(&[
+        "tenant",
+        "limits",
+        "acme",
+        "--max-bytes",
+        "2MiB",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let u = json(&out);
+    assert_eq!(u["limits"]["max_items"], 100);
+    assert_eq!(u["limits"]["max_bytes"], 2 << 20);
+    assert_eq!(u["items"], 1, "the memory the bot put");
+    let (code, _, err) = as_root(&["tenant", "limits", "acme", "--max-bytes", "2XB"]);
+    assert_eq!(code, 2, "a bad size is a usage error");
+    assert!(err.contains("unknown unit"), "{err}");
+    let (_, out, _) = as_root(&["tenant", "limits", "acme", "--clear", "-o", "json"]);
+    assert_eq!(json(&out)["limits"]["max_items"], 0);
+
     // Revoked: refused.
     let id = key["id"].as_str().unwrap();
     assert_eq!(as_root(&["key", "revoke", id]).0, 0);

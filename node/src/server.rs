@@ -106,6 +106,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let found = format::prepare(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
     let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
+    if crate::store::usage::missing(&store)? {
+        let tenants = crate::store::usage::recompute(&store)?;
+        tracing::info!(
+            tenants,
+            "computed each tenant's stored items and bytes (kept from now on)"
+        );
+    }
     let master_keys = Arc::new(
         MasterKeys::load(&config.secrets, &config.data_dir)
             .context("loading the secrets master key ([secrets])")?,

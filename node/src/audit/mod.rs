@@ -333,7 +333,7 @@ mod tests {
         for i in 1..=n {
             let mut c = ApplyCtx::new(store);
             append(&mut c, &ctx(i), format!("memory/n/k{i}"), "ok".into()).unwrap();
-            store.db().write(c.into_batch()).unwrap();
+            store.db().write(c.finish().unwrap()).unwrap();
         }
     }
 

@@ -182,7 +182,9 @@ impl Authenticator {
         if principal.grants.is_root() && principal.subject != LOCAL_SUBJECT {
             return Ok(());
         }
-        self.limiter.check(&principal.tenant)
+        let limits = crate::iam::limits(&self.store, &principal.tenant)?;
+        self.limiter
+            .check(&principal.tenant, limits.requests_per_second, limits.burst)
     }
 
     /// The principal of a request's metadata.

@@ -189,5 +189,9 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotMeta, StoreError> {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     store.db().write_opt(batch, &opts)?;
+    // A snapshot from a node that kept no usage figures (an older build): compute them.
+    if crate::store::usage::missing(store)? {
+        crate::store::usage::recompute(store)?;
+    }
     Ok(meta)
 }

@@ -123,7 +123,7 @@ impl StateMachine {
         // then the entry is in the durable log and is re-applied after a crash.
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        self.store.db().write_opt(ctx.into_batch(), &opts)?;
+        self.store.db().write_opt(ctx.finish()?, &opts)?;
         Ok(responses)
     }
 
@@ -299,6 +299,56 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
             "tenant {tenant} not found"
         ))));
     }
+    // Data stays within the tenant's stored items and bytes, or is undone.
+    let limits = match op {
+        Op::Iam(_) => None,
+        _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
+    };
+    let Some(limits) = limits else {
+        return apply_data(ctx, tenant, op);
+    };
+    let before = ctx.usage(tenant)?;
+    let savepoint = ctx.savepoint();
+    let response = apply_data(ctx, tenant, op)?;
+    let after = ctx.usage(tenant)?;
+    let over = |limit: &str, max: u64, before: u64, after: u64, unit: &str| {
+        (max > 0 && after > before && after > max).then(|| NexusError::ResourceExhausted {
+            limit: limit.to_string(),
+            message: format!(
+                "tenant {tenant} would store {after} {unit}, over its limit of {max} \
+                 (now {before}); delete some or raise {limit}"
+            ),
+        })
+    };
+    let refused = over(
+        "quotas.max_items",
+        limits.max_items,
+        before.items,
+        after.items,
+        "items",
+    )
+    .or_else(|| {
+        over(
+            "quotas.max_bytes",
+            limits.max_bytes,
+            before.bytes,
+            after.bytes,
+            "bytes",
+        )
+    });
+    match refused {
+        Some(e) if response.is_ok() => {
+            ctx.rollback(savepoint);
+            Ok(Err(e))
+        }
+        _ => {
+            ctx.release(savepoint);
+            Ok(response)
+        }
+    }
+}
+
+fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
     Ok(match op {
         Op::Kv(op) => kv::apply(ctx, tenant, op)?.map(Reply::Kv),
         Op::Conversation(op) => conversations::apply(ctx, tenant, op)?.map(Reply::Conversation),

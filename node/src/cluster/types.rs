@@ -126,9 +126,12 @@ impl Op {
             Op::Semantic(S::Remember { id, .. } | S::Forget { id, .. }) => {
                 format!("semantic/{id}")
             }
-            Op::Iam(I::CreateTenant { .. } | I::SetTenantState { .. } | I::DeleteTenant) => {
-                format!("tenant/{tenant}")
-            }
+            Op::Iam(
+                I::CreateTenant { .. }
+                | I::SetTenantState { .. }
+                | I::DeleteTenant
+                | I::SetTenantLimits { .. },
+            ) => format!("tenant/{tenant}"),
             Op::Iam(I::CreateKey {
                 id,
                 service_account,

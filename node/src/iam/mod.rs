@@ -4,7 +4,7 @@
 //! Storage:
 //! - `iam`: every key begins with the tenant, so a tenant's identities are part of its one
 //!   key range: `T` the tenant record, `K<key id>` an API key, `R<name>` a custom role,
-//!   `B<principal>\0<role>` a binding.
+//!   `B<principal>\0<role>` a binding, `Q` the tenant's limits.
 //! - `api_key_ids`: key id -> tenant, the one global index (a presented key names only its id).
 //!
 //! An API key is `nxk_<id>_<secret>`: 16 hex digits of id and 43 characters of secret (256
@@ -30,6 +30,7 @@ const TAG_TENANT: u8 = b'T';
 const TAG_KEY: u8 = b'K';
 const TAG_ROLE: u8 = b'R';
 const TAG_BINDING: u8 = b'B';
+const TAG_LIMITS: u8 = b'Q';
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TenantState {
@@ -43,6 +44,17 @@ pub struct TenantRecord {
     pub display_name: String,
     pub state: TenantState,
     pub created_at_ms: i64,
+}
+
+/// A tenant's quotas, set by the root principal; 0 means no limit (for the request rate: the
+/// node's `[quotas]` setting). Stored items and bytes are enforced in apply, so every node
+/// decides alike; the request rate is enforced by each node on what it receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantLimits {
+    pub max_items: u64,
+    pub max_bytes: u64,
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +135,10 @@ pub enum IamOp {
         principal: String,
         role: String,
     },
+    /// Appended last: a variant's position is part of the log's encoding.
+    SetTenantLimits {
+        limits: TenantLimits,
+    },
 }
 
 impl IamOp {
@@ -137,6 +153,7 @@ impl IamOp {
             IamOp::DeleteRole { .. } => "iam.delete_role",
             IamOp::CreateBinding { .. } => "iam.create_binding",
             IamOp::DeleteBinding { .. } => "iam.delete_binding",
+            IamOp::SetTenantLimits { .. } => "iam.set_tenant_limits",
         }
     }
 
@@ -161,6 +178,7 @@ pub enum IamReply {
     Role(RoleRecord),
     Binding(BindingRecord),
     Done,
+    Limits(TenantLimits),
 }
 
 use keys::tenant_tagged as key_of;
@@ -182,6 +200,22 @@ fn binding_key(tenant: &str, principal: &str, role: &str) -> Vec<u8> {
     rest.push(0);
     rest.extend_from_slice(role.as_bytes());
     key_of(tenant, TAG_BINDING, &rest)
+}
+
+fn limits_key(tenant: &str) -> Vec<u8> {
+    key_of(tenant, TAG_LIMITS, b"")
+}
+
+/// The tenant's limits as this apply step sees them (`None`: none set).
+pub fn limits_in(ctx: &ApplyCtx<'_>, tenant: &str) -> Result<Option<TenantLimits>, StoreError> {
+    ctx.get_decoded(CF_IAM, &limits_key(tenant))
+}
+
+/// The tenant's limits (all 0 when none are set).
+pub fn limits(store: &Store, tenant: &str) -> Result<TenantLimits, StoreError> {
+    Ok(store
+        .get_decoded(CF_IAM, &limits_key(tenant))?
+        .unwrap_or_default())
 }
 
 /// Whether a tenant exists, as this apply step sees it.
@@ -242,6 +276,14 @@ pub fn apply(
             record.state = *state;
             ctx.put(CF_IAM, &tenant_key(tenant), &record);
             Ok(Ok(IamReply::Tenant(record)))
+        }
+        IamOp::SetTenantLimits { limits } => {
+            if *limits == TenantLimits::default() {
+                ctx.delete(CF_IAM, &limits_key(tenant));
+            } else {
+                ctx.put(CF_IAM, &limits_key(tenant), limits);
+            }
+            Ok(Ok(IamReply::Limits(*limits)))
         }
         IamOp::DeleteTenant => {
             if tenant == DEFAULT_TENANT {
@@ -554,7 +596,7 @@ mod tests {
     fn run(store: &Store, tenant: &str, op: IamOp) -> Result<IamReply, NexusError> {
         let mut ctx = ApplyCtx::new(store);
         let r = apply(&mut ctx, tenant, &op).unwrap();
-        store.db().write(ctx.into_batch()).unwrap();
+        store.db().write(ctx.finish().unwrap()).unwrap();
         r
     }
 

@@ -194,12 +194,14 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         | "cluster.promote_member"
         | "cluster.remove_member"
         | "cluster.transfer_leader" => "cluster:admin",
-        "iam.create_tenant" | "iam.list_tenants" | "iam.set_tenant_state" | "iam.delete_tenant" => {
-            "tenants:admin"
-        }
+        "iam.create_tenant"
+        | "iam.list_tenants"
+        | "iam.set_tenant_state"
+        | "iam.delete_tenant"
+        | "iam.set_tenant_limits" => "tenants:admin",
         "iam.create_key" | "iam.revoke_key" | "iam.put_role" | "iam.delete_role"
         | "iam.create_binding" | "iam.delete_binding" => "iam:write",
-        "iam.list_keys" | "iam.list_roles" | "iam.list_bindings" => "iam:read",
+        "iam.list_keys" | "iam.list_roles" | "iam.list_bindings" | "iam.get_usage" => "iam:read",
         "secrets.set" | "secrets.delete" => "secrets:write",
         "secrets.get" => "secrets:read",
         "secrets.list" => "secrets:list",

@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use super::{
     rbac, validate_name, validate_principal, validate_tenant_id, ApiKeyRecord, BindingRecord,
-    IamOp, IamReply, RoleRecord, TenantRecord, TenantState,
+    IamOp, IamReply, RoleRecord, TenantLimits, TenantRecord, TenantState,
 };
 use crate::auth::{new_api_key, Principal};
 use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
 use crate::error::NexusError;
 use crate::memory::now_ms;
+use crate::store::usage::{self, Usage};
 
 /// Most permissions in one custom role, and roles named with one key.
 const MAX_LIST: usize = 64;
@@ -106,6 +107,47 @@ impl IamService {
             IamReply::Tenant(t) => Ok(t),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    /// Sets a tenant's quotas; returns its usage and the new limits.
+    pub async fn set_tenant_limits(
+        &self,
+        id: &str,
+        limits: TenantLimits,
+    ) -> Result<(Usage, TenantLimits), NexusError> {
+        validate_tenant_id("id", id)?;
+        if !(limits.requests_per_second.is_finite() && limits.requests_per_second >= 0.0) {
+            return Err(NexusError::invalid(
+                "limits.requests_per_second",
+                "must be a number of at least 0 (0 = the node's setting)",
+            ));
+        }
+        if limits.burst > 0 && limits.requests_per_second == 0.0 {
+            return Err(NexusError::invalid(
+                "limits.burst",
+                "needs limits.requests_per_second",
+            ));
+        }
+        match self.propose(id, IamOp::SetTenantLimits { limits }).await? {
+            IamReply::Limits(l) => Ok((usage::read(&self.node.store, id)?, l)),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A tenant's usage and limits (linearizable).
+    pub async fn usage(
+        &self,
+        p: &Principal,
+        tenant: &str,
+    ) -> Result<(String, Usage, TenantLimits), NexusError> {
+        let t = self.target(p, tenant)?;
+        self.read().await?;
+        if super::tenant(&self.node.store, &t)?.is_none() && t != super::DEFAULT_TENANT {
+            return Err(NexusError::NotFound(format!("tenant {t} not found")));
+        }
+        let u = usage::read(&self.node.store, &t)?;
+        let l = super::limits(&self.node.store, &t)?;
+        Ok((t, u, l))
     }
 
     pub async fn delete_tenant(&self, id: &str) -> Result<(), NexusError> {

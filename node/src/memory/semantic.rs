@@ -435,7 +435,7 @@ mod tests {
             apply(&mut ctx, "t1", &remember("a", "again")).unwrap(),
             Err(NexusError::AlreadyExists(_))
         ));
-        store.db().write(ctx.into_batch()).unwrap();
+        store.db().write(ctx.finish().unwrap()).unwrap();
         assert_eq!(read_by_id(&store, "t1", "b").unwrap().unwrap().text, "y");
         // Another tenant's id is not found.
         assert_eq!(read_by_id(&store, "t2", "a").unwrap(), None);
@@ -454,7 +454,7 @@ mod tests {
             seq: 1,
         };
         assert!(apply(&mut ctx, "t1", &right).unwrap().is_ok());
-        store.db().write(ctx.into_batch()).unwrap();
+        store.db().write(ctx.finish().unwrap()).unwrap();
         assert_eq!(read_by_id(&store, "t1", "a").unwrap(), None);
         assert_eq!(read(&store, "t1", 1).unwrap(), None);
         // Numbers are never reused.

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 2;
+pub const CURRENT_FORMAT: u32 = 3;
 const FORMAT_FILE: &str = "FORMAT";
 const MAGIC: &str = "nexus-data-format";
 
@@ -19,15 +19,25 @@ pub struct Migration {
 
 /// Every migration this build knows, in order. A format change adds its step here and bumps
 /// `CURRENT_FORMAT`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    from: 1,
-    describe: "format 2: message vectors, identities, secrets and the audit log. Their \
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 1,
+        describe: "format 2: message vectors, identities, secrets and the audit log. Their \
                column families (message_vectors, message_vector_ids, iam, api_key_ids, \
                secrets, audit) are created on open, and the log may hold commands a format-1 \
                build cannot decode (AppendWithVectors, Iam, Secret, Audited, Audit); nothing \
                existing is rewritten",
-    run: |_| Ok(()),
-}];
+        run: |_| Ok(()),
+    },
+    Migration {
+        from: 2,
+        describe: "format 3: per-tenant usage (stored items and bytes) and limits. The usage \
+               column family is created on open and filled by a scan of the tenant data \
+               (`store::usage::recompute`); the log may hold IamOp::SetTenantLimits, which a \
+               format-2 build cannot decode",
+        run: |_| Ok(()),
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod codec;
 pub mod format;
 pub mod keys;
+pub mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub const CF_API_KEY_IDS: &str = "api_key_ids";
 pub const CF_SECRETS: &str = "secrets";
 /// The audit log's hash chain (see `audit`); not keyed by tenant.
 pub const CF_AUDIT: &str = "audit";
+/// Each tenant's stored items and bytes (see [`usage`]), keyed by the tenant prefix.
+pub const CF_USAGE: &str = "usage";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -77,6 +80,7 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_API_KEY_IDS,
     CF_SECRETS,
     CF_AUDIT,
+    CF_USAGE,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -96,6 +100,7 @@ const ALL_FAMILIES: &[&str] = &[
     CF_API_KEY_IDS,
     CF_SECRETS,
     CF_AUDIT,
+    CF_USAGE,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,89 @@ pub enum TenantCommand {
     Resume { id: String },
     /// Delete a tenant with all its data.
     Delete { id: String },
+    /// Set a tenant's quotas (root key only); flags not given keep their value, 0 = no limit.
+    Limits {
+        id: String,
+        /// Most memories, conversations and messages.
+        #[arg(long)]
+        max_items: Option<u64>,
+        /// Most stored bytes: a number, or with a unit (KB, MB, GB, KiB, MiB, GiB).
+        #[arg(long, value_parser = parse_bytes)]
+        max_bytes: Option<u64>,
+        /// Requests per second on each node (0 = the node's setting).
+        #[arg(long)]
+        requests_per_second: Option<f64>,
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Remove every limit.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// A tenant's stored items and bytes and its quotas (default: your own tenant).
+    Usage { id: Option<String> },
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 500MB or 2GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn usage_json(u: &pb::TenantUsage) -> Value {
+    let l = u.limits.clone().unwrap_or_default();
+    json!({"tenant": u.tenant, "items": u.items, "bytes": u.bytes,
+           "limits": {"max_items": l.max_items, "max_bytes": l.max_bytes,
+                      "requests_per_second": l.requests_per_second, "burst": l.burst}})
+}
+
+fn print_usage(u: &pb::TenantUsage, out: Output) {
+    if out == Output::Json {
+        print_json(&usage_json(u));
+        return;
+    }
+    let l = u.limits.clone().unwrap_or_default();
+    let limit = |v: String, set: bool| if set { v } else { "-".to_string() };
+    let mut t = table(&[
+        "TENANT",
+        "ITEMS",
+        "MAX ITEMS",
+        "BYTES",
+        "MAX BYTES",
+        "REQ/S",
+        "BURST",
+    ]);
+    t.add_row(vec![
+        u.tenant.clone(),
+        u.items.to_string(),
+        limit(l.max_items.to_string(), l.max_items > 0),
+        u.bytes.to_string(),
+        limit(l.max_bytes.to_string(), l.max_bytes > 0),
+        limit(
+            l.requests_per_second.to_string(),
+            l.requests_per_second > 0.0,
+        ),
+        limit(l.burst.to_string(), l.burst > 0),
+    ]);
+    println!("{t}");
 }
 
 #[derive(Subcommand, Clone)]
@@ -162,6 +245,58 @@ pub async fn tenant(c: &mut Client, out: Output, cmd: TenantCommand) -> Result<(
             .set_tenant_state(set(id, pb::TenantState::Active))
             .await?
             .into_inner(),
+        TenantCommand::Limits {
+            id,
+            max_items,
+            max_bytes,
+            requests_per_second,
+            burst,
+            clear,
+        } => {
+            let mut limits = if clear {
+                pb::TenantLimits::default()
+            } else {
+                c.iam
+                    .get_tenant_usage(pb::GetTenantUsageRequest { tenant: id.clone() })
+                    .await?
+                    .into_inner()
+                    .limits
+                    .unwrap_or_default()
+            };
+            if let Some(v) = max_items {
+                limits.max_items = v;
+            }
+            if let Some(v) = max_bytes {
+                limits.max_bytes = v;
+            }
+            if let Some(v) = requests_per_second {
+                limits.requests_per_second = v;
+            }
+            if let Some(v) = burst {
+                limits.burst = v;
+            }
+            let u = c
+                .iam
+                .set_tenant_limits(pb::SetTenantLimitsRequest {
+                    id,
+                    limits: Some(limits),
+                })
+                .await?
+                .into_inner();
+            print_usage(&u, out);
+            return Ok(());
+        }
+        TenantCommand::Usage { id } => {
+            let u = c
+                .iam
+                .get_tenant_usage(pb::GetTenantUsageRequest {
+                    tenant: id.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            print_usage(&u, out);
+            return Ok(());
+        }
         TenantCommand::Delete { id } => {
             c.iam
                 .delete_tenant(pb::DeleteTenantRequest { id: id.clone() })

@@ -9,7 +9,22 @@ use tonic::{Request, Response, Status};
 use super::handle;
 use crate::error::NexusError;
 use crate::iam::service::{IamService, RoleView};
-use crate::iam::{ApiKeyRecord, BindingRecord, TenantRecord, TenantState};
+use crate::iam::{ApiKeyRecord, BindingRecord, TenantLimits, TenantRecord, TenantState};
+use crate::store::usage::Usage;
+
+fn usage(tenant: String, u: Usage, l: TenantLimits) -> pb::TenantUsage {
+    pb::TenantUsage {
+        tenant,
+        items: u.items,
+        bytes: u.bytes,
+        limits: Some(pb::TenantLimits {
+            max_items: l.max_items,
+            max_bytes: l.max_bytes,
+            requests_per_second: l.requests_per_second,
+            burst: l.burst,
+        }),
+    }
+}
 
 pub struct IamApi {
     pub iam: Arc<IamService>,
@@ -116,6 +131,37 @@ impl IamGrpc for IamApi {
                 }
             };
             Ok(tenant(self.iam.set_tenant_state(&r.id, state).await?))
+        })
+        .await
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        request: Request<pb::SetTenantLimitsRequest>,
+    ) -> Result<Response<pb::TenantUsage>, Status> {
+        handle("iam.set_tenant_limits", request, |_, r| async move {
+            let l = r
+                .limits
+                .ok_or_else(|| NexusError::invalid("limits", "is required"))?;
+            let limits = TenantLimits {
+                max_items: l.max_items,
+                max_bytes: l.max_bytes,
+                requests_per_second: l.requests_per_second,
+                burst: l.burst,
+            };
+            let (u, l) = self.iam.set_tenant_limits(&r.id, limits).await?;
+            Ok(usage(r.id, u, l))
+        })
+        .await
+    }
+
+    async fn get_tenant_usage(
+        &self,
+        request: Request<pb::GetTenantUsageRequest>,
+    ) -> Result<Response<pb::TenantUsage>, Status> {
+        handle("iam.get_usage", request, |p, r| async move {
+            let (t, u, l) = self.iam.usage(&p, &r.tenant).await?;
+            Ok(usage(t, u, l))
         })
         .await
     }

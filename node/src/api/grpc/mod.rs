@@ -122,18 +122,37 @@ where
         action: method.into(),
         at_ms: crate::memory::now_ms(),
     };
-    let principal = match &caller {
+    let mut principal = match &caller {
         Some(c) => c.auth.authenticate(request.metadata()).await,
         None => Err(NexusError::Unauthenticated(
             "the request was not authenticated".into(),
         )),
     };
+    let mut authorized = authorize(method, &principal);
+    // Identities are read from this node's state machine, which may not yet hold a key,
+    // role or binding just made through another node. Before refusing, catch up with the
+    // leader's commit index (a read index) and look again: a client may use a key at once
+    // on any node. Only refusals pay for this.
+    if let (Some(c), Err(NexusError::Unauthenticated(_) | NexusError::PermissionDenied(_))) =
+        (&caller, &authorized)
+    {
+        if c.auth.enabled() && request.metadata().contains_key("authorization") {
+            let caught_up = c
+                .node()
+                .read_barrier(crate::cluster::ReadConsistency::Linearizable)
+                .await;
+            if caught_up.is_ok() {
+                principal = c.auth.authenticate(request.metadata()).await;
+                authorized = authorize(method, &principal);
+            }
+        }
+    }
     // Over its tenant's rate: refused before anything runs (and not audited: a flood).
-    let admitted = match (&caller, &principal) {
+    let admitted = match (&caller, &authorized) {
         (Some(c), Ok(p)) => c.auth.admit(p),
         _ => Ok(()),
     };
-    let result = match admitted.and_then(|()| authorize(method, &principal)) {
+    let result = match admitted.and(authorized) {
         // Without authentication (one local user, loopback only) nothing is audited.
         Ok(principal) if principal.subject == crate::auth::LOCAL_SUBJECT => {
             f(principal, request.into_inner()).await.map_err(to_status)

@@ -1,0 +1,405 @@
+//! Per-tenant quotas through real `nexus` processes with `[auth]` on: stored items and bytes
+//! are counted by every node in apply and a write over a limit is refused with
+//! RESOURCE_EXHAUSTED naming the limit, changing nothing; deletes are always allowed; a
+//! tenant's own request rate replaces the node's. Only root sets limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{api_key, Nexus};
+use nexus_client::{pb, Client};
+use tonic::Code;
+
+const ROOT_KEY: &str = "quota-test-root-key-0123456789abcdefghij";
+
+fn put(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        namespace: "q".into(),
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+async fn usage(c: &mut Client, tenant: &str) -> pb::TenantUsage {
+    c.iam
+        .get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant: tenant.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn set_limits(root: &mut Client, tenant: &str, limits: pb::TenantLimits) {
+    root.iam
+        .set_tenant_limits(pb::SetTenantLimitsRequest {
+            id: tenant.into(),
+            limits: Some(limits),
+        })
+        .await
+        .unwrap();
+}
+
+fn assert_over(s: &tonic::Status, limit: &str) {
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        s.message().contains(limit) && s.message().contains("acme"),
+        "the refusal names the limit and the tenant: {}",
+        s.message()
+    );
+}
+
+#[tokio::test]
+async fn stored_items_and_bytes_are_counted_alike_on_every_node_and_limited() {
+    let _serial = common::one_cluster_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let mut nodes = Nexus::start_cluster(dir.path(), 3, &env).await;
+    let mut root = nodes[0].client().await;
+    for t in ["acme", "globex"] {
+        root.iam
+            .create_tenant(pb::CreateTenantRequest {
+                id: t.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let admin = api_key(&root, "acme", "ops", &["admin"], 0).await;
+    let agent = api_key(&root, "acme", "bot", &["agent"], 0).await;
+    let mut acme = nodes[1].client_with(Some(&admin)).await;
+    let mut bot = nodes[2].client_with(Some(&agent)).await;
+
+    // A new tenant stores nothing; each write is counted.
+    let empty = usage(&mut acme, "").await;
+    assert_eq!(
+        (empty.tenant.as_str(), empty.items, empty.bytes),
+        ("acme", 0, 0)
+    );
+    for i in 0..5 {
+        bot.memory
+            .put(put(&format!("k{i}"), "\"0123456789\""))
+            .await
+            .unwrap();
+    }
+    let five = usage(&mut acme, "").await;
+    assert_eq!(five.items, 5);
+    assert!(five.bytes > 5 * 12, "keys and values are counted: {five:?}");
+    // Overwriting with a value of the same size changes nothing; a longer one adds its bytes.
+    bot.memory.put(put("k0", "\"9876543210\"")).await.unwrap();
+    assert_eq!(usage(&mut acme, "").await, five);
+    bot.memory.put(put("k0", "\"98765432100\"")).await.unwrap();
+    let grown = usage(&mut acme, "").await;
+    assert_eq!((grown.items, grown.bytes), (5, five.bytes + 1));
+
+    // Only root sets limits; an agent cannot even read the usage.
+    let s = acme
+        .iam
+        .set_tenant_limits(pb::SetTenantLimitsRequest {
+            id: "acme".into(),
+            limits: Some(pb::TenantLimits::default()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    let s = bot
+        .iam
+        .get_tenant_usage(pb::GetTenantUsageRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    // Nor reads another tenant's.
+    let s = acme
+        .iam
+        .get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant: "globex".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    // Bad limits name the field.
+    let s = root
+        .iam
+        .set_tenant_limits(pb::SetTenantLimitsRequest {
+            id: "acme".into(),
+            limits: Some(pb::TenantLimits {
+                requests_per_second: -1.0,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("limits.requests_per_second"), "{s:?}");
+    let s = root
+        .iam
+        .set_tenant_limits(pb::SetTenantLimitsRequest {
+            id: "acme".into(),
+            limits: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(s.code() == Code::InvalidArgument && s.message().contains("limits"));
+    let s = root
+        .iam
+        .set_tenant_limits(pb::SetTenantLimitsRequest {
+            id: "nobody".into(),
+            limits: Some(pb::TenantLimits::default()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+
+    // Items: up to 7, so two more fit and the third is refused, changing nothing.
+    set_limits(
+        &mut root,
+        "acme",
+        pb::TenantLimits {
+            max_items: 7,
+            ..Default::default()
+        },
+    )
+    .await;
+    bot.memory.put(put("k5", "\"a\"")).await.unwrap();
+    bot.memory.put(put("k6", "\"b\"")).await.unwrap();
+    let full = usage(&mut acme, "").await;
+    assert_eq!(full.items, 7);
+    let s = bot.memory.put(put("k7", "\"c\"")).await.unwrap_err();
+    assert_over(&s, "quotas.max_items");
+    let s = bot
+        .memory
+        .get(pb::GetRequest {
+            namespace: "q".into(),
+            key: "k7".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound, "the refused write left nothing");
+    assert_eq!(usage(&mut acme, "").await, full);
+    // A conversation and its messages are items too.
+    let s = bot
+        .conversations
+        .create_conversation(pb::CreateConversationRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_over(&s, "quotas.max_items");
+    // At the limit, overwriting is still allowed, and deleting always is.
+    bot.memory.put(put("k6", "\"bb\"")).await.unwrap();
+    for i in 3..7 {
+        bot.memory
+            .delete(pb::DeleteRequest {
+                namespace: "q".into(),
+                key: format!("k{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(usage(&mut acme, "").await.items, 3);
+    bot.conversations
+        .create_conversation(pb::CreateConversationRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let message = |content: &str| pb::NewMessage {
+        role: "user".into(),
+        content: content.into(),
+        ..Default::default()
+    };
+    // 4 items; a batch of 4 messages would make 8: the whole append is refused.
+    let s = bot
+        .conversations
+        .append_messages(pb::AppendMessagesRequest {
+            conversation_id: "c1".into(),
+            messages: (0..4).map(|i| message(&format!("m{i}"))).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_over(&s, "quotas.max_items");
+    let conv = bot
+        .conversations
+        .get_conversation(pb::GetConversationRequest {
+            id: "c1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        conv.message_count, 0,
+        "no message of the refused batch was kept"
+    );
+    bot.conversations
+        .append_messages(pb::AppendMessagesRequest {
+            conversation_id: "c1".into(),
+            messages: (0..3).map(|i| message(&format!("m{i}"))).collect(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(usage(&mut acme, "").await.items, 7);
+    // Deleting the conversation frees it and its messages.
+    bot.conversations
+        .delete_conversation(pb::DeleteConversationRequest { id: "c1".into() })
+        .await
+        .unwrap();
+    assert_eq!(usage(&mut acme, "").await.items, 3);
+
+    // Bytes: room for about 200 more.
+    let now = usage(&mut acme, "").await;
+    set_limits(
+        &mut root,
+        "acme",
+        pb::TenantLimits {
+            max_bytes: now.bytes + 200,
+            ..Default::default()
+        },
+    )
+    .await;
+    let big = format!("\"{}\"", "x".repeat(500));
+    let s = bot.memory.put(put("big", &big)).await.unwrap_err();
+    assert_over(&s, "quotas.max_bytes");
+    assert_eq!(usage(&mut acme, "").await.bytes, now.bytes);
+    bot.memory.put(put("small", "\"fits\"")).await.unwrap();
+    // Secrets count as stored bytes.
+    let s = acme
+        .secrets
+        .set_secret(pb::SetSecretRequest {
+            name: "BIG".into(),
+            value: "s".repeat(400).into_bytes(),
+        })
+        .await
+        .unwrap_err();
+    assert_over(&s, "quotas.max_bytes");
+
+    // Another tenant is not limited by acme's quotas.
+    let g = api_key(&root, "globex", "bot", &["agent"], 0).await;
+    let mut globex = nodes[0].client_with(Some(&g)).await;
+    for i in 0..10 {
+        globex
+            .memory
+            .put(put(&format!("g{i}"), &big))
+            .await
+            .unwrap();
+    }
+    assert_eq!(usage(&mut root, "globex").await.items, 10);
+
+    // Every node holds the same figures, and keeps them over a restart.
+    let expected = usage(&mut root, "acme").await;
+    for n in nodes.iter() {
+        let mut c = n.client().await;
+        assert_eq!(
+            usage(&mut c, "acme").await,
+            expected,
+            "node {}",
+            n.peer_port
+        );
+    }
+    nodes[2].kill9();
+    nodes[2].restart().await;
+    let mut c = nodes[2].client().await;
+    assert_eq!(
+        usage(&mut c, "acme").await,
+        expected,
+        "after kill -9 and restart"
+    );
+
+    // A deleted tenant's figures go with it; made again, it starts from nothing.
+    root.iam
+        .delete_tenant(pb::DeleteTenantRequest {
+            id: "globex".into(),
+        })
+        .await
+        .unwrap();
+    let s = root
+        .iam
+        .get_tenant_usage(pb::GetTenantUsageRequest {
+            tenant: "globex".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+    root.iam
+        .create_tenant(pb::CreateTenantRequest {
+            id: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let fresh = usage(&mut root, "globex").await;
+    assert_eq!((fresh.items, fresh.bytes), (0, 0));
+}
+
+#[tokio::test]
+async fn a_tenants_own_request_rate_replaces_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let n = Nexus::start(dir.path(), &env).await;
+    let mut root = n.client().await;
+    for t in ["acme", "globex"] {
+        root.iam
+            .create_tenant(pb::CreateTenantRequest {
+                id: t.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut acme = n
+        .client_with(Some(&api_key(&root, "acme", "bot", &["reader"], 0).await))
+        .await;
+    let mut globex = n
+        .client_with(Some(&api_key(&root, "globex", "bot", &["reader"], 0).await))
+        .await;
+    let list = || pb::ListRequest {
+        namespace: "n".into(),
+        ..Default::default()
+    };
+    // No limit on this node: 30 requests at once pass.
+    for _ in 0..30 {
+        acme.memory.list(list()).await.unwrap();
+    }
+    set_limits(
+        &mut root,
+        "acme",
+        pb::TenantLimits {
+            requests_per_second: 2.0,
+            burst: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(s) = acme.memory.list(list()).await {
+            refused = Some(s);
+            break;
+        }
+    }
+    assert_over(
+        &refused.expect("10 requests at once exceed 2/s with a burst of 3"),
+        "quotas.requests_per_second",
+    );
+    for _ in 0..30 {
+        globex.memory.list(list()).await.unwrap();
+    }
+    // Cleared, the tenant is back to the node's setting (none).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    set_limits(&mut root, "acme", pb::TenantLimits::default()).await;
+    for _ in 0..30 {
+        acme.memory.list(list()).await.unwrap();
+    }
+}
