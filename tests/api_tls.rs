@@ -1,6 +1,8 @@
 //! TLS on the public gRPC API (`[tls]`): a client that trusts the node's CA is served; one that
 //! does not, or that speaks plaintext, is refused at the handshake; with `client_ca_file` a
-//! client must also present a certificate from that CA. Certificates are made here with rcgen.
+//! client must also present a certificate from that CA; the HTTP port is served over TLS with
+//! the same certificate; renewed files are picked up without a restart, and a broken renewal
+//! leaves the previous certificate in use. Certificates are made here with rcgen.
 
 mod common;
 mod tls_ca;
@@ -94,9 +96,77 @@ async fn clients_must_trust_the_node_and_may_have_to_present_a_certificate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The HTTP port (probes, metrics) is served over TLS with the same certificate.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let ready = https
+        .get(format!("https://127.0.0.1:{}/readyz", n.http_port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Renewal without a restart: the files are replaced by a certificate of another CA. New
+    // connections get it (within the one-second check); clients trusting only the old CA are
+    // refused from then on.
+    let renewed = Ca::new("nexus api renewed");
+    std::fs::create_dir_all(dir.path().join("renewed")).unwrap();
+    let (new_cert, new_key) = renewed.issue(&dir.path().join("renewed"), "node");
+    // A certificate without its key first, as a non-atomic renewal may leave it: the node
+    // keeps serving the previous pair.
+    std::fs::copy(&new_cert, &cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(status(&n, "https", Some(trusting(&ca))).await.is_ok());
+    assert!(n
+        .log_text()
+        .contains("do not load; still using the previous ones"));
+    std::fs::copy(&new_key, &key).unwrap();
+    serving(&n, trusting(&renewed)).await;
+    assert!(
+        status(&n, "https", Some(trusting(&ca))).await.is_err(),
+        "the old certificate is no longer presented"
+    );
+    // A new connection (the client above keeps its old session open).
+    let old_trust = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let metrics = old_trust
+        .get(format!("https://127.0.0.1:{}/metrics", n.http_port))
+        .send()
+        .await;
+    assert!(metrics.is_err(), "the HTTP port renewed too");
+    drop(https);
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(renewed.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let metrics = https
+        .get(format!("https://127.0.0.1:{}/metrics", n.http_port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nexus_tls_reloads_total{listener=\"gRPC API\",result=\"ok\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("tls"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(metrics.contains("nexus_tls_reloads_total{listener=\"gRPC API\",result=\"error\"}"));
     n.terminate();
 
     // Mutual TLS: a client certificate from the clients' CA is required.
+    let (cert, key) = ca.issue(dir.path(), "node-m");
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let clients = Ca::new("nexus clients");
     let clients_ca = dir.path().join("clients-ca.pem");
     std::fs::write(&clients_ca, clients.pem()).unwrap();

@@ -1,7 +1,8 @@
 //! Mutual TLS on the peer port (`[peer_tls]`): a 3-node cluster whose nodes hold certificates
 //! from the cluster's CA replicates and forwards over TLS; a client without a certificate, with
 //! one from another CA, or speaking plaintext is refused at the handshake; and a node with a
-//! certificate from another CA, added as a member, never receives the log.
+//! certificate from another CA, added as a member, never receives the log, until its files
+//! are replaced by the cluster's, which it picks up without a restart.
 //!
 //! Certificates are made in the test with rcgen (tests/tls_ca: a CA, then leaf certificates naming
 //! `localhost` and `127.0.0.1`, the host of every peer address here).
@@ -199,6 +200,47 @@ async fn peers_talk_mutual_tls_and_refuse_strangers() {
         })
         .await
         .unwrap();
+
+    // The rogue node's files are replaced in place by a certificate of the cluster's CA and
+    // that CA, with no restart: it reloads them, the leader's next attempt gets through
+    // both ways (its certificate verifies, and the leader's is now trusted), and the learner
+    // catches up.
+    let (renewed_cert, renewed_key) = cluster_ca.issue(&pki, "renewed");
+    for (from, to) in [
+        (&renewed_cert, &stranger_cert),
+        (&renewed_key, &stranger_key),
+        (&ca_file, &other_ca_file),
+    ] {
+        // Each file atomically, as a certificate manager writes them.
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = r
+            .memory
+            .get(pb::GetRequest {
+                namespace: "tls".into(),
+                key: "k".into(),
+                consistency: pb::Consistency::Stale as i32,
+            })
+            .await;
+        if let Ok(g) = got {
+            assert_eq!(g.into_inner().item.unwrap().value, "\"still\"");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed node never caught up; its log:\n{}",
+            rogue.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rogue.log_text().contains("reloaded TLS certificate files"),
+        "without a restart"
+    );
 }
 
 /// A half-configured `[peer_tls]` is refused at startup, naming the missing setting.

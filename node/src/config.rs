@@ -47,12 +47,25 @@ pub struct Config {
 
 /// TLS on the public gRPC API: `cert_file` and `key_file` (PEM) together, or neither
 /// (plaintext). With `client_ca_file`, clients must also present a certificate from that CA.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiTlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub client_ca_file: Option<PathBuf>,
+    /// Serve the HTTP port (probes, metrics) over TLS too, with the same certificate.
+    pub http: bool,
+}
+
+impl Default for ApiTlsConfig {
+    fn default() -> Self {
+        ApiTlsConfig {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            http: true,
+        }
+    }
 }
 
 /// Per-tenant limits, enforced by each node on the requests it receives.
@@ -543,6 +556,10 @@ burst = 0
 # key_file = "/etc/nexus/tls/api.key"
 # Require client certificates from this CA as well (mutual TLS).
 # client_ca_file = "/etc/nexus/tls/clients-ca.pem"
+# With a certificate, the HTTP port (probes, metrics) is served over TLS too, with the same
+# certificate and no client certificate asked for. Every file is re-read when it changes
+# (checked at most once a second on a new connection): renew certificates in place.
+http = true
 
 [embedding]
 # How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with

@@ -58,24 +58,34 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// The API's TLS settings from `[tls]`; None for plaintext. Errors name the setting.
+/// The API's TLS from `[tls]` (reloaded when the files change); None for plaintext. Errors
+/// name the setting.
 fn api_tls(
     c: &crate::config::ApiTlsConfig,
-) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |name: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("{name}: reading {}", path.display()))
-    };
+) -> anyhow::Result<Option<Arc<crate::tls::ReloadingTls>>> {
+    use crate::tls::{PemFile, TlsFiles};
     let (cert, key) = match (&c.cert_file, &c.key_file) {
         (None, None) if c.client_ca_file.is_none() => return Ok(None),
-        (Some(cert), Some(key)) => (read("tls.cert_file", cert)?, read("tls.key_file", key)?),
+        (Some(cert), Some(key)) => (cert, key),
         _ => anyhow::bail!("tls: cert_file and key_file go together (client_ca_file needs them)"),
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if let Some(ca) = &c.client_ca_file {
-        tls = tls.client_ca_root(Certificate::from_pem(read("tls.client_ca_file", ca)?));
-    }
-    Ok(Some(tls))
+    let file = |setting, path: &std::path::PathBuf| PemFile {
+        setting,
+        path: path.clone(),
+    };
+    let files = TlsFiles {
+        cert: file("tls.cert_file", cert),
+        key: file("tls.key_file", key),
+        client_ca: c
+            .client_ca_file
+            .as_ref()
+            .map(|p| file("tls.client_ca_file", p)),
+    };
+    Ok(Some(crate::tls::ReloadingTls::load(
+        "gRPC API",
+        files,
+        &[b"h2"],
+    )?))
 }
 
 /// Refuses to serve the API beyond loopback without authentication: there every caller would
@@ -219,12 +229,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let mut grpc = tonic::transport::Server::builder();
-    if let Some(tls) = api_tls(&config.tls)? {
-        grpc = grpc.tls_config(tls)?;
-        tracing::info!("gRPC API: TLS");
-    }
-    let grpc = grpc
+    let api_tls = api_tls(&config.tls)?;
+    let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(memory_svc)
@@ -233,32 +239,56 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .add_service(cluster_svc)
         .add_service(iam_svc)
         .add_service(secrets_svc)
-        .add_service(audit_svc)
-        .serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone()));
-    let mut peer = tonic::transport::Server::builder();
-    if let Some(tls) = &peer_tls {
-        peer = peer.tls_config(tls.server())?;
-        tracing::info!("peer port: mutual TLS");
-    }
-    let peer = peer
-        .add_service(
-            RaftServiceServer::new(PeerService::new(node.clone()))
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
-    let http = axum::serve(
-        http_listener,
-        router(HttpState {
-            node: node.clone(),
-            index: index.clone(),
-        }),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
+        .add_service(audit_svc);
+    let grpc_task = match &api_tls {
+        Some(tls) => {
+            tracing::info!("gRPC API: TLS");
+            tokio::spawn(grpc.serve_with_incoming_shutdown(
+                tls.incoming(grpc_listener),
+                stopped(stop_rx.clone()),
+            ))
+        }
+        None => tokio::spawn(
+            grpc.serve_with_incoming_shutdown(incoming(grpc_listener), stopped(stop_rx.clone())),
+        ),
+    };
+    let peer = tonic::transport::Server::builder().add_service(
+        RaftServiceServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+    );
+    let peer_task = match &peer_tls {
+        Some(tls) => {
+            tracing::info!("peer port: mutual TLS");
+            tokio::spawn(peer.serve_with_incoming_shutdown(
+                tls.server().incoming(peer_listener),
+                stopped(stop_rx.clone()),
+            ))
+        }
+        None => tokio::spawn(
+            peer.serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone())),
+        ),
+    };
+    let app = router(HttpState {
+        node: node.clone(),
+        index: index.clone(),
+    });
+    // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for
+    // a client certificate (kubelet probes have none).
+    let http_task = match api_tls.as_ref().filter(|_| config.tls.http) {
+        Some(tls) => {
+            let tls = tls.derive("HTTP", false, &[b"http/1.1"])?;
+            let listener = crate::tls::AxumTlsListener::new(&tls, http_listener)?;
+            let http = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+            tokio::spawn(async move { http.await })
+        }
+        None => {
+            let http =
+                axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+            tokio::spawn(async move { http.await })
+        }
+    };
 
-    let grpc_task = tokio::spawn(grpc);
-    let peer_task = tokio::spawn(peer);
-    let http_task = tokio::spawn(async move { http.await });
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, peer = %config.peer_addr, "nexus is serving");
 
     let sweeper = tokio::spawn(ttl_sweeper(node.clone(), kv, stop_rx.clone()));

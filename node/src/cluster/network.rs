@@ -24,9 +24,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::types::{NexusNode, NodeId, Raft, TypeConfig};
 use crate::store::codec;
@@ -36,20 +34,29 @@ const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest message on the peer port (append batches and snapshot chunks stay below it).
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Mutual TLS on the peer port (rustls, through tonic's TLS configuration): the node's
-/// certificate and key, and the CA that peers' certificates must chain to. The same identity
-/// serves the peer port and dials other nodes, so a node without a certificate from the
-/// cluster's CA can neither send a Raft message to a member nor be sent one.
-#[derive(Clone, Debug)]
+/// Mutual TLS on the peer port: the node's certificate and key, and the CA that peers'
+/// certificates must chain to. The same identity serves the peer port (`crate::tls`, which
+/// reloads the files when they change) and dials other nodes (tonic's client TLS, rebuilt
+/// from the current files; `PeerChannels` redials after a change), so a node without a
+/// certificate from the cluster's CA can neither send a Raft message to a member nor be sent
+/// one.
+#[derive(Clone)]
 pub struct PeerTls {
-    identity: Identity,
-    ca: Certificate,
+    tls: std::sync::Arc<crate::tls::ReloadingTls>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("generation", &self.generation())
+            .finish()
+    }
 }
 
 impl PeerTls {
     /// Reads the PEM files of `[peer_tls]`; `None` when none is set. Errors name the setting.
     pub fn load(config: &crate::config::PeerTlsConfig) -> anyhow::Result<Option<PeerTls>> {
-        use anyhow::Context;
+        use crate::tls::{PemFile, TlsFiles};
         let files = [
             ("peer_tls.cert_file", &config.cert_file),
             ("peer_tls.key_file", &config.key_file),
@@ -61,34 +68,40 @@ impl PeerTls {
         if let Some((name, _)) = files.iter().find(|(_, f)| f.is_none()) {
             anyhow::bail!("{name} is not set: peer TLS needs cert_file, key_file and ca_file");
         }
-        let mut pem = Vec::new();
-        for (name, file) in files {
-            let path = file.as_ref().expect("checked above");
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("{name}: reading {}", path.display()))?;
-            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
-                anyhow::bail!("{name}: {} is not a PEM file", path.display());
-            }
-            pem.push(bytes);
-        }
-        Ok(Some(PeerTls {
-            identity: Identity::from_pem(&pem[0], &pem[1]),
-            ca: Certificate::from_pem(&pem[2]),
-        }))
+        let file = |i: usize| PemFile {
+            setting: files[i].0,
+            path: files[i].1.clone().expect("checked above"),
+        };
+        let tls = crate::tls::ReloadingTls::load(
+            "peer port",
+            TlsFiles {
+                cert: file(0),
+                key: file(1),
+                client_ca: Some(file(2)),
+            },
+            &[b"h2"],
+        )?;
+        Ok(Some(PeerTls { tls }))
     }
 
     /// The peer port's server side: presents the node's certificate, requires a client
     /// certificate that chains to the CA.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
+    pub fn server(&self) -> &std::sync::Arc<crate::tls::ReloadingTls> {
+        &self.tls
+    }
+
+    /// Counts loads of the files (see `crate::tls`).
+    pub fn generation(&self) -> u64 {
+        self.tls.pems().0
     }
 
     fn client(&self) -> ClientTlsConfig {
+        let (_, pems) = self.tls.pems();
         ClientTlsConfig::new()
-            .ca_certificate(self.ca.clone())
-            .identity(self.identity.clone())
+            .ca_certificate(Certificate::from_pem(
+                pems.client_ca.expect("peer TLS always has a CA"),
+            ))
+            .identity(Identity::from_pem(pems.cert, pems.key))
     }
 }
 
@@ -331,7 +344,8 @@ pub enum ForwardReply {
 #[derive(Clone)]
 pub struct PeerChannels {
     transport: PeerTransport,
-    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+    /// The channels, and the TLS files' generation they were made with.
+    channels: std::sync::Arc<std::sync::Mutex<(u64, std::collections::HashMap<String, Channel>)>>,
 }
 
 impl PeerChannels {
@@ -343,7 +357,16 @@ impl PeerChannels {
     }
 
     fn client(&self, peer_addr: &str) -> Result<RaftServiceClient<Channel>, String> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let (generation, channels) = &mut *guard;
+        // New certificate files: new connections present them (open ones keep their session).
+        if let Some(tls) = &self.transport.tls {
+            let now = tls.generation();
+            if now != *generation {
+                channels.clear();
+                *generation = now;
+            }
+        }
         let channel = match channels.get(peer_addr) {
             Some(c) => c.clone(),
             None => {
@@ -364,7 +387,7 @@ impl PeerChannels {
     fn on_error(&self, peer_addr: &str, status: &tonic::Status) {
         if status.code() == tonic::Code::Unavailable {
             let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-            channels.remove(peer_addr);
+            channels.1.remove(peer_addr);
         }
     }
 

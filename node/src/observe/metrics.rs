@@ -193,6 +193,19 @@ pub static READ_INDEX_BATCH_READS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "tls_reloads_total",
+                "certificate files that changed on disk, by listener and whether they loaded",
+            ),
+            &["listener", "result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static RAFT_SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new(
@@ -224,6 +237,7 @@ pub fn init() {
     LazyLock::force(&RAFT_LAST_LOG_INDEX);
     LazyLock::force(&RAFT_SNAPSHOT_INDEX);
     LazyLock::force(&RAFT_SNAPSHOTS_INSTALLED);
+    LazyLock::force(&TLS_RELOADS);
     LazyLock::force(&READ_INDEX_BATCH_READS);
 }
 

@@ -70,7 +70,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 fn usage_json(u: &pb::TenantUsage) -> Value {
-    let l = u.limits.clone().unwrap_or_default();
+    let l = u.limits.unwrap_or_default();
     json!({"tenant": u.tenant, "items": u.items, "bytes": u.bytes,
            "limits": {"max_items": l.max_items, "max_bytes": l.max_bytes,
                       "requests_per_second": l.requests_per_second, "burst": l.burst}})
@@ -81,7 +81,7 @@ fn print_usage(u: &pb::TenantUsage, out: Output) {
         print_json(&usage_json(u));
         return;
     }
-    let l = u.limits.clone().unwrap_or_default();
+    let l = u.limits.unwrap_or_default();
     let limit = |v: String, set: bool| if set { v } else { "-".to_string() };
     let mut t = table(&[
         "TENANT",
