@@ -1,5 +1,5 @@
-//! The audit log through a real `nexus`: writes (with their outcome), denials, a secret read
-//! and identity changes are on record with time, principal, tenant, action, resource, result
+//! The audit log through a real `nexus`: writes (with their outcome), denials, logins, a
+//! secret read and identity changes are on record with time, principal, tenant, action, resource, result
 //! and request id; a tenant sees only its own records; and `nexusctl audit verify` finds a
 //! record changed or removed on disk (the tamper test).
 
@@ -126,6 +126,7 @@ async fn writes_denials_and_secret_reads_are_on_record_and_tampering_is_found() 
             && records
                 .iter()
                 .any(|r| r.result.starts_with("PermissionDenied"))
+            && records.iter().filter(|r| r.action == "auth.login").count() == 4
         {
             break records;
         }
@@ -159,6 +160,28 @@ async fn writes_denials_and_secret_reads_are_on_record_and_tampering_is_found() 
     assert!(a.result.starts_with("Unauthenticated"));
     let read = find("secrets.get", "sa:boss");
     assert_eq!(read.resource, "secret/TOKEN version 1");
+    // Logins: each credential's first use on the node, once (bot made several requests).
+    for (principal, credential) in [
+        ("root", "root key"),
+        ("sa:bot", "key/"),
+        ("sa:viewer", "key/"),
+        ("sa:boss", "key/"),
+    ] {
+        let logins: Vec<_> = records
+            .iter()
+            .filter(|r| r.action == "auth.login" && r.principal == principal)
+            .collect();
+        assert_eq!(logins.len(), 1, "{principal}: {logins:#?}");
+        assert!(
+            logins[0].resource.starts_with(credential) && logins[0].result == "ok",
+            "{:?}",
+            logins[0]
+        );
+    }
+    assert!(
+        !format!("{records:?}").contains(ROOT),
+        "no credential is on record"
+    );
     let made = find("iam.create_key", "root");
     assert!(made.resource.contains("sa:bot"), "{made:?}");
     // No value ever reaches the log.

@@ -114,6 +114,9 @@ pub struct AuthConfig {
     pub root_key_file: PathBuf,
     /// OIDC issuers whose JWTs are accepted as bearer tokens (principal `user:<sub>`).
     pub oidc: Vec<OidcConfig>,
+    /// A credential's first successful use on a node is audited as a login (`auth.login`);
+    /// its uses within this many seconds after are not recorded again.
+    pub login_window_secs: u64,
 }
 
 /// One OIDC issuer: its tokens are verified against the keys its discovery document names.
@@ -166,6 +169,7 @@ impl Default for AuthConfig {
             root_key_env: "NEXUS_ROOT_KEY".into(),
             root_key_file: PathBuf::new(),
             oidc: Vec::new(),
+            login_window_secs: 3600,
         }
     }
 }
@@ -518,6 +522,9 @@ enabled = false
 # and keys. Read from this environment variable, or from root_key_file when that is set.
 root_key_env = "NEXUS_ROOT_KEY"
 root_key_file = ""
+# Every request authenticates (there are no sessions); the audit log records a credential's
+# first successful use on a node as a login (auth.login), then not again for this long.
+login_window_secs = 3600
 # OIDC issuers whose JWTs are accepted (principal user:<sub>). One table per issuer:
 # [[auth.oidc]]
 # issuer = "https://login.example.com"

@@ -91,6 +91,25 @@ pub fn new_api_key() -> Result<NewKey, NexusError> {
     })
 }
 
+/// Most credentials remembered for login records; past it, expired ones are forgotten (and
+/// if all are recent, all are: a few duplicate login records, never unbounded memory).
+const MAX_REMEMBERED_LOGINS: usize = 100_000;
+
+fn bearer_value(value: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    bearer_value(metadata.get("authorization")?)
+}
+
 pub struct Authenticator {
     enabled: bool,
     root_sha256: Option<[u8; 32]>,
@@ -98,6 +117,9 @@ pub struct Authenticator {
     limiter: quota::RateLimiter,
     store: Store,
     node: Arc<ClusterNode>,
+    /// Credentials (SHA-256 of the token) that logged in on this node, and when.
+    logins: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    login_window: std::time::Duration,
 }
 
 /// What the interceptor leaves in a request's extensions: the authenticator, which
@@ -170,6 +192,8 @@ impl Authenticator {
             limiter: quota::RateLimiter::new(quotas),
             store: node.store.clone(),
             node,
+            logins: Default::default(),
+            login_window: std::time::Duration::from_secs(config.login_window_secs),
         }))
     }
 
@@ -187,6 +211,38 @@ impl Authenticator {
             .check(&principal.tenant, limits.requests_per_second, limits.burst)
     }
 
+    /// After a successful authentication: whether it is a login, i.e. the credential's first
+    /// use on this node in `auth.login_window_secs`, and if so what the credential is ("key/<id>",
+    /// "oidc/<issuer>", "root key"), for the audit log.
+    pub fn login(&self, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+        let token = bearer(metadata)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = std::time::Instant::now();
+        {
+            let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+            if logins
+                .get(&digest)
+                .is_some_and(|at| now.duration_since(*at) < self.login_window)
+            {
+                return None;
+            }
+            if logins.len() >= MAX_REMEMBERED_LOGINS {
+                logins.retain(|_, at| now.duration_since(*at) < self.login_window);
+                if logins.len() >= MAX_REMEMBERED_LOGINS {
+                    logins.clear();
+                }
+            }
+            logins.insert(digest, now);
+        }
+        Some(if let Some(rest) = token.strip_prefix(KEY_PREFIX) {
+            format!("key/{}", rest.split('_').next().unwrap_or_default())
+        } else if let Some(iss) = oidc::unverified_issuer(token) {
+            format!("oidc/{iss}")
+        } else {
+            "root key".to_string()
+        })
+    }
+
     /// The principal of a request's metadata.
     pub async fn authenticate(
         &self,
@@ -198,14 +254,7 @@ impl Authenticator {
         let Some(value) = metadata.get("authorization") else {
             return Err(unauthenticated("no credentials"));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let token = bearer_value(value)
             .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <token>`"))?;
         self.authenticate_token(token).await
     }

@@ -147,6 +147,27 @@ where
             }
         }
     }
+    // A login: a credential's first successful authentication here in a while (permitted or
+    // not). Recorded aside, like a denial, without holding up the request.
+    if let (Some(c), Ok(p)) = (&caller, &principal) {
+        if p.subject != crate::auth::LOCAL_SUBJECT {
+            if let Some(credential) = c.auth.login(request.metadata()) {
+                let node = c.node().clone();
+                let mut login = context.clone();
+                login.action = "auth.login".into();
+                login.principal = p.subject.clone();
+                login.tenant = p.tenant.clone();
+                tokio::spawn(async move {
+                    let tenant = login.tenant.clone();
+                    if let Err(err) =
+                        audit::record_as(&node, &tenant, login, credential, "ok".into()).await
+                    {
+                        tracing::warn!(error = %err, "recording a login in the audit log");
+                    }
+                });
+            }
+        }
+    }
     // Over its tenant's rate: refused before anything runs (and not audited: a flood).
     let admitted = match (&caller, &authorized) {
         (Some(c), Ok(p)) => c.auth.admit(p),
