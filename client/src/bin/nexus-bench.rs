@@ -9,6 +9,9 @@
 //! machine and drives both with the same load (1 KiB values; 1 and 64 clients; writes, then
 //! linearizable reads), and writes both, and their ratio, to docs/benchmarks.md.
 //!
+//! `nexus-bench auth` compares one node without authentication against one with it (an API
+//! key per request, RBAC, audited writes) and one with tenant quotas too, same load.
+//!
 //! `nexus-bench recall` starts a node with the local embedding model, remembers the labelled
 //! set tests/fixtures/recall_quality.json and measures Recall in three modes (BM25 alone,
 //! vectors alone, hybrid): recall@5/@10 and MRR.
@@ -44,6 +47,18 @@ enum Bench {
     /// Retrieval quality of Recall on the labelled set: hybrid against BM25 alone (and
     /// vectors alone), recall@5/@10 and MRR, with Remember and Recall latency.
     Recall(RecallArgs),
+    /// What security costs: one node without authentication against one with it (API key,
+    /// RBAC check, audited writes) and with it plus tenant quotas, same load.
+    Auth(AuthArgs),
+}
+
+#[derive(clap::Args)]
+struct AuthArgs {
+    /// Workloads to run, comma separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "write,read")]
+    workloads: Vec<Workload>,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(clap::Args)]
@@ -216,9 +231,14 @@ fn spawn_nexus(
 
 /// Waits until `node` knows a leader (and, alone, is it).
 async fn wait_for_leader(node: &Node) -> anyhow::Result<()> {
+    wait_for_leader_as(node, None).await
+}
+
+/// [`wait_for_leader`], asking with `token`.
+async fn wait_for_leader_as(node: &Node, token: Option<&str>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut c) = Client::connect(&node.endpoint).await {
+        if let Ok(mut c) = Client::connect_with_token(&node.endpoint, token).await {
             if let Ok(s) = c.cluster.status(pb::StatusRequest {}).await {
                 if s.into_inner().leader_id != 0 {
                     return Ok(());
@@ -811,7 +831,154 @@ async fn main() -> anyhow::Result<()> {
         Bench::Write(a) => write_bench(a).await,
         Bench::Cluster(a) => cluster_bench(a).await,
         Bench::Recall(a) => recall_bench(a).await,
+        Bench::Auth(a) => auth_bench(a).await,
     }
+}
+
+/// The configurations `nexus-bench auth` compares.
+const AUTH_SETUPS: &[&str] = &[
+    "no authentication",
+    "API key, RBAC, audit",
+    "API key, RBAC, audit, quotas",
+];
+
+async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
+    const ROOT: &str = "nexus-bench-root-key-0123456789abcdefgh";
+    let bin = nexus_binary(a.load.nexus.clone())?;
+    std::fs::create_dir_all(&a.load.work_dir)?;
+    let value = format!("\"{}\"", "v".repeat(a.load.value_bytes.saturating_sub(2)));
+    let mut results: Vec<Vec<(Workload, RunResult)>> = Vec::new();
+    for (i, setup) in AUTH_SETUPS.iter().enumerate() {
+        let data = a
+            .load
+            .work_dir
+            .join(format!("auth-{}-{i}", std::process::id()));
+        eprintln!("[{}/{}] {setup}: starting a node", i + 1, AUTH_SETUPS.len());
+        let ports = (free_port()?, free_port()?, free_port()?);
+        let env: Vec<(&str, String)> = if i == 0 {
+            Vec::new()
+        } else {
+            vec![
+                ("NEXUS_AUTH__ENABLED", "true".into()),
+                ("NEXUS_ROOT_KEY", ROOT.into()),
+            ]
+        };
+        let node = spawn_nexus(&bin, &data, ports, &env)?;
+        wait_for_leader_as(&node, (i > 0).then_some(ROOT)).await?;
+        let token = if i == 0 {
+            None
+        } else {
+            let mut root = Client::connect_with_token(&node.endpoint, Some(ROOT)).await?;
+            root.iam
+                .create_tenant(pb::CreateTenantRequest {
+                    id: "bench".into(),
+                    ..Default::default()
+                })
+                .await?;
+            if i == 2 {
+                root.iam
+                    .set_tenant_limits(pb::SetTenantLimitsRequest {
+                        id: "bench".into(),
+                        limits: Some(pb::TenantLimits {
+                            max_items: 1 << 40,
+                            max_bytes: 1 << 50,
+                            ..Default::default()
+                        }),
+                    })
+                    .await?;
+            }
+            let key = root
+                .iam
+                .create_api_key(pb::CreateApiKeyRequest {
+                    tenant: "bench".into(),
+                    service_account: "bench".into(),
+                    roles: vec!["agent".into()],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Some(key.token)
+        };
+        let connect = || async {
+            Ok::<_, anyhow::Error>(Driver::Nexus(
+                Client::connect_with_token(&node.endpoint, token.as_deref())
+                    .await?
+                    .memory,
+            ))
+        };
+        let mut setup_driver = connect().await?;
+        for k in 0..READ_KEYS {
+            setup_driver.put(format!("r/{k}"), &value).await?;
+        }
+        let mut runs = Vec::new();
+        for &workload in &a.workloads {
+            for &clients in &a.load.clients {
+                let mut drivers = Vec::new();
+                for _ in 0..clients {
+                    drivers.push(connect().await?);
+                }
+                eprintln!(
+                    "      {workload:?}, {clients} client(s), {} s",
+                    a.load.seconds
+                );
+                let cpu0 = cpu_seconds(node.child.id());
+                let mut r = run_load(drivers, workload, a.load.seconds, &value, None).await?;
+                r.cpu_us_per_op = (cpu_seconds(node.child.id()) - cpu0) * 1e6
+                    / (r.per_sec() * (a.load.seconds + 1) as f64);
+                eprintln!(
+                    "        {:.0} ops/s, p50 {} ms, p99 {} ms, {:.0} µs of server CPU per op",
+                    r.per_sec(),
+                    ms(r.p50),
+                    ms(r.p99),
+                    r.cpu_us_per_op
+                );
+                runs.push((workload, r));
+            }
+        }
+        drop(node);
+        let _ = std::fs::remove_dir_all(&data);
+        results.push(runs);
+    }
+
+    let mut body = String::new();
+    body.push_str(
+        "## What security costs (issue: security)
+
+",
+    );
+    body.push_str(&format!(
+        "Command: `cargo build --release --bin nexus --bin nexus-bench && target/release/nexus-bench auth --clients {} --seconds {} --value-bytes {}`\n\n",
+        a.load.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
+        a.load.seconds,
+        a.load.value_bytes
+    ));
+    body.push_str(&format!(
+        "Machine: {}. Date: {}. One `nexus` node (release build) per configuration, same load: `Put` of a {}-byte value to a new key (write) and a linearizable `Get` of one of {READ_KEYS} keys (read). Without authentication a node serves one local user and audits nothing; with it every request presents an API key (SHA-256 and RocksDB reads of the key, tenant and bindings: nothing is cached), is checked against the agent role, and every write appends an audit record in the same batch; with quotas the tenant also has (unreachable) item and byte limits, so every write is metered against them under a savepoint. Usage metering itself runs in every configuration.\n\n",
+        machine(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        a.load.value_bytes
+    ));
+    body.push_str("| workload | clients | configuration | ops/s | p50 ms | p99 ms | server CPU µs/op | ops/s vs no auth |\n");
+    body.push_str("|---|---:|---|---:|---:|---:|---:|---:|\n");
+    for (run, (workload, base)) in results[0].iter().enumerate() {
+        for (i, setup) in AUTH_SETUPS.iter().enumerate() {
+            let r = &results[i][run].1;
+            body.push_str(&format!(
+                "| {workload:?} | {} | {setup} | {:.0} | {} | {} | {:.0} | {:.2} |\n",
+                r.clients,
+                r.per_sec(),
+                ms(r.p50),
+                ms(r.p99),
+                r.cpu_us_per_op,
+                r.per_sec() / base.per_sec()
+            ));
+        }
+    }
+    body.push('\n');
+    update_section(&a.load.report, "bench:auth", &body)?;
+    eprintln!("wrote {}", a.load.report.display());
+    print!("{body}");
+    Ok(())
 }
 
 async fn recall_bench(a: RecallArgs) -> anyhow::Result<()> {
