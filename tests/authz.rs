@@ -764,11 +764,12 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
     assert_eq!(status(&mut bot).await.unwrap().into_inner().items.len(), 1);
 
     // Expired and revoked keys.
-    let short = api_key(&root, "acme", "short", &["agent"], 300).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let err = status(&mut n.client_with(Some(&short)).await)
-        .await
-        .unwrap_err();
+    // Used while valid (so its principal is cached), then refused once it has expired.
+    let short = api_key(&root, "acme", "short", &["agent"], 2_000).await;
+    let mut short = n.client_with(Some(&short)).await;
+    status(&mut short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let err = status(&mut short).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("expired"), "{}", err.message());
     root.iam

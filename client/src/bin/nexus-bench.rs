@@ -953,7 +953,7 @@ async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
         a.load.value_bytes
     ));
     body.push_str(&format!(
-        "Machine: {}. Date: {}. One `nexus` node (release build) per configuration, same load: `Put` of a {}-byte value to a new key (write) and a linearizable `Get` of one of {READ_KEYS} keys (read). Without authentication a node serves one local user and audits nothing; with it every request presents an API key (SHA-256 and RocksDB reads of the key, tenant and bindings: nothing is cached), is checked against the agent role, and every write appends an audit record in the same batch; with quotas the tenant also has (unreachable) item and byte limits, so every write is metered against them under a savepoint. Usage metering itself runs in every configuration.\n\n",
+        "Machine: {}. Date: {}. One `nexus` node (release build) per configuration, same load: `Put` of a {}-byte value to a new key (write) and a linearizable `Get` of one of {READ_KEYS} keys (read). Without authentication a node serves one local user and audits nothing; with it every request presents an API key (its principal is cached by the token's SHA-256 until this node applies an identity change), is checked against the agent role, and every write appends an audit record in the same batch; with quotas the tenant also has (unreachable) item and byte limits, so every write is metered against them under a savepoint. Usage metering itself runs in every configuration.\n\n",
         machine(),
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         a.load.value_bytes

@@ -124,6 +124,15 @@ impl StateMachine {
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
         self.store.db().write_opt(ctx.finish()?, &opts)?;
+        if let EntryPayload::Normal(proposal) = &entry.payload {
+            if proposal
+                .commands
+                .iter()
+                .any(|c| matches!(c.op.inner(), Op::Iam(_)))
+            {
+                self.store.identities_changed();
+            }
+        }
         Ok(responses)
     }
 
@@ -216,6 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if installed.last_log_id != meta.last_log_id {
             tracing::warn!(file = ?installed.last_log_id, raft = ?meta.last_log_id, "snapshot file and raft meta disagree; raft's is used");
         }
+        self.store.identities_changed();
         let index = meta.last_log_id.map_or(0, |l| l.index);
         self.applied.send_modify(|s| {
             s.index = index;
@@ -299,9 +309,10 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
             "tenant {tenant} not found"
         ))));
     }
-    // Data stays within the tenant's stored items and bytes, or is undone.
+    // Data stays within the tenant's stored items and bytes, or is undone. Not limited:
+    // identities, and re-wrapping data keys (a master-key rotation must reach every tenant).
     let limits = match op {
-        Op::Iam(_) => None,
+        Op::Iam(_) | Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => None,
         _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
     };
     let Some(limits) = limits else {

@@ -119,6 +119,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// Bumped by the state machine after it applies any identity change (and after a
+    /// snapshot install), so that caches of identities (`auth`) know when to look again.
+    identity_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -137,7 +140,23 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            identity_generation: Arc::default(),
+        })
+    }
+
+    /// See `identity_generation`: read it before reading identities, and a cached result is
+    /// current while the generation has not moved.
+    pub fn identity_generation(&self) -> u64 {
+        self.identity_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Called after identities changed on disk.
+    pub fn identities_changed(&self) {
+        self.identity_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn db(&self) -> &DB {
