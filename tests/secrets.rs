@@ -7,6 +7,8 @@
 //! - `nexus secrets` from the command line; permissions; bad input.
 
 mod common;
+#[allow(dead_code)] // the vector-index helpers are not used here
+mod in_process;
 
 use std::path::Path;
 use std::process::Command;
@@ -453,4 +455,53 @@ async fn permissions_and_bad_input() {
         get(&mut admin, "OPENAI_KEY", 0).await.unwrap_err().code(),
         Code::NotFound
     );
+}
+
+/// `${secrets.NAME}` placeholders as the tool runner will resolve them: in process (no API
+/// resolves them), on a one-member cluster: values substituted, each read on the audit log,
+/// a missing secret and a malformed placeholder refused, output redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholders_resolve_to_values_and_redact_back() {
+    use nexus_node::secrets::{service::SecretsService, MasterKeys};
+    let parts = in_process::Parts::start(|_| {}).await;
+    parts.create_tenant("acme").await;
+    let secrets = SecretsService::new(
+        parts.node.clone(),
+        std::sync::Arc::new(MasterKeys::from_keys([7u8; 32], Vec::new())),
+    );
+    secrets
+        .set(
+            "acme",
+            "GITHUB_TOKEN",
+            zeroize::Zeroizing::new(b"ghp_abc123".to_vec()),
+        )
+        .await
+        .unwrap();
+    let (text, redactor) = secrets
+        .resolve_placeholders("acme", "args", "token=${secrets.GITHUB_TOKEN}")
+        .await
+        .unwrap();
+    assert_eq!(text.as_str(), "token=ghp_abc123");
+    assert_eq!(
+        redactor.redact("401 Unauthorized for ghp_abc123"),
+        "401 Unauthorized for ${secrets.GITHUB_TOKEN}"
+    );
+    // Another tenant's secrets are not reachable by name.
+    parts.create_tenant("globex").await;
+    let e = secrets
+        .resolve_placeholders("globex", "args", "${secrets.GITHUB_TOKEN}")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, nexus_node::error::NexusError::NotFound(_)),
+        "{e:?}"
+    );
+    let e = secrets
+        .resolve_placeholders("acme", "args", "${secrets.GITHUB_TOKEN")
+        .await
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("args"), "{e}");
+    parts.stop().await;
 }

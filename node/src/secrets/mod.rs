@@ -18,6 +18,7 @@
 //! Storage, in `secrets` (keys begin with the tenant): `D` the data key, `S<name>` a secret
 //! with its versions.
 
+pub mod placeholders;
 pub mod service;
 
 use std::path::{Path, PathBuf};

@@ -157,6 +157,37 @@ impl SecretsService {
         Ok((v.version, value))
     }
 
+    /// Resolves the `${secrets.NAME}` placeholders of `text` (the field `field` of a tool run
+    /// of `tenant`): each named secret's current value is opened (a read on the audit log,
+    /// like `get`), and the text with the values in it is returned with the [`Redactor`] for
+    /// everything the run emits. For the tool runner only: no API returns the result. A
+    /// missing secret is NOT_FOUND, a value that is not UTF-8 FAILED_PRECONDITION.
+    ///
+    /// [`Redactor`]: super::placeholders::Redactor
+    pub async fn resolve_placeholders(
+        &self,
+        tenant: &str,
+        field: &str,
+        text: &str,
+    ) -> Result<(Zeroizing<String>, super::placeholders::Redactor), NexusError> {
+        use super::placeholders::{names, substitute, Redactor};
+        let mut values: Vec<(String, Zeroizing<String>)> = Vec::new();
+        for name in names(field, text)? {
+            let (_, bytes) = self.get(tenant, &name, 0).await?;
+            let value = std::str::from_utf8(&bytes).map_err(|_| {
+                NexusError::precondition(
+                    field,
+                    format!(
+                        "secret {name} is not UTF-8 text, so it cannot fill ${{secrets.{name}}}"
+                    ),
+                )
+            })?;
+            values.push((name, Zeroizing::new(value.to_string())));
+        }
+        let resolved = substitute(field, text, &values)?;
+        Ok((resolved, Redactor::new(&values)))
+    }
+
     pub async fn list(&self, tenant: &str) -> Result<Vec<SecretRecord>, NexusError> {
         self.node.read_barrier(ReadConsistency::Stale).await?;
         Ok(list_secrets(&self.node.store, tenant)?)
