@@ -102,7 +102,7 @@ impl Redactor {
             .filter(|(_, value)| !value.is_empty())
             .map(|(name, value)| (value.clone(), name.clone()))
             .collect();
-        v.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        v.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
         Redactor { values: v }
     }
 
