@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{api_key, Nexus};
+use common::{api_key, create_tenants, Nexus};
 use nexus_client::{pb, Client};
 use tonic::Code;
 
@@ -919,15 +919,7 @@ async fn a_tenant_over_its_request_rate_is_refused_naming_the_limit() {
     ];
     let n = Nexus::start(dir.path(), &env).await;
     let mut root = n.client().await;
-    for t in ["acme", "globex"] {
-        root.iam
-            .create_tenant(pb::CreateTenantRequest {
-                id: t.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    create_tenants(&root, &["acme", "globex"]).await;
     let mut acme = n
         .client_with(Some(&api_key(&root, "acme", "bot", &["reader"], 0).await))
         .await;

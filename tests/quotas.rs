@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api_key, Nexus};
+use common::{api_key, create_tenants, Nexus};
 use nexus_client::{pb, Client};
 use tonic::Code;
 
@@ -61,15 +61,7 @@ async fn stored_items_and_bytes_are_counted_alike_on_every_node_and_limited() {
     ];
     let mut nodes = Nexus::start_cluster(dir.path(), 3, &env).await;
     let mut root = nodes[0].client().await;
-    for t in ["acme", "globex"] {
-        root.iam
-            .create_tenant(pb::CreateTenantRequest {
-                id: t.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    create_tenants(&root, &["acme", "globex"]).await;
     let admin = api_key(&root, "acme", "ops", &["admin"], 0).await;
     let agent = api_key(&root, "acme", "bot", &["agent"], 0).await;
     let mut acme = nodes[1].client_with(Some(&admin)).await;
@@ -349,15 +341,7 @@ async fn a_tenants_own_request_rate_replaces_the_nodes() {
     ];
     let n = Nexus::start(dir.path(), &env).await;
     let mut root = n.client().await;
-    for t in ["acme", "globex"] {
-        root.iam
-            .create_tenant(pb::CreateTenantRequest {
-                id: t.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    create_tenants(&root, &["acme", "globex"]).await;
     let mut acme = n
         .client_with(Some(&api_key(&root, "acme", "bot", &["reader"], 0).await))
         .await;

@@ -406,6 +406,20 @@ pub async fn agreed_leader(nodes: &[Nexus]) -> usize {
 
 /// An API key for service account `sa` in `tenant`, bound to `roles`, made with `root`'s
 /// credentials; its token (`ttl_ms` 0 = never expires).
+/// Makes each tenant, as root.
+pub async fn create_tenants(root: &Client, ids: &[&str]) {
+    for id in ids {
+        root.iam
+            .clone()
+            .create_tenant(pb::CreateTenantRequest {
+                id: id.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
 pub async fn api_key(root: &Client, tenant: &str, sa: &str, roles: &[&str], ttl_ms: i64) -> String {
     root.iam
         .clone()

@@ -570,6 +570,29 @@ async fn run_load(
     })
 }
 
+/// [`run_load`] without WAL figures, with the server CPU per operation of the processes
+/// `pids` (over warm-up and measurement together), printed as it ends.
+async fn run_measured(
+    drivers: Vec<Driver>,
+    workload: Workload,
+    seconds: u64,
+    value: &str,
+    pids: &[u32],
+) -> anyhow::Result<RunResult> {
+    let cpu = || pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>();
+    let cpu0 = cpu();
+    let mut r = run_load(drivers, workload, seconds, value, None).await?;
+    r.cpu_us_per_op = (cpu() - cpu0) * 1e6 / (r.per_sec() * (seconds + 1) as f64);
+    eprintln!(
+        "        {:.0} ops/s, p50 {} ms, p99 {} ms, {:.0} µs of server CPU per op",
+        r.per_sec(),
+        ms(r.p50),
+        ms(r.p99),
+        r.cpu_us_per_op
+    );
+    Ok(r)
+}
+
 async fn run_writes(
     node: &Node,
     clients: usize,
@@ -705,18 +728,8 @@ async fn measure_cluster(
                 "      {system:?}: {workload:?}, {clients} client(s), {} s",
                 a.load.seconds
             );
-            let cpu = || nodes.iter().map(|n| cpu_seconds(n.child.id())).sum::<f64>();
-            let cpu0 = cpu();
-            let mut r = run_load(drivers, workload, a.load.seconds, value, None).await?;
-            // Server CPU per operation, over warm-up and measurement together.
-            r.cpu_us_per_op = (cpu() - cpu0) * 1e6 / (r.per_sec() * (a.load.seconds + 1) as f64);
-            eprintln!(
-                "        {:.0} ops/s, p50 {} ms, p99 {} ms, {:.0} µs of server CPU per op",
-                r.per_sec(),
-                ms(r.p50),
-                ms(r.p99),
-                r.cpu_us_per_op
-            );
+            let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
+            let r = run_measured(drivers, workload, a.load.seconds, value, &pids).await?;
             out.push((workload, r));
         }
     }
@@ -921,17 +934,14 @@ async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
                     "      {workload:?}, {clients} client(s), {} s",
                     a.load.seconds
                 );
-                let cpu0 = cpu_seconds(node.child.id());
-                let mut r = run_load(drivers, workload, a.load.seconds, &value, None).await?;
-                r.cpu_us_per_op = (cpu_seconds(node.child.id()) - cpu0) * 1e6
-                    / (r.per_sec() * (a.load.seconds + 1) as f64);
-                eprintln!(
-                    "        {:.0} ops/s, p50 {} ms, p99 {} ms, {:.0} µs of server CPU per op",
-                    r.per_sec(),
-                    ms(r.p50),
-                    ms(r.p99),
-                    r.cpu_us_per_op
-                );
+                let r = run_measured(
+                    drivers,
+                    workload,
+                    a.load.seconds,
+                    &value,
+                    &[node.child.id()],
+                )
+                .await?;
                 runs.push((workload, r));
             }
         }
@@ -941,11 +951,7 @@ async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
     }
 
     let mut body = String::new();
-    body.push_str(
-        "## What security costs (issue: security)
-
-",
-    );
+    body.push_str("## What security costs (issue: security)\n\n");
     body.push_str(&format!(
         "Command: `cargo build --release --bin nexus --bin nexus-bench && target/release/nexus-bench auth --clients {} --seconds {} --value-bytes {}`\n\n",
         a.load.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","),
