@@ -129,7 +129,7 @@ pub struct Authenticator {
     limiter: quota::RateLimiter,
     store: Store,
     node: Arc<ClusterNode>,
-    /// Principals of API keys and the root key by SHA-256 of the token, with the identity
+    /// Principals of API keys by SHA-256 of the token, with the identity
     /// generation they were read at and the key's expiry (see `authenticate_token`).
     principals: std::sync::Mutex<std::collections::HashMap<[u8; 32], CachedPrincipal>>,
     /// Tenants' limits, with the identity generation they were read at.
