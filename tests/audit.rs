@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{api_key, Nexus};
+use common::{api_key, create_tenants, Nexus};
 use nexus_client::{pb, Client};
 use nexus_node::audit::{record_key, AuditRecord};
 use nexus_node::store::{codec, Store, CF_AUDIT};
@@ -40,13 +40,7 @@ async fn writes_denials_and_secret_reads_are_on_record_and_tampering_is_found() 
     let env = [("NEXUS_AUTH__ENABLED", "true"), ("NEXUS_ROOT_KEY", ROOT)];
     let mut n = Nexus::start(dir.path(), &env).await;
     let mut root = n.client().await;
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_tenants(&root, &["acme"]).await;
     let mut bot = n
         .client_with(Some(&api_key(&root, "acme", "bot", &["agent"], 0).await))
         .await;

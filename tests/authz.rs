@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{api_key, create_tenants, Nexus};
+use common::{api_key, create_tenants, set_tenant_state, Nexus};
 use nexus_client::{pb, Client};
 use tonic::Code;
 
@@ -660,13 +660,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
     ];
     let n = Nexus::start(dir.path(), &env).await;
     let mut root = n.client().await;
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_tenants(&root, &["acme"]).await;
     let token = api_key(&root, "acme", "bot", &["agent"], 0).await;
     let status = |c: &mut Client| {
         let mut c = c.clone();
@@ -740,13 +734,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
     );
 
     // Suspended: refused with PERMISSION_DENIED naming the tenant; resumed: served again.
-    root.iam
-        .set_tenant_state(pb::SetTenantStateRequest {
-            id: "acme".into(),
-            state: pb::TenantState::Suspended as i32,
-        })
-        .await
-        .unwrap();
+    set_tenant_state(&root, "acme", false).await;
     let err = status(&mut bot).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
@@ -754,13 +742,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
         "{}",
         err.message()
     );
-    root.iam
-        .set_tenant_state(pb::SetTenantStateRequest {
-            id: "acme".into(),
-            state: pb::TenantState::Active as i32,
-        })
-        .await
-        .unwrap();
+    set_tenant_state(&root, "acme", true).await;
     assert_eq!(status(&mut bot).await.unwrap().into_inner().items.len(), 1);
 
     // Expired and revoked keys.
@@ -841,13 +823,7 @@ async fn credentials_are_checked_and_tenants_can_be_suspended_and_deleted() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_tenants(&root, &["acme"]).await;
     let again = api_key(&root, "acme", "admin", &["admin"], 0).await;
     let items = status(&mut n.client_with(Some(&again)).await)
         .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
-use common::Nexus;
+use common::{create_tenants, set_tenant_state, Nexus};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use nexus_client::{pb, Client};
 use serde_json::{json, Value};
@@ -118,13 +118,7 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     let env = [("NEXUS_CONFIG", config.as_str()), ("NEXUS_ROOT_KEY", ROOT)];
     let n = Nexus::start(&dir.path().join("node"), &env).await;
     let mut root = n.client().await;
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_tenants(&root, &["acme"]).await;
     let claims = |extra: Value| {
         let mut c = json!({"iss": iss.url, "aud": "nexus", "sub": "alice",
                            "exp": now() + 300, "iat": now(), "nexus_tenant": "acme",
@@ -253,13 +247,7 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     );
 
     // A suspended tenant's users are refused.
-    root.iam
-        .set_tenant_state(pb::SetTenantStateRequest {
-            id: "acme".into(),
-            state: pb::TenantState::Suspended as i32,
-        })
-        .await
-        .unwrap();
+    set_tenant_state(&root, "acme", false).await;
     let err = whoami(&n, &rotated).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 }

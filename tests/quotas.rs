@@ -321,13 +321,7 @@ async fn stored_items_and_bytes_are_counted_alike_on_every_node_and_limited() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::NotFound);
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "globex".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_tenants(&root, &["globex"]).await;
     let fresh = usage(&mut root, "globex").await;
     assert_eq!((fresh.items, fresh.bytes), (0, 0));
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
-use common::{agreed_leader, nexus_bin, one_cluster_at_a_time, Nexus};
+use common::{agreed_leader, create_tenants, nexus_bin, one_cluster_at_a_time, Nexus};
 use nexus_client::{pb, Client};
 use tonic::Code;
 
@@ -364,13 +364,7 @@ async fn permissions_and_bad_input() {
     let env = [("NEXUS_AUTH__ENABLED", "true"), ("NEXUS_ROOT_KEY", ROOT)];
     let n = Nexus::start(dir.path(), &env).await;
     let mut root = n.client().await;
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_tenants(&root, &["acme"]).await;
     let key = |roles: &'static [&'static str], sa: &'static str| {
         common::api_key(&root, "acme", sa, roles, 0)
     };

@@ -406,6 +406,23 @@ pub async fn agreed_leader(nodes: &[Nexus]) -> usize {
 
 /// An API key for service account `sa` in `tenant`, bound to `roles`, made with `root`'s
 /// credentials; its token (`ttl_ms` 0 = never expires).
+/// Suspends (`false`) or resumes (`true`) a tenant, as root.
+pub async fn set_tenant_state(root: &Client, tenant: &str, active: bool) {
+    let state = if active {
+        pb::TenantState::Active
+    } else {
+        pb::TenantState::Suspended
+    };
+    root.iam
+        .clone()
+        .set_tenant_state(pb::SetTenantStateRequest {
+            id: tenant.to_string(),
+            state: state as i32,
+        })
+        .await
+        .unwrap();
+}
+
 /// Makes each tenant, as root.
 pub async fn create_tenants(root: &Client, ids: &[&str]) {
     for id in ids {
