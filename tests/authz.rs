@@ -852,10 +852,32 @@ async fn without_authentication_a_node_serves_loopback_only() {
         log.contains("without authentication") && log.contains("NEXUS_AUTH__ENABLED"),
         "{log}"
     );
-    // With authentication it serves there.
+    // With authentication but no certificate, bearer tokens would cross the network in
+    // the clear: refused too, naming the TLS settings and the explicit opt-out.
     let env = [
         ("NEXUS_AUTH__ENABLED", "true"),
         ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let mut plaintext = Nexus::new(&dir.path().join("plaintext"), &env);
+    plaintext.grpc_host = "0.0.0.0".into();
+    plaintext.spawn();
+    let status = plaintext
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("nexus refuses to start");
+    assert!(!status.success());
+    let log = plaintext.log_text();
+    assert!(
+        log.contains("in plaintext with authentication on")
+            && log.contains("NEXUS_TLS__CERT_FILE")
+            && log.contains("tls.insecure_plaintext"),
+        "{log}"
+    );
+    // Behind something that terminates TLS, the explicit opt-out serves there.
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+        ("NEXUS_TLS__INSECURE_PLAINTEXT", "true"),
     ];
     let mut guarded = Nexus::new(&dir.path().join("guarded"), &env);
     guarded.grpc_host = "0.0.0.0".into();
@@ -928,4 +950,186 @@ async fn a_tenant_over_its_request_rate_is_refused_naming_the_limit() {
     // The bucket refills.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     acme.memory.list(list()).await.unwrap();
+}
+
+/// Least privilege, for every permission a role can hold: a principal with `iam:write` but
+/// without the permission cannot grant it through a key's roles, a role's permissions or a
+/// binding (PERMISSION_DENIED naming the field, and nothing is made); with it, it can.
+/// `iam:write` itself is held by every granter here (granting needs it), so it is the one
+/// permission only the "with" side covers.
+#[tokio::test]
+async fn a_principal_grants_only_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", ROOT_KEY),
+    ];
+    let n = Nexus::start(dir.path(), &env).await;
+    let root = n.client().await;
+    create_tenants(&root, &["acme"]).await;
+    let put_role = |c: &Client, name: String, permissions: Vec<String>| {
+        let mut iam = c.iam.clone();
+        async move {
+            iam.put_role(pb::PutRoleRequest {
+                tenant: String::new(),
+                name,
+                permissions,
+            })
+            .await
+        }
+    };
+    let permissions = [
+        "memory:read",
+        "memory:write",
+        "secrets:read",
+        "secrets:write",
+        "secrets:list",
+        "tools:call",
+        "tools:read",
+        "tools:write",
+        "schedules:read",
+        "schedules:write",
+        "iam:read",
+        "iam:write",
+        "audit:read",
+        "cluster:read",
+        "memory:*",
+        "*",
+    ];
+    let mut root_acme = n.client().await;
+    root_acme
+        .iam
+        .put_role(pb::PutRoleRequest {
+            tenant: "acme".into(),
+            name: "granter-base".into(),
+            permissions: vec!["iam:write".into()],
+        })
+        .await
+        .unwrap();
+    for (i, p) in permissions.iter().enumerate() {
+        // The role to hand out, made by root; a granter without P and one with it.
+        root_acme
+            .iam
+            .put_role(pb::PutRoleRequest {
+                tenant: "acme".into(),
+                name: format!("holds-{i}"),
+                permissions: vec![p.to_string()],
+            })
+            .await
+            .unwrap();
+        root_acme
+            .iam
+            .put_role(pb::PutRoleRequest {
+                tenant: "acme".into(),
+                name: format!("granter-with-{i}"),
+                permissions: vec!["iam:write".into(), p.to_string()],
+            })
+            .await
+            .unwrap();
+        let with = n
+            .client_with(Some(
+                &api_key(
+                    &root,
+                    "acme",
+                    &format!("with-{i}"),
+                    &[&format!("granter-with-{i}")],
+                    0,
+                )
+                .await,
+            ))
+            .await;
+        let mut sides = vec![(true, with)];
+        if *p != "iam:write" {
+            let without = n
+                .client_with(Some(
+                    &api_key(&root, "acme", &format!("without-{i}"), &["granter-base"], 0).await,
+                ))
+                .await;
+            sides.push((false, without));
+        }
+        for (holds, c) in sides {
+            let who = format!("{p} (holds it: {holds})");
+            let role = put_role(&c, format!("made-{i}-{holds}"), vec![p.to_string()]).await;
+            let key = c
+                .iam
+                .clone()
+                .create_api_key(pb::CreateApiKeyRequest {
+                    tenant: String::new(),
+                    service_account: format!("minted-{i}-{holds}"),
+                    ttl_ms: 0,
+                    roles: vec![format!("holds-{i}")],
+                })
+                .await;
+            let binding = c
+                .iam
+                .clone()
+                .create_binding(pb::CreateBindingRequest {
+                    tenant: String::new(),
+                    principal: format!("sa:bound-{i}-{holds}"),
+                    role: format!("holds-{i}"),
+                })
+                .await;
+            for (how, field, r) in [
+                ("a role", "permissions[0]", role.map(|_| ())),
+                ("a key", "roles[0]", key.map(|_| ())),
+                ("a binding", "role", binding.map(|_| ())),
+            ] {
+                if holds {
+                    r.unwrap_or_else(|e| panic!("{who} through {how}: {e:?}"));
+                } else {
+                    let e = r.expect_err(&format!("{who} through {how}"));
+                    assert_eq!(
+                        e.code(),
+                        Code::PermissionDenied,
+                        "{who} through {how}: {e:?}"
+                    );
+                    assert!(
+                        e.message().contains(field) && e.message().contains("does not hold"),
+                        "{who} through {how}: {e:?}"
+                    );
+                }
+            }
+        }
+    }
+    // Nothing the refused calls named was made.
+    let mut r = n.client().await;
+    let roles = r
+        .iam
+        .list_roles(pb::ListRolesRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .roles;
+    assert!(
+        roles.iter().all(|r| !r.name.ends_with("-false")),
+        "{roles:?}"
+    );
+    let keys = r
+        .iam
+        .list_api_keys(pb::ListApiKeysRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(
+        keys.iter().all(|k| !k.service_account.ends_with("-false")),
+        "{keys:?}"
+    );
+    let bindings = r
+        .iam
+        .list_bindings(pb::ListBindingsRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bindings;
+    assert!(
+        bindings.iter().all(|b| !b.principal.ends_with("-false")),
+        "{bindings:?}"
+    );
 }

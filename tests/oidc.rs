@@ -37,9 +37,14 @@ impl Key {
     }
 
     fn jwk(&self) -> Value {
+        self.jwk_for("sig")
+    }
+
+    /// The key as a JWKS lists it, with its `use`.
+    fn jwk_for(&self, key_use: &str) -> Value {
         // P-256 public key, uncompressed: 0x04, x (32 bytes), y (32 bytes).
         let raw = self.pair.public_key_raw();
-        json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+        json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "use": key_use, "kid": self.kid,
                "x": b64(&raw[1..33]), "y": b64(&raw[33..65])})
     }
 
@@ -104,12 +109,15 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     let iss = issuer().await;
     let k1 = Key::new("k1");
     iss.published.lock().unwrap().push(k1.jwk());
+    // An encryption key in the JWKS is never used to verify signatures.
+    let enc = Key::new("k-enc");
+    iss.published.lock().unwrap().push(enc.jwk_for("enc"));
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("nexus.toml");
     std::fs::write(
         &config,
         format!(
-            "[auth]\nenabled = true\n[[auth.oidc]]\nissuer = \"{}\"\naudience = \"nexus\"\njwks_min_refresh_ms = 100\nclock_skew_s = 30\n",
+            "[auth]\nenabled = true\n[[auth.oidc]]\nissuer = \"{}\"\naudience = \"nexus\"\njwks_min_refresh_ms = 100\nclock_skew_s = 30\ntenants = [\"acme\", \"nope\"]\n",
             iss.url
         ),
     )
@@ -118,7 +126,8 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     let env = [("NEXUS_CONFIG", config.as_str()), ("NEXUS_ROOT_KEY", ROOT)];
     let n = Nexus::start(&dir.path().join("node"), &env).await;
     let mut root = n.client().await;
-    create_tenants(&root, &["acme"]).await;
+    create_tenants(&root, &["acme", "globex"]).await;
+    let alice_principal = format!("user:{}#alice", iss.url);
     let claims = |extra: Value| {
         let mut c = json!({"iss": iss.url, "aud": "nexus", "sub": "alice",
                            "exp": now() + 300, "iat": now(), "nexus_tenant": "acme",
@@ -134,7 +143,7 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     let me = whoami(&n, &good).await.unwrap();
     assert_eq!(
         (me.tenant.as_str(), me.subject.as_str()),
-        ("acme", "user:alice")
+        ("acme", alice_principal.as_str())
     );
     assert!(me.permissions.contains(&"memory:*".to_string()), "{me:?}");
     let mut alice = n.client_with(Some(&good)).await;
@@ -152,7 +161,7 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     root.iam
         .create_binding(pb::CreateBindingRequest {
             tenant: "acme".into(),
-            principal: "user:alice".into(),
+            principal: alice_principal.clone(),
             role: "operator".into(),
         })
         .await
@@ -220,6 +229,16 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
             k1.sign(&claims(json!({"nexus_tenant": "nope"}))),
             "does not exist",
         ),
+        (
+            "a tenant the issuer may not assert",
+            k1.sign(&claims(json!({"nexus_tenant": "globex"}))),
+            "may not assert tenant \"globex\" (auth.oidc.tenants)",
+        ),
+        (
+            "a key the JWKS lists for encryption",
+            enc.sign(&claims(json!({}))),
+            "unknown key id",
+        ),
     ];
     for (what, token, says) in &cases {
         let err = whoami(&n, token).await.unwrap_err();
@@ -236,7 +255,7 @@ async fn oidc_tokens_are_verified_and_mapped_to_tenant_and_roles() {
     *iss.published.lock().unwrap() = vec![k2.jwk()];
     tokio::time::sleep(Duration::from_millis(150)).await;
     let rotated = k2.sign(&claims(json!({})));
-    assert_eq!(whoami(&n, &rotated).await.unwrap().subject, "user:alice");
+    assert_eq!(whoami(&n, &rotated).await.unwrap().subject, alice_principal);
     tokio::time::sleep(Duration::from_millis(150)).await;
     let err = whoami(&n, &k1.sign(&claims(json!({})))).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);

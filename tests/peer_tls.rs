@@ -15,10 +15,15 @@ use std::time::{Duration, Instant};
 
 use common::Nexus;
 use nexus_client::{pb, Client};
+use nexus_node::cluster::network::ForwardReply;
+use nexus_node::error::NexusError;
+use nexus_node::store::codec;
 use nexus_proto::raft::v1::raft_service_client::RaftServiceClient;
 use nexus_proto::raft::v1::RaftMessage;
 use tls_ca::Ca;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const ROOT_KEY: &str = "peer-tls-test-root-key-0123456789abcdefghij";
 
 fn tls_env(cert: &Path, key: &Path, ca: &Path) -> Vec<(String, String)> {
     vec![
@@ -277,4 +282,299 @@ async fn incomplete_peer_tls_is_refused_at_startup() {
     assert!(!status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("peer_tls.key_file is not set"), "{stderr}");
+}
+
+/// A plaintext peer port beyond loopback is refused at start, naming `[peer_tls]` and its
+/// explicit opt-out; with the opt-out the node serves.
+#[tokio::test]
+async fn a_plaintext_peer_port_beyond_loopback_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut open = Nexus::new(&dir.path().join("open"), &[]);
+    open.peer_host = "0.0.0.0".into();
+    open.spawn();
+    let status = open
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("nexus refuses to start");
+    assert!(!status.success());
+    let log = open.log_text();
+    assert!(
+        log.contains("plaintext peer port beyond loopback")
+            && log.contains("NEXUS_PEER_TLS__CERT_FILE")
+            && log.contains("peer_tls.insecure_plaintext"),
+        "{log}"
+    );
+    let mut opted_out = Nexus::new(
+        &dir.path().join("opted-out"),
+        &[("NEXUS_PEER_TLS__INSECURE_PLAINTEXT", "true")],
+    );
+    opted_out.peer_host = "0.0.0.0".into();
+    opted_out.spawn();
+    opted_out.wait_ready().await;
+    assert!(opted_out.log_text().contains("insecure_plaintext"));
+}
+
+/// What a peer call on the leader's peer port answers: the decoded forward reply, or the
+/// transport's refusal.
+async fn forward(
+    channel: Channel,
+    request: &nexus_node::cluster::network::ForwardRequest,
+) -> Result<Result<ForwardReply, NexusError>, tonic::Status> {
+    let mut c = RaftServiceClient::new(channel);
+    let mut r = tonic::Request::new(RaftMessage {
+        payload: codec::encode(request),
+    });
+    r.set_timeout(Duration::from_secs(10));
+    let reply = c.forward(r).await?.into_inner();
+    Ok(codec::decode(&reply.payload).expect("a forward reply"))
+}
+
+/// The peer port admits only members, and the leader trusts no member with a principal: a
+/// certificate of the cluster's CA that names no member is refused after the handshake; a
+/// member's channel that forwards an identity command without its caller's credential, with
+/// a forged one, with an audit record it wrote itself, or with a credential that lacks the
+/// permission, is refused command by command, and nothing of it is applied. Writes a real
+/// follower forwards (with the caller's credential) still work and are audited under the
+/// principal the leader found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_members_reach_the_peer_port_and_forwarded_commands_are_rechecked() {
+    use nexus_node::cluster::network::ForwardRequest;
+    use nexus_node::cluster::{Command, Forwarded, OnBehalf, Op};
+    use nexus_node::iam::IamOp;
+
+    let _serial = common::one_cluster_at_a_time().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new("nexus cluster CA");
+    let ca_file = ca.write(&pki, "ca");
+    let (node_cert, node_key) = ca.issue(&pki, "node");
+    let (outsider_cert, outsider_key) =
+        ca.issue_for(&pki, "outsider", &["outsider.nexus.test", "127.0.0.99"]);
+    let mut env = tls_env(&node_cert, &node_key, &ca_file);
+    env.push(("NEXUS_AUTH__ENABLED".into(), "true".into()));
+    env.push(("NEXUS_ROOT_KEY".into(), ROOT_KEY.into()));
+    let nodes = Nexus::start_cluster(dir.path(), 3, &env_refs(&env)).await;
+    let leader = common::agreed_leader(&nodes).await;
+    let follower = (leader + 1) % nodes.len();
+    let root = nodes[leader].client().await;
+    common::create_tenants(&root, &["acme"]).await;
+    let reader = common::api_key(&root, "acme", "reader", &["reader"], 0).await;
+    let writer = common::api_key(&root, "acme", "writer", &["agent"], 0).await;
+
+    let port = nodes[leader].peer_port;
+    let as_member = || tls_channel(port, &ca_file, Some((&node_cert, &node_key)));
+    // A certificate of the same CA that names no member's peer address: refused.
+    let outsider = forward(
+        tls_channel(port, &ca_file, Some((&outsider_cert, &outsider_key))).await,
+        &ForwardRequest::ReadIndex,
+    )
+    .await
+    .expect_err("a non-member certificate is refused");
+    // The connection is closed right after the handshake: the call never reaches the service.
+    assert!(
+        !matches!(
+            outsider.code(),
+            tonic::Code::Ok | tonic::Code::InvalidArgument
+        ),
+        "{outsider:?}"
+    );
+    let member = forward(as_member().await, &ForwardRequest::ReadIndex).await;
+    assert!(
+        matches!(member, Ok(Ok(ForwardReply::ReadIndex(_)))),
+        "a member is served: {member:?}"
+    );
+
+    // Forged commands through a member's channel.
+    let admin_key = |id: &str| Command {
+        tenant: "acme".into(),
+        op: Op::Iam(IamOp::CreateKey {
+            id: id.into(),
+            service_account: "intruder".into(),
+            secret_sha256: vec![7; 32],
+            expires_at_ms: 0,
+            now_ms: 1,
+            roles: vec!["admin".into()],
+        }),
+    };
+    let context = |principal: &str| nexus_node::audit::AuditContext {
+        request_id: "forged".into(),
+        principal: principal.into(),
+        tenant: "acme".into(),
+        action: "iam.create_key".into(),
+        at_ms: 1,
+    };
+    let on_behalf = |credential: Option<&str>| {
+        Some(OnBehalf {
+            context: context("root"),
+            credential: credential.map(str::to_string),
+        })
+    };
+    let forged = vec![
+        // No credential at all (the old, unchecked form).
+        (
+            "a bare identity command",
+            ForwardRequest::Propose(vec![admin_key("f0000000000000a1")]),
+        ),
+        (
+            "an identity command without a credential",
+            ForwardRequest::ProposeChecked(vec![Forwarded {
+                command: admin_key("f0000000000000a2"),
+                on_behalf: on_behalf(None),
+            }]),
+        ),
+        (
+            "an identity command with a forged credential",
+            ForwardRequest::ProposeChecked(vec![Forwarded {
+                command: admin_key("f0000000000000a3"),
+                on_behalf: on_behalf(Some("nxk_0000000000000000_forged")),
+            }]),
+        ),
+        (
+            "an identity command with a reader's credential",
+            ForwardRequest::ProposeChecked(vec![Forwarded {
+                command: admin_key("f0000000000000a4"),
+                on_behalf: on_behalf(Some(&reader)),
+            }]),
+        ),
+        (
+            "an identity command wrapped in its own audit record",
+            ForwardRequest::ProposeChecked(vec![Forwarded {
+                command: Command {
+                    tenant: "acme".into(),
+                    op: Op::Audited {
+                        context: context("root"),
+                        op: Box::new(admin_key("f0000000000000a5").op),
+                    },
+                },
+                on_behalf: on_behalf(Some(ROOT_KEY)),
+            }]),
+        ),
+        (
+            "a write of another tenant with acme's credential",
+            ForwardRequest::ProposeChecked(vec![Forwarded {
+                command: Command {
+                    tenant: "default".into(),
+                    op: admin_key("f0000000000000a6").op,
+                },
+                on_behalf: on_behalf(Some(&writer)),
+            }]),
+        ),
+    ];
+    for (what, request) in &forged {
+        let reply = forward(as_member().await, request).await;
+        match reply {
+            Ok(Ok(ForwardReply::Responses(r))) => {
+                assert_eq!(r.len(), 1, "{what}: {r:?}");
+                let e = r[0].as_ref().expect_err(what);
+                assert!(
+                    matches!(
+                        e,
+                        NexusError::PermissionDenied(_) | NexusError::Unauthenticated(_)
+                    ),
+                    "{what}: {e:?}"
+                );
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A membership change (a learner would receive every tenant's data) without the
+    // credential of an administrator.
+    let add = nexus_node::cluster::MembershipChange::AddLearner {
+        id: 9,
+        node: nexus_node::cluster::NexusNode {
+            peer_addr: "127.0.0.1:1".into(),
+            api_addr: "127.0.0.1:2".into(),
+        },
+    };
+    for request in [
+        ForwardRequest::Membership(add.clone()),
+        ForwardRequest::MembershipChecked(add.clone(), on_behalf(Some(&writer))),
+    ] {
+        let reply = forward(as_member().await, &request).await;
+        assert!(
+            matches!(reply, Ok(Err(NexusError::PermissionDenied(_)))),
+            "{request:?}: {reply:?}"
+        );
+    }
+    let mut root_client = nodes[follower].client().await;
+    let keys = root_client
+        .iam
+        .list_api_keys(pb::ListApiKeysRequest {
+            tenant: "acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(
+        keys.iter().all(|k| k.service_account != "intruder"),
+        "no forged key was made: {keys:?}"
+    );
+
+    // An audit record a member writes gets the principal the leader finds, not the one it
+    // claims: a forged "root" with no credential is recorded as anonymous.
+    let record = ForwardRequest::ProposeChecked(vec![Forwarded {
+        command: Command {
+            tenant: "acme".into(),
+            op: Op::Audit(nexus_node::audit::AuditRecordOp {
+                context: context("root"),
+                resource: "forged-record".into(),
+                result: "ok".into(),
+            }),
+        },
+        on_behalf: on_behalf(None),
+    }]);
+    let reply = forward(as_member().await, &record).await;
+    assert!(
+        matches!(&reply, Ok(Ok(ForwardReply::Responses(r))) if r.len() == 1 && r[0].is_ok()),
+        "{reply:?}"
+    );
+    let tail = root_client
+        .audit
+        .tail(pb::AuditTailRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let forged_record = tail
+        .iter()
+        .find(|r| r.resource == "forged-record")
+        .expect("the record is written");
+    assert_eq!(forged_record.principal, "anonymous", "{forged_record:?}");
+    assert_eq!(forged_record.tenant, "", "{forged_record:?}");
+
+    // A real follower forwards its callers' writes with their credentials.
+    let mut acme = nodes[follower].client_with(Some(&writer)).await;
+    acme.memory
+        .put(pb::PutRequest {
+            namespace: "n".into(),
+            key: "k".into(),
+            value: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a write through a follower");
+    let tail = root_client
+        .audit
+        .tail(pb::AuditTailRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let write = tail
+        .iter()
+        .rev()
+        .find(|r| r.action == "memory.put")
+        .expect("the write is audited");
+    assert_eq!(
+        (write.principal.as_str(), write.tenant.as_str()),
+        ("sa:writer", "acme")
+    );
 }

@@ -1,7 +1,9 @@
 //! Per-tenant quotas through real `nexus` processes with `[auth]` on: stored items and bytes
 //! are counted by every node in apply and a write over a limit is refused with
 //! RESOURCE_EXHAUSTED naming the limit, changing nothing; deletes are always allowed; a
-//! tenant's own request rate replaces the node's. Only root sets limits.
+//! tenant's own request rate replaces the node's. Only root sets limits. And load the node
+//! cannot take is shed: writes over the pending-writes bound are refused RESOURCE_EXHAUSTED
+//! while the node stays ready and loses no acknowledged write.
 
 mod common;
 
@@ -380,4 +382,101 @@ async fn a_tenants_own_request_rate_replaces_the_nodes() {
     for _ in 0..30 {
         acme.memory.list(list()).await.unwrap();
     }
+}
+
+/// Many times the writes a node can take at once, for `seconds`: the excess is shed with
+/// RESOURCE_EXHAUSTED naming `limits.max_pending_writes`, the node stays ready throughout,
+/// every acknowledged write reads back afterwards, and the node serves normally after.
+async fn overload(seconds: u64) {
+    const CONNECTIONS: usize = 8;
+    const WRITERS_PER_CONNECTION: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let n = Nexus::start(dir.path(), &[("NEXUS_LIMITS__MAX_PENDING_WRITES", "32")]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for c in 0..CONNECTIONS {
+        let client = n.client().await;
+        for w in 0..WRITERS_PER_CONNECTION {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let (mut acked, mut shed) = (Vec::new(), 0u64);
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("{c}-{w}-{i}");
+                    i += 1;
+                    match client.memory.put(put(&key, &i.to_string())).await {
+                        Ok(_) => acked.push((key, i)),
+                        Err(s) if s.code() == Code::ResourceExhausted => {
+                            assert!(s.message().contains("retry"), "{s:?}");
+                            shed += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(s) => panic!("{key}: {s:?}"),
+                    }
+                }
+                (acked, shed)
+            }));
+        }
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let (code, _) = common::http_get(&n.http("/readyz")).await;
+        assert_eq!(code, 200, "the node stays ready under the flood");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut acked, mut shed) = (Vec::new(), 0);
+    for w in writers {
+        let (a, s) = w.await.unwrap();
+        acked.extend(a);
+        shed += s;
+    }
+    assert!(
+        shed > 0,
+        "{} writers at once against a bound of 32 shed nothing",
+        CONNECTIONS * WRITERS_PER_CONNECTION
+    );
+    assert!(!acked.is_empty());
+    let metrics = common::http_get(&n.http("/metrics")).await.1;
+    assert!(
+        metrics.contains("nexus_load_shed_total{what=\"write\"}"),
+        "shedding is counted"
+    );
+    // Nothing acknowledged is lost, and the node takes writes normally again.
+    let mut c = n.client().await;
+    for (key, value) in &acked {
+        let got = c
+            .memory
+            .get(pb::GetRequest {
+                namespace: "q".into(),
+                key: key.clone(),
+                consistency: 0,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {key} is lost: {e:?}"))
+            .into_inner();
+        assert_eq!(got.item.unwrap().value, value.to_string());
+    }
+    for i in 0..100 {
+        c.memory
+            .put(put(&format!("after-{i}"), "1"))
+            .await
+            .expect("normal service after the flood");
+    }
+    eprintln!(
+        "overload for {seconds} s: {} writes acknowledged, {shed} shed",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overloaded_node_sheds_writes_and_loses_none_it_acknowledged() {
+    overload(5).await;
+}
+
+/// The long variant: `cargo test -p nexus-node --test quotas -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn an_overloaded_node_sheds_writes_for_30_seconds() {
+    overload(30).await;
 }

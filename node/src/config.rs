@@ -55,6 +55,10 @@ pub struct ApiTlsConfig {
     pub client_ca_file: Option<PathBuf>,
     /// Serve the HTTP port (probes, metrics) over TLS too, with the same certificate.
     pub http: bool,
+    /// With authentication on, serve the API (gRPC and HTTP) in plaintext on a non-loopback
+    /// address. Only for a mesh or an ingress that terminates TLS in front of the node: bearer
+    /// tokens cross the network in the clear otherwise.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for ApiTlsConfig {
@@ -64,6 +68,7 @@ impl Default for ApiTlsConfig {
             key_file: None,
             client_ca_file: None,
             http: true,
+            insecure_plaintext: false,
         }
     }
 }
@@ -117,6 +122,15 @@ pub struct AuthConfig {
     /// A credential's first successful use on a node is audited as a login (`auth.login`);
     /// its uses within this many seconds after are not recorded again.
     pub login_window_secs: u64,
+    /// Failed authentications a source address may make per second (0 = unlimited); past
+    /// its burst, its requests are refused before any read unless their credential is
+    /// already known good on this node.
+    pub failures_per_source_per_second: f64,
+    /// Failed authentications a source address may make at once.
+    pub failures_per_source_burst: u32,
+    /// Denied requests are counted and written to the audit log as one record per
+    /// (principal, tenant, source, code) and window of this many seconds.
+    pub denial_window_secs: u64,
 }
 
 /// One OIDC issuer: its tokens are verified against the keys its discovery document names.
@@ -135,6 +149,9 @@ pub struct OidcConfig {
     pub roles_claim: String,
     /// Tenant of tokens without `tenant_claim` (empty: such tokens are refused).
     pub default_tenant: String,
+    /// Tenants this issuer may assert (`["*"]`: any). Empty: only `default_tenant`. A token
+    /// naming another tenant is refused, so one issuer cannot speak for every tenant.
+    pub tenants: Vec<String>,
     /// Clock skew tolerated on exp and nbf, in seconds.
     pub clock_skew_s: u64,
     /// Keys are fetched again after this long.
@@ -154,6 +171,7 @@ impl Default for OidcConfig {
             tenant_claim: "nexus_tenant".into(),
             roles_claim: "nexus_roles".into(),
             default_tenant: String::new(),
+            tenants: Vec::new(),
             clock_skew_s: 60,
             jwks_refresh_s: 3600,
             jwks_min_refresh_ms: 10_000,
@@ -170,6 +188,9 @@ impl Default for AuthConfig {
             root_key_file: PathBuf::new(),
             oidc: Vec::new(),
             login_window_secs: 3600,
+            failures_per_source_per_second: 5.0,
+            failures_per_source_burst: 20,
+            denial_window_secs: 60,
         }
     }
 }
@@ -239,6 +260,10 @@ pub struct PeerTlsConfig {
     pub key_file: Option<PathBuf>,
     /// PEM CA certificate(s) that peers' certificates must chain to.
     pub ca_file: Option<PathBuf>,
+    /// Serve and dial the peer port in plaintext beyond loopback. Only for a network that
+    /// authenticates and encrypts below Nexus (WireGuard, IPsec, a mesh with mTLS): whoever
+    /// reaches a plaintext peer port can read the log and propose commands.
+    pub insecure_plaintext: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +287,18 @@ pub struct Limits {
     pub max_batch: usize,
     /// Largest gRPC request, in bytes.
     pub max_request_bytes: usize,
+    /// Byte budget of one reply: a listing's page ends there (with a page token) even
+    /// before `max_page_size` items. Replies are also refused past it plus 1 MiB.
+    pub max_reply_bytes: usize,
+    /// Most concurrent HTTP/2 streams (requests) per client connection.
+    pub max_concurrent_streams: u32,
+    /// Longest a request may run on the server; a client's shorter `grpc-timeout` wins.
+    pub request_timeout_ms: u64,
+    /// Most writes waiting to be proposed on this node; past it, RESOURCE_EXHAUSTED.
+    pub max_pending_writes: usize,
+    /// Most linearizable reads waiting for a read index on this node; past it,
+    /// RESOURCE_EXHAUSTED.
+    pub max_pending_reads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -383,6 +420,11 @@ impl Default for Limits {
             max_page_size: 1000,
             max_batch: 1000,
             max_request_bytes: 8 << 20,
+            max_reply_bytes: 4 << 20,
+            max_concurrent_streams: 256,
+            request_timeout_ms: 60_000,
+            max_pending_writes: 8_192,
+            max_pending_reads: 8_192,
         }
     }
 }
@@ -465,6 +507,17 @@ max_page_size = 1000
 max_batch = 1000
 # Largest gRPC request, in bytes: 8 MiB.
 max_request_bytes = 8388608
+# Byte budget of one reply: a listing's page ends there, with a page token: 4 MiB.
+max_reply_bytes = 4194304
+# Most concurrent requests (HTTP/2 streams) per client connection.
+max_concurrent_streams = 256
+# Longest a request may run on the server; a client's shorter deadline (grpc-timeout) wins,
+# and a write whose client has given up before it is proposed is not proposed.
+request_timeout_ms = 60000
+# Most writes waiting to be proposed, and linearizable reads waiting for a read index, on
+# this node; past them, requests are shed with RESOURCE_EXHAUSTED.
+max_pending_writes = 8192
+max_pending_reads = 8192
 
 [raft]
 heartbeat_interval_ms = 100
@@ -512,6 +565,11 @@ format = "text"
 # cert_file = "/etc/nexus/tls/node.pem"
 # key_file = "/etc/nexus/tls/node.key"
 # ca_file = "/etc/nexus/tls/ca.pem"
+# A peer is accepted only when its certificate names the host of a current member's peer
+# address. A peer address (or an initial_cluster member) beyond loopback needs these files;
+# a node refuses to start without them unless this is true, for networks that authenticate
+# and encrypt below Nexus (WireGuard, IPsec, a mesh with mTLS).
+insecure_plaintext = false
 
 [auth]
 # Off: every request runs as tenant "default" with full rights, and the node refuses to
@@ -525,7 +583,15 @@ root_key_file = ""
 # Every request authenticates (there are no sessions); the audit log records a credential's
 # first successful use on a node as a login (auth.login), then not again for this long.
 login_window_secs = 3600
-# OIDC issuers whose JWTs are accepted (principal user:<sub>). One table per issuer:
+# Failed authentications per source address: past the burst, a source's requests are refused
+# (RESOURCE_EXHAUSTED) before any read, unless their credential is already known good here.
+failures_per_source_per_second = 5.0
+failures_per_source_burst = 20
+# Refused requests cost no replicated write each: they are counted and audited as one
+# auth.denied record per principal, tenant, source address and code, every this many seconds.
+denial_window_secs = 60
+# OIDC issuers whose JWTs are accepted (principal user:<issuer>#<sub>). Issuer and JWKS URLs
+# must be https (http only on loopback). One table per issuer:
 # [[auth.oidc]]
 # issuer = "https://login.example.com"
 # audience = "nexus"
@@ -533,6 +599,7 @@ login_window_secs = 3600
 # tenant_claim = "nexus_tenant"      # the tenant id; default_tenant when absent
 # roles_claim = "nexus_roles"        # role names, added to the user's bindings
 # default_tenant = ""
+# tenants = ["acme"]                 # tenants it may assert (["*"]: any; none: default_tenant only)
 # clock_skew_s = 60
 # jwks_refresh_s = 3600
 # jwks_min_refresh_ms = 10000
@@ -567,6 +634,10 @@ burst = 0
 # certificate and no client certificate asked for. Every file is re-read when it changes
 # (checked at most once a second on a new connection): renew certificates in place.
 http = true
+# With authentication on, a gRPC or HTTP address beyond loopback needs a certificate; a node
+# refuses to start without one unless this is true, for a mesh or an ingress that terminates
+# TLS in front of it (bearer tokens would otherwise cross the network in the clear).
+insecure_plaintext = false
 
 [embedding]
 # How semantic memories are embedded: "local" (all-MiniLM-L6-v2 in process; get it with

@@ -43,6 +43,10 @@ use crate::store::{format, Store};
 const TTL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Most expired memories removed by one sweep command.
 const TTL_SWEEP_BATCH: usize = 1_000;
+/// Idle client connections are pinged this often, and dropped when a ping goes unanswered
+/// for `HTTP2_KEEPALIVE_TIMEOUT`, so dead peers do not hold streams.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long start-up waits for a leader before serving anyway (requests then get Unavailable).
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
@@ -88,20 +92,81 @@ fn api_tls(
     )?))
 }
 
-/// Refuses to serve the API beyond loopback without authentication: there every caller would
-/// be tenant `default` with full rights.
+/// Whether a peer address as written in `initial_cluster` (`HOST:PORT` or a URL) stays on
+/// this machine: a loopback IP or `localhost`.
+fn is_loopback_host(addr: &str) -> bool {
+    let host = crate::cluster::network::host_of(addr);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What a node refuses to expose (see "Threat model" in docs/design.md):
+/// - the API beyond loopback without authentication: every caller would have full rights;
+/// - with authentication, the API (gRPC, HTTP) beyond loopback in plaintext, where bearer
+///   tokens cross the network in the clear, unless `tls.insecure_plaintext`;
+/// - the peer port, or a peer of `initial_cluster`, beyond loopback without mutual TLS, where
+///   anyone who reaches it reads the log and proposes commands, unless
+///   `peer_tls.insecure_plaintext`.
 fn check_exposure(config: &Config) -> anyhow::Result<()> {
-    if config.auth.enabled {
-        return Ok(());
-    }
-    // The HTTP port serves only probes and metrics, no tenant data.
-    let addr = config.grpc_addr;
-    if !is_loopback(&addr) {
+    let grpc = config.grpc_addr;
+    if !config.auth.enabled && !is_loopback(&grpc) {
         anyhow::bail!(
-            "refusing to serve the API on {addr} without authentication: every caller would have full rights. \
+            "refusing to serve the API on {grpc} without authentication: every caller would have full rights. \
              Turn authentication on ([auth] enabled = true, or NEXUS_AUTH__ENABLED=true, with a root key in NEXUS_ROOT_KEY) \
              or listen on loopback (127.0.0.1)"
         );
+    }
+    if config.auth.enabled {
+        let tls = config.tls.cert_file.is_some();
+        for (what, addr, covered) in [
+            ("the gRPC API", config.grpc_addr, tls),
+            ("HTTP", config.http_addr, tls && config.tls.http),
+        ] {
+            if is_loopback(&addr) || covered {
+                continue;
+            }
+            if config.tls.insecure_plaintext {
+                tracing::warn!(%addr, "serving {what} in plaintext beyond loopback (tls.insecure_plaintext): bearer tokens cross the network in the clear unless something in front terminates TLS");
+                continue;
+            }
+            anyhow::bail!(
+                "refusing to serve {what} on {addr} in plaintext with authentication on: bearer tokens would cross the network in the clear. \
+                 Give it a certificate (tls.cert_file and tls.key_file, or NEXUS_TLS__CERT_FILE / NEXUS_TLS__KEY_FILE{}), \
+                 listen on loopback, or, behind a mesh or ingress that terminates TLS, set tls.insecure_plaintext = true",
+                if what == "HTTP" { "; the HTTP port uses it when tls.http = true" } else { "" }
+            );
+        }
+    }
+    let peer_tls = config.peer_tls.cert_file.is_some()
+        || config.peer_tls.key_file.is_some()
+        || config.peer_tls.ca_file.is_some();
+    if !peer_tls {
+        let mut beyond: Vec<String> = Vec::new();
+        if !is_loopback(&config.peer_addr) {
+            beyond.push(format!("peer_addr {}", config.peer_addr));
+        }
+        for part in config.initial_cluster.iter().flat_map(|c| c.split(',')) {
+            let Some((_, addrs)) = part.split_once('=') else {
+                continue;
+            };
+            let peer = addrs.split_once('/').map_or(addrs, |(p, _)| p).trim();
+            if !peer.is_empty() && !is_loopback_host(peer) {
+                beyond.push(format!("initial_cluster member {}", part.trim()));
+            }
+        }
+        if let Some(first) = beyond.first() {
+            if config.peer_tls.insecure_plaintext {
+                tracing::warn!(%first, "the peer port is plaintext beyond loopback (peer_tls.insecure_plaintext): only safe on a network that authenticates and encrypts below Nexus");
+            } else {
+                anyhow::bail!(
+                    "refusing a plaintext peer port beyond loopback ({first}): whoever reaches it could read every tenant's data and propose commands. \
+                     Configure mutual TLS between nodes ([peer_tls] cert_file, key_file, ca_file, or NEXUS_PEER_TLS__CERT_FILE / __KEY_FILE / __CA_FILE), \
+                     keep peers on loopback, or, on a network that authenticates and encrypts below Nexus, set peer_tls.insecure_plaintext = true"
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -169,11 +234,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Server reflection in both versions: v1, and v1alpha, the only one the official Python
+    // client (grpcio-reflection), older grpcurl and Postman speak.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let max = config.limits.max_request_bytes;
+    // A reply holds at most a page's byte budget, or one whole item larger than it.
+    let reply_max = config
+        .limits
+        .max_reply_bytes
+        .max(config.limits.max_value_bytes)
+        .max(config.limits.max_message_bytes)
+        + (1 << 20);
     let auth = Authenticator::from_config(&config.auth, &config.quotas, node.clone())?;
+    node.set_forward_gate(auth.clone());
     if auth.enabled() {
         tracing::info!("authentication: on (root key or API keys)");
     }
@@ -185,16 +263,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             semantic,
             recaller: recaller.clone(),
         })
-        .max_decoding_message_size(max),
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(reply_max),
         auth.interceptor(),
     );
     let conversation_svc = InterceptedService::new(
         ConversationServiceServer::new(ConversationApi { conversations })
-            .max_decoding_message_size(max),
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
         auth.interceptor(),
     );
     let search_svc = InterceptedService::new(
-        SearchServiceServer::new(SearchApi { recaller }).max_decoding_message_size(max),
+        SearchServiceServer::new(SearchApi { recaller })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
         auth.interceptor(),
     );
     let cluster_svc = InterceptedService::new(
@@ -230,9 +312,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let api_tls = api_tls(&config.tls)?;
+    // Every request has a deadline (the client's grpc-timeout, at most
+    // limits.request_timeout_ms), and a connection a bounded number of requests in flight.
     let grpc = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(config.limits.request_timeout_ms))
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(memory_svc)
         .add_service(conversation_svc)
         .add_service(search_svc)
@@ -244,7 +333,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(tls) => {
             tracing::info!("gRPC API: TLS");
             tokio::spawn(grpc.serve_with_incoming_shutdown(
-                tls.incoming(grpc_listener),
+                tls.incoming(grpc_listener, None),
                 stopped(stop_rx.clone()),
             ))
         }
@@ -261,7 +350,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(tls) => {
             tracing::info!("peer port: mutual TLS");
             tokio::spawn(peer.serve_with_incoming_shutdown(
-                tls.server().incoming(peer_listener),
+                tls.server().incoming(
+                    peer_listener,
+                    Some(crate::cluster::network::member_admission(node.raft.clone())),
+                ),
                 stopped(stop_rx.clone()),
             ))
         }
@@ -408,5 +500,61 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(config: &Config) -> String {
+        match check_exposure(config) {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn beyond_loopback_needs_authentication_tls_and_peer_tls() {
+        let any: std::net::SocketAddr = "0.0.0.0:7700".parse().unwrap();
+        let mut c = Config::default();
+        assert_eq!(refusal(&c), "", "the loopback default is fine");
+
+        c.grpc_addr = any;
+        assert!(refusal(&c).contains("without authentication"));
+        c.auth.enabled = true;
+        assert!(refusal(&c).contains("tls.cert_file"), "{}", refusal(&c));
+        c.tls.cert_file = Some("api.pem".into());
+        assert_eq!(refusal(&c), "");
+        c.http_addr = "0.0.0.0:9001".parse().unwrap();
+        c.tls.http = false;
+        assert!(refusal(&c).contains("serve HTTP"), "{}", refusal(&c));
+        c.tls.insecure_plaintext = true;
+        assert_eq!(refusal(&c), "", "the explicit opt-out");
+
+        c.peer_addr = "0.0.0.0:7701".parse().unwrap();
+        assert!(refusal(&c).contains("peer_tls"), "{}", refusal(&c));
+        c.peer_tls.insecure_plaintext = true;
+        assert_eq!(refusal(&c), "");
+        c.peer_tls.insecure_plaintext = false;
+        c.peer_tls.ca_file = Some("ca.pem".into());
+        assert_eq!(
+            refusal(&c),
+            "",
+            "peer TLS (its files are checked when loaded)"
+        );
+
+        // A loopback peer port that dials members elsewhere in plaintext is refused too.
+        let mut c = Config {
+            initial_cluster: Some("1=127.0.0.1:7701/127.0.0.1:7700,2=10.1.2.3:7701".into()),
+            ..Config::default()
+        };
+        assert!(
+            refusal(&c).contains("member 2=10.1.2.3:7701"),
+            "{}",
+            refusal(&c)
+        );
+        c.initial_cluster = Some("1=localhost:7701,2=127.0.0.12:7701,3=[::1]:7701".into());
+        assert_eq!(refusal(&c), "");
     }
 }

@@ -31,6 +31,10 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Decides, after a handshake, whether the client's certificate chain (leaf first) may stay
+/// connected; the error says why not (logged). The peer port admits only current members.
+pub type Admission = Arc<dyn Fn(&[CertificateDer<'static>]) -> Result<(), String> + Send + Sync>;
+
 /// A PEM file and the setting that names it (for errors).
 #[derive(Clone, Debug)]
 pub struct PemFile {
@@ -171,6 +175,16 @@ impl ReloadingTls {
         self: &Arc<Self>,
         listener: TcpListener,
     ) -> tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+        self.accept_admitting(listener, None)
+    }
+
+    /// [`accept`](Self::accept), and a connection whose client certificate `admit` refuses
+    /// is closed right after its handshake.
+    pub fn accept_admitting(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        admit: Option<Admission>,
+    ) -> tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let tls = self.clone();
         tokio::spawn(async move {
@@ -192,9 +206,17 @@ impl ReloadingTls {
                 let acceptor = TlsAcceptor::from(tls.server_config());
                 let tx = tx.clone();
                 let what = tls.what;
+                let admit = admit.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
+                            if let Some(admit) = &admit {
+                                let chain = stream.get_ref().1.peer_certificates().unwrap_or(&[]);
+                                if let Err(why) = admit(chain) {
+                                    tracing::warn!(listener = what, %peer, reason = %why, "refused a connection after its TLS handshake");
+                                    return;
+                                }
+                            }
                             let _ = tx.send((stream, peer)).await;
                         }
                         Ok(Err(e)) => {
@@ -210,13 +232,16 @@ impl ReloadingTls {
         rx
     }
 
-    /// [`accept`](Self::accept) as the stream of connections tonic serves.
+    /// [`accept_admitting`](Self::accept_admitting) as the stream of connections tonic
+    /// serves.
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
+        admit: Option<Admission>,
     ) -> impl tokio_stream::Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
         use tokio_stream::StreamExt;
-        tokio_stream::wrappers::ReceiverStream::new(self.accept(listener)).map(|(s, _)| Ok(s))
+        tokio_stream::wrappers::ReceiverStream::new(self.accept_admitting(listener, admit))
+            .map(|(s, _)| Ok(s))
     }
 }
 

@@ -451,3 +451,14 @@ pub async fn api_key(root: &Client, tenant: &str, sa: &str, roles: &[&str], ttl_
         .into_inner()
         .token
 }
+
+/// A process's resident memory, from /proc (Linux).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS in /proc status")
+        * 1024
+}

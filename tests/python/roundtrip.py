@@ -60,6 +60,19 @@ def main() -> None:
         status = cluster.Status(cluster_pb2.StatusRequest())
         assert status.role == "leader", status
 
+        # Server reflection as the official Python client speaks it (v1alpha only).
+        from google.protobuf.descriptor_pool import DescriptorPool
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase,
+        )
+
+        reflection = ProtoReflectionDescriptorDatabase(channel)
+        services = set(reflection.get_services())
+        for name in ("nexus.v1.MemoryService", "nexus.v1.IamService", "grpc.health.v1.Health"):
+            assert name in services, f"{name} not in {sorted(services)}"
+        put_method = DescriptorPool(reflection).FindMethodByName("nexus.v1.MemoryService.Put")
+        assert put_method.input_type.full_name == "nexus.v1.PutRequest", put_method.input_type.full_name
+
         # A memory round trip, with compare-and-set.
         value = {"city": "Lisbon", "tags": ["travel", "2026"], "nested": {"n": 1}}
         put = memory.Put(memory_pb2.PutRequest(namespace="py", key="trip", value=json.dumps(value), expected_version=0))

@@ -25,8 +25,14 @@ impl Ca {
 
     /// Issues a leaf certificate for loopback; writes `NAME.pem` and `NAME.key` into `dir`.
     pub fn issue(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        self.issue_for(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// Issues a leaf certificate naming `hosts` (DNS names or IP addresses).
+    pub fn issue_for(&self, dir: &Path, name: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
         let params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let (c, k) = (

@@ -31,6 +31,9 @@ use nexus_proto::etcd;
 use nexus_proto::etcd::kv_client::KvClient;
 use nexus_proto::v1::memory_service_client::MemoryServiceClient;
 
+#[path = "nexus-bench/refusals.rs"]
+mod refusals;
+
 #[derive(Parser)]
 #[command(name = "nexus-bench", about = "Benchmarks of a real Nexus node")]
 struct Cli {
@@ -50,6 +53,9 @@ enum Bench {
     /// What security costs: one node without authentication against one with it (API key,
     /// RBAC check, audited writes) and with it plus tenant quotas, same load.
     Auth(AuthArgs),
+    /// What a flood of bad credentials costs a legitimate client: its latency on an idle
+    /// node and during the flood, the refusals' Raft log entries, the node's memory.
+    Refusals(refusals::RefusalArgs),
 }
 
 #[derive(clap::Args)]
@@ -845,6 +851,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Cluster(a) => cluster_bench(a).await,
         Bench::Recall(a) => recall_bench(a).await,
         Bench::Auth(a) => auth_bench(a).await,
+        Bench::Refusals(a) => refusals::refusals_bench(a).await,
     }
 }
 

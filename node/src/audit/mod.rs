@@ -17,6 +17,8 @@
 //! the record's own fields, so changing a record breaks its hash, and removing one breaks the
 //! chain at the next.
 
+pub mod denials;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -27,7 +29,7 @@ const HEAD_KEY: &[u8] = b"head";
 
 tokio::task_local! {
     /// Who is acting, for the requests this task handles.
-    pub static CONTEXT: AuditContext;
+    pub static CONTEXT: crate::cluster::OnBehalf;
 }
 
 /// Who did what, carried in each audited command.
@@ -106,30 +108,31 @@ pub async fn record(
     resource: String,
     result: String,
 ) -> Result<(), NexusError> {
-    let Ok(context) = CONTEXT.try_with(|c| c.clone()) else {
+    let Ok(on_behalf) = CONTEXT.try_with(|c| c.clone()) else {
         return Ok(());
     };
-    record_as(node, tenant, context, resource, result).await
+    record_as(node, tenant, on_behalf, resource, result).await
 }
 
-/// Proposes a record for `context` and waits for it to commit.
+/// Proposes a record for `on_behalf.context` and waits for it to commit. On a follower the
+/// leader re-derives the record's principal from `on_behalf.credential` (see
+/// `cluster::ForwardGate`): a member cannot put words in another principal's mouth.
 pub async fn record_as(
     node: &crate::cluster::ClusterNode,
     tenant: &str,
-    context: AuditContext,
+    on_behalf: crate::cluster::OnBehalf,
     resource: String,
     result: String,
 ) -> Result<(), NexusError> {
-    node.propose(crate::cluster::Command {
+    let command = crate::cluster::Command {
         tenant: tenant.to_string(),
         op: crate::cluster::Op::Audit(AuditRecordOp {
-            context,
+            context: on_behalf.context.clone(),
             resource,
             result,
         }),
-    })
-    .await
-    .map(|_| ())
+    };
+    node.propose_as(command, Some(on_behalf)).await.map(|_| ())
 }
 
 /// Appends one record to the chain (in this apply step's batch).

@@ -14,6 +14,8 @@
 //! With `auth.enabled = false` (the default) every request runs as tenant `default` with full
 //! rights, and `nexus serve` refuses to listen on anything but loopback.
 
+pub mod failures;
+mod forward;
 pub mod oidc;
 pub mod quota;
 
@@ -100,6 +102,9 @@ struct CachedPrincipal {
     expires_at_ms: i64,
 }
 
+/// Longest excerpt of an unverified token claim in an error or a record.
+const MAX_UNVERIFIED_EXCERPT_CHARS: usize = 64;
+
 /// Most principals and tenants' limits cached; past it the cache starts over.
 const MAX_CACHED: usize = 10_000;
 
@@ -118,7 +123,8 @@ fn bearer_value(value: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) 
         .map(str::trim)
 }
 
-fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+/// The bearer token of a request, if it sends one.
+pub fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
     bearer_value(metadata.get("authorization")?)
 }
 
@@ -137,6 +143,10 @@ pub struct Authenticator {
     /// Credentials (SHA-256 of the token) that logged in on this node, and when.
     logins: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
     login_window: std::time::Duration,
+    /// Failed authentications per source address.
+    failures: failures::FailureLimiter,
+    /// Denied requests, counted and audited once per window.
+    denials: Arc<crate::audit::denials::Denials>,
 }
 
 /// What the interceptor leaves in a request's extensions: the authenticator, which
@@ -202,7 +212,19 @@ impl Authenticator {
             .iter()
             .map(oidc::Issuer::new)
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let denials = Arc::new(crate::audit::denials::Denials::default());
+        if config.enabled {
+            denials.start(
+                node.clone(),
+                std::time::Duration::from_secs(config.denial_window_secs),
+            );
+        }
         Ok(Arc::new(Authenticator {
+            failures: failures::FailureLimiter::new(
+                config.failures_per_source_per_second,
+                config.failures_per_source_burst,
+            ),
+            denials,
             enabled: config.enabled,
             root_sha256: root,
             issuers,
@@ -220,6 +242,57 @@ impl Authenticator {
         self.enabled
     }
 
+    /// Where denied requests are counted (see `audit::denials`).
+    pub fn denials(&self) -> &crate::audit::denials::Denials {
+        &self.denials
+    }
+
+    /// Before authenticating: a source over its failed-authentication rate is refused here,
+    /// without a store read, unless its credential is one this node already knows good (the
+    /// root key, or an API key in the principal cache), so a client behind the same address
+    /// as an attacker keeps working.
+    pub fn preflight(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<(), NexusError> {
+        let (true, Some(source)) = (self.enabled, source) else {
+            return Ok(());
+        };
+        let Err(refused) = self.failures.check(source) else {
+            return Ok(());
+        };
+        let known_good = bearer_token(metadata).is_some_and(|token| {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let root = self
+                .root_sha256
+                .as_ref()
+                .is_some_and(|r| bool::from(r.ct_eq(&digest)));
+            let generation = self.store.identity_generation();
+            root || self
+                .principals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&digest)
+                .is_some_and(|c| {
+                    c.generation == generation
+                        && (c.expires_at_ms == 0 || crate::memory::now_ms() < c.expires_at_ms)
+                })
+        });
+        if known_good {
+            Ok(())
+        } else {
+            Err(refused)
+        }
+    }
+
+    /// After a failed authentication from `source`.
+    pub fn failed(&self, source: Option<std::net::IpAddr>) {
+        if let (true, Some(source)) = (self.enabled, source) {
+            self.failures.charge(source);
+        }
+    }
+
     /// Ok when the principal's tenant is within its request rate (root is exempt).
     pub fn admit(&self, principal: &Principal) -> Result<(), NexusError> {
         if principal.grants.is_root() && principal.subject != LOCAL_SUBJECT {
@@ -234,7 +307,7 @@ impl Authenticator {
     /// use on this node in `auth.login_window_secs`, and if so what the credential is ("key/<id>",
     /// "oidc/<issuer>", "root key"), for the audit log.
     pub fn login(&self, metadata: &tonic::metadata::MetadataMap) -> Option<String> {
-        let token = bearer(metadata)?;
+        let token = bearer_token(metadata)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = std::time::Instant::now();
         {
@@ -361,8 +434,15 @@ impl Authenticator {
             .iter()
             .find(|i| i.issuer().trim_end_matches('/') == iss.trim_end_matches('/'))
             .ok_or_else(|| {
+                // The claim is unverified: only a short, printable excerpt goes into the
+                // reply and the audit record.
+                let excerpt: String = iss
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_UNVERIFIED_EXCERPT_CHARS)
+                    .collect();
                 unauthenticated(&format!(
-                    "token of {iss:?}, which is not a configured issuer (auth.oidc)"
+                    "token of {excerpt:?}, which is not a configured issuer (auth.oidc)"
                 ))
             })?;
         let identity = issuer.verify(token).await?;

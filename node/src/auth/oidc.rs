@@ -1,7 +1,10 @@
 //! JWT bearer tokens from OIDC issuers: discovery, JWKS (cached, refreshed on an unknown key
 //! id and on expiry, with a floor between fetches), signature, `iss`, `aud`, `exp`, `nbf`, an
 //! algorithm allow-list and clock skew, through jsonwebtoken (ring). Claims map to the tenant
-//! (`tenant_claim`) and roles (`roles_claim`); the principal is `user:<sub>`.
+//! (`tenant_claim`, one of the issuer's `tenants`) and roles (`roles_claim`); the principal
+//! is `user:<issuer>#<sub>`, so two issuers' subjects never meet. Issuer and JWKS URLs are
+//! https (http only on loopback, for tests); a JWKS key must be a signing key (`use` absent
+//! or `sig`) and, when it names its algorithm, tokens must use that one.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -25,9 +28,36 @@ struct Discovery {
     jwks_uri: String,
 }
 
+/// Whether a URL may be fetched for keys: https, or http on a loopback host.
+fn acceptable_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A verification key, and the algorithm it is for when the JWKS names one.
+#[derive(Clone)]
+struct VerifyingKey {
+    key: DecodingKey,
+    alg: Option<Algorithm>,
+}
+
 #[derive(Default)]
 struct Keys {
-    by_kid: HashMap<String, DecodingKey>,
+    by_kid: HashMap<String, VerifyingKey>,
     fetched: Option<Instant>,
 }
 
@@ -53,6 +83,18 @@ impl Issuer {
     pub fn new(config: &OidcConfig) -> anyhow::Result<Self> {
         if config.issuer.is_empty() || config.audience.is_empty() {
             anyhow::bail!("every [[auth.oidc]] needs issuer and audience");
+        }
+        if !acceptable_url(&config.issuer) {
+            anyhow::bail!(
+                "auth.oidc.issuer {:?}: must be an https:// URL (http:// only on loopback)",
+                config.issuer
+            );
+        }
+        if config.tenants.is_empty() && config.default_tenant.is_empty() {
+            anyhow::bail!(
+                "auth.oidc {:?}: list the tenants it may assert in tenants (or [\"*\"]), or set default_tenant",
+                config.issuer
+            );
         }
         let algorithms = config
             .algorithms
@@ -119,6 +161,15 @@ impl Issuer {
                 &format!("the document names issuer {}", discovery.issuer),
             ));
         }
+        if !acceptable_url(&discovery.jwks_uri) {
+            return Err(unavailable(
+                "discovery",
+                &format!(
+                    "jwks_uri {:?} is not https (http only on loopback)",
+                    discovery.jwks_uri
+                ),
+            ));
+        }
         let set: JwkSet = self
             .http
             .get(&discovery.jwks_uri)
@@ -134,9 +185,31 @@ impl Issuer {
             let Some(kid) = jwk.common.key_id.clone() else {
                 continue;
             };
+            // Only signing keys, for an algorithm this issuer is allowed.
+            if jwk
+                .common
+                .public_key_use
+                .as_ref()
+                .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+            {
+                tracing::warn!(issuer = %self.config.issuer, kid, "skipping a JWKS key that is not for signatures (use)");
+                continue;
+            }
+            let alg = match jwk
+                .common
+                .key_algorithm
+                .map(|a| a.to_string().parse::<Algorithm>())
+            {
+                None => None,
+                Some(Ok(a)) if self.algorithms.contains(&a) => Some(a),
+                Some(_) => {
+                    tracing::warn!(issuer = %self.config.issuer, kid, "skipping a JWKS key for an algorithm not in auth.oidc.algorithms");
+                    continue;
+                }
+            };
             match DecodingKey::from_jwk(jwk) {
                 Ok(key) => {
-                    by_kid.insert(kid, key);
+                    by_kid.insert(kid, VerifyingKey { key, alg });
                 }
                 Err(e) => {
                     tracing::warn!(issuer = %self.config.issuer, kid, error = %e, "skipping a JWKS key")
@@ -151,7 +224,7 @@ impl Issuer {
         Ok(())
     }
 
-    async fn key(&self, kid: &str) -> Result<DecodingKey, NexusError> {
+    async fn key(&self, kid: &str) -> Result<VerifyingKey, NexusError> {
         let ttl = Duration::from_secs(self.config.jwks_refresh_s);
         {
             let keys = self.keys.read().await;
@@ -186,7 +259,14 @@ impl Issuer {
         let kid = header
             .kid
             .ok_or_else(|| unauthenticated("the header names no key (kid)"))?;
-        let key = self.key(&kid).await?;
+        let VerifyingKey { key, alg } = self.key(&kid).await?;
+        if alg.is_some_and(|a| a != header.alg) {
+            return Err(unauthenticated(format!(
+                "key {kid:?} is for {:?}, the token says {:?}",
+                alg.expect("checked"),
+                header.alg
+            )));
+        }
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
@@ -227,6 +307,19 @@ impl Issuer {
                 )))
             }
         };
+        let allowed = self.config.tenants.iter().any(|t| t == "*" || *t == tenant)
+            || (!self.config.default_tenant.is_empty() && tenant == self.config.default_tenant);
+        if !allowed {
+            let shown: String = tenant
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect();
+            return Err(unauthenticated(format!(
+                "{} may not assert tenant {shown:?} (auth.oidc.tenants)",
+                self.config.issuer
+            )));
+        }
         let roles = match claims.get(&self.config.roles_claim) {
             None => Vec::new(),
             Some(serde_json::Value::Array(items)) => items
@@ -242,7 +335,7 @@ impl Issuer {
             }
         };
         Ok(Identity {
-            subject,
+            subject: format!("{}#{subject}", self.config.issuer.trim_end_matches('/')),
             tenant,
             roles,
         })
@@ -262,4 +355,29 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
 /// Whether a bearer token looks like a JWT (three base64url parts).
 pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3 && token.starts_with("ey")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_urls_are_https_or_loopback() {
+        for ok in [
+            "https://login.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost/x",
+            "http://[::1]:9/jwks",
+        ] {
+            assert!(acceptable_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://login.example.com",
+            "http://10.0.0.1/jwks",
+            "ftp://x",
+            "http://127.0.0.1.evil.com/",
+        ] {
+            assert!(!acceptable_url(bad), "{bad}");
+        }
+    }
 }

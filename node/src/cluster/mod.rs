@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::error::NexusError;
 use crate::store::Store;
 pub use state_machine::AppliedState;
-pub use types::{Command, NexusNode, NodeId, Op, Proposal, Raft, Reply};
+pub use types::{
+    Command, ForwardGate, Forwarded, NexusNode, NodeId, OnBehalf, Op, Proposal, Raft, Reply,
+};
 
 type Responder = tokio::sync::oneshot::Sender<Result<Reply, NexusError>>;
 type ReadWaiter = tokio::sync::oneshot::Sender<Result<u64, NexusError>>;
@@ -148,9 +150,13 @@ pub struct ClusterNode {
     pub store: Store,
     applied: watch::Receiver<AppliedState>,
     committed: Arc<AtomicU64>,
-    proposals: tokio::sync::mpsc::UnboundedSender<(Command, Responder)>,
+    /// Writes waiting for the batcher (bounded: `limits.max_pending_writes`).
+    proposals: tokio::sync::mpsc::Sender<(Forwarded, Responder)>,
+    /// Checks the commands members forward to this node when it leads (set at start-up).
+    forward_gate: std::sync::OnceLock<Arc<dyn ForwardGate>>,
     /// Linearizable readers waiting for a read index (`batch_read_index`).
-    read_waiters: tokio::sync::mpsc::UnboundedSender<ReadWaiter>,
+    /// (bounded: `limits.max_pending_reads`)
+    read_waiters: tokio::sync::mpsc::Sender<ReadWaiter>,
     peers: network::PeerChannels,
     /// The last leader this node knew of (0: none yet), named in Unavailable replies while no
     /// leader is known, e.g. on a node cut off in a minority.
@@ -218,8 +224,8 @@ impl ClusterNode {
             );
             raft.initialize(members).await?;
         }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (read_tx, read_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(config.limits.max_pending_writes.max(1));
+        let (read_tx, read_rx) = tokio::sync::mpsc::channel(config.limits.max_pending_reads.max(1));
         let node = Arc::new(Self {
             id: config.node_id,
             raft,
@@ -227,6 +233,7 @@ impl ClusterNode {
             applied,
             committed,
             proposals: tx,
+            forward_gate: std::sync::OnceLock::new(),
             read_waiters: read_tx,
             peers,
             last_leader: Arc::new(AtomicU64::new(0)),
@@ -248,28 +255,51 @@ impl ClusterNode {
     }
 
     /// Replicates a command and returns what applying it produced, once it is committed on a
-    /// majority and applied here. Commands of concurrent callers share a log entry.
-    pub async fn propose(&self, mut command: Command) -> Result<Reply, NexusError> {
-        // On behalf of a principal (inside `api::grpc::handle`): audited with the change.
-        let context = crate::audit::CONTEXT.try_with(|c| c.clone());
-        if let (Ok(context), false) = (context, matches!(command.op, Op::Audit(_))) {
-            command.op = Op::Audited {
-                context,
-                op: Box::new(command.op),
-            };
-        }
+    /// majority and applied here. Commands of concurrent callers share a log entry. Inside a
+    /// request (`api::grpc::handle`) the command is made on behalf of its caller, and audited
+    /// with the change.
+    pub async fn propose(&self, command: Command) -> Result<Reply, NexusError> {
+        let on_behalf = crate::audit::CONTEXT.try_with(|c| c.clone()).ok();
+        self.propose_as(command, on_behalf).await
+    }
+
+    /// [`propose`](Self::propose) on behalf of whom `on_behalf` names (None: the node itself,
+    /// such as the TTL sweeper).
+    pub async fn propose_as(
+        &self,
+        command: Command,
+        on_behalf: Option<OnBehalf>,
+    ) -> Result<Reply, NexusError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = || self.unavailable("the node is shutting down", None, None);
-        self.proposals.send((command, tx)).map_err(|_| stopped())?;
+        let item = Forwarded { command, on_behalf };
+        self.proposals.try_send((item, tx)).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                crate::observe::metrics::SHED
+                    .with_label_values(&["write"])
+                    .inc();
+                NexusError::ResourceExhausted {
+                    limit: "limits.max_pending_writes".into(),
+                    message: "too many writes are waiting on this node; retry with backoff".into(),
+                }
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => stopped(),
+        })?;
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Proposes one entry holding `commands` on the leader: here, or forwarded to it. If
+    /// Sets what checks the commands members forward (once, at start-up; until then this
+    /// node, as leader, answers forwarded proposals Unavailable).
+    pub fn set_forward_gate(&self, gate: Arc<dyn ForwardGate>) {
+        let _ = self.forward_gate.set(gate);
+    }
+
+    /// Proposes one entry holding `items` on the leader: here, or forwarded to it. If
     /// leadership moves while the entry is proposed here, the callers get Unavailable naming
     /// the new leader and may retry.
     async fn propose_batch(
         &self,
-        commands: Vec<Command>,
+        items: Vec<Forwarded>,
     ) -> Result<Vec<types::Response>, NexusError> {
         let leader = self.raft.metrics().borrow().current_leader;
         match leader {
@@ -281,7 +311,7 @@ impl ClusterNode {
                     .peers
                     .forward(
                         &addr,
-                        &network::ForwardRequest::Propose(commands),
+                        &network::ForwardRequest::ProposeChecked(items),
                         FORWARD_TIMEOUT,
                     )
                     .await?
@@ -290,8 +320,82 @@ impl ClusterNode {
                     other => Err(NexusError::internal(format!("leader answered {other:?}"))),
                 }
             }
-            _ => self.propose_local(commands).await,
+            _ => {
+                let commands = items.into_iter().map(Forwarded::into_local).collect();
+                self.propose_local(commands).await
+            }
         }
+    }
+
+    /// On the leader: runs a cluster change a member forwarded, once the forward gate has
+    /// checked the credential of the request behind it.
+    pub async fn forwarded_cluster_change(
+        &self,
+        on_behalf: Option<OnBehalf>,
+        change: impl std::future::Future<Output = Result<(), NexusError>>,
+    ) -> Result<network::ForwardReply, NexusError> {
+        let gate = self
+            .forward_gate
+            .get()
+            .cloned()
+            .ok_or_else(|| self.unavailable("the leader is still starting", None, None))?;
+        if let Err(e) = gate.admit_cluster_change(on_behalf).await {
+            crate::observe::metrics::PEER_REFUSALS
+                .with_label_values(&["forwarded cluster change"])
+                .inc();
+            return Err(e);
+        }
+        change.await.map(|()| network::ForwardReply::Done)
+    }
+
+    /// On the leader: proposes what a member forwarded, each command first admitted by the
+    /// forward gate. A refused command gets its own error; the others are proposed together.
+    pub async fn propose_forwarded(
+        &self,
+        items: Vec<Forwarded>,
+    ) -> Result<Vec<types::Response>, NexusError> {
+        let gate = self
+            .forward_gate
+            .get()
+            .cloned()
+            .ok_or_else(|| self.unavailable("the leader is still starting", None, None))?;
+        let mut refusals: Vec<Option<NexusError>> = Vec::with_capacity(items.len());
+        let mut admitted = Vec::with_capacity(items.len());
+        for item in items {
+            match gate.admit(item).await {
+                Ok(command) => {
+                    refusals.push(None);
+                    admitted.push(command);
+                }
+                Err(e) => {
+                    crate::observe::metrics::PEER_REFUSALS
+                        .with_label_values(&["forwarded command"])
+                        .inc();
+                    tracing::warn!(error = %e, "refused a forwarded command");
+                    refusals.push(Some(e));
+                }
+            }
+        }
+        let n = admitted.len();
+        let mut results = if admitted.is_empty() {
+            Vec::new()
+        } else {
+            self.propose_local(admitted).await?
+        }
+        .into_iter();
+        if results.len() != n {
+            return Err(NexusError::internal(format!(
+                "{} results for {n} commands",
+                results.len()
+            )));
+        }
+        Ok(refusals
+            .into_iter()
+            .map(|refused| match refused {
+                Some(e) => Err(e),
+                None => results.next().expect("one result per admitted command"),
+            })
+            .collect())
     }
 
     /// Proposes on this node only (a request forwarded by a follower is not forwarded again).
@@ -359,7 +463,16 @@ impl ClusterNode {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stopped = || self.unavailable("the node is shutting down", None, None);
-        self.read_waiters.send(tx).map_err(|_| stopped())?;
+        self.read_waiters.try_send(tx).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                crate::observe::metrics::SHED.with_label_values(&["read"]).inc();
+                NexusError::ResourceExhausted {
+                    limit: "limits.max_pending_reads".into(),
+                    message: "too many linearizable reads are waiting on this node; retry with backoff or read stale".into(),
+                }
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => stopped(),
+        })?;
         let index = rx.await.map_err(|_| stopped())??;
         let leader = self.raft.metrics().borrow().current_leader;
         let mut applied = self.applied.clone();
@@ -400,7 +513,10 @@ impl ClusterNode {
     /// Changes the membership on the leader: here, or forwarded to it.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), NexusError> {
         self.on_leader(
-            network::ForwardRequest::Membership(change.clone()),
+            network::ForwardRequest::MembershipChecked(
+                change.clone(),
+                crate::audit::CONTEXT.try_with(|c| c.clone()).ok(),
+            ),
             FORWARD_TIMEOUT * 6,
             self.change_membership_local(change),
         )
@@ -413,7 +529,10 @@ impl ClusterNode {
     /// that a status read right after agrees).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), NexusError> {
         self.on_leader(
-            network::ForwardRequest::TransferLeader(to),
+            network::ForwardRequest::TransferLeaderChecked(
+                to,
+                crate::audit::CONTEXT.try_with(|c| c.clone()).ok(),
+            ),
             FORWARD_TIMEOUT * 3,
             self.transfer_leader_local(to),
         )
@@ -516,7 +635,7 @@ impl ClusterNode {
         }
 
         // 2. Hold the other voters' elections.
-        let hold = lease * 4 + Duration::from_secs(2);
+        let hold = self.max_election_hold();
         for m in status.members.iter().filter(|m| m.voter && m.id != to) {
             if m.id == self.id {
                 self.hold_elections(hold);
@@ -572,6 +691,7 @@ impl ClusterNode {
     /// Does not start elections for `hold` (during a leadership transfer to another node, or
     /// while a snapshot from the leader is arriving). A hold never shortens a longer one.
     pub fn hold_elections(&self, hold: Duration) {
+        let hold = hold.min(self.max_election_hold());
         let until = tokio::time::Instant::now() + hold;
         {
             let mut held = self.election_hold.lock().expect("election hold lock");
@@ -592,6 +712,13 @@ impl ClusterNode {
                 raft.runtime_config().elect(true);
             }
         });
+    }
+
+    /// The longest a node holds its elections when asked to (a leadership transfer asks for
+    /// this much): a member that asks for more, or again and again, cannot keep a cluster
+    /// without a leader for longer than a few election timeouts at a time.
+    pub fn max_election_hold(&self) -> Duration {
+        self.election_timeout_max * 4 + Duration::from_secs(2)
     }
 
     /// Runs `receive` (one snapshot chunk from the current leader) while holding this node's
@@ -885,7 +1012,7 @@ impl ClusterNode {
 /// a round that began before a read arrived may miss a write acknowledged before it.
 async fn batch_read_index(
     node: std::sync::Weak<ClusterNode>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<ReadWaiter>,
+    mut rx: tokio::sync::mpsc::Receiver<ReadWaiter>,
 ) {
     while let Some(first) = rx.recv().await {
         let mut waiters = vec![first];
@@ -910,11 +1037,12 @@ async fn batch_read_index(
 
 async fn batch_proposals(
     node: std::sync::Weak<ClusterNode>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Command, Responder)>,
+    mut rx: tokio::sync::mpsc::Receiver<(Forwarded, Responder)>,
     max_commands: usize,
     max_bytes: usize,
 ) {
-    let mut carry: Option<(Command, Responder)> = None;
+    let mut carry: Option<(Forwarded, Responder)> = None;
+    // `batch` below is bounded by max_commands and max_bytes.
     loop {
         let first = match carry.take() {
             Some(p) => p,
@@ -940,7 +1068,19 @@ async fn batch_proposals(
             }
         }
         let Some(node) = node.upgrade() else { return };
-        let (commands, responders): (Vec<Command>, Vec<Responder>) = batch.into_iter().unzip();
+        // A write whose client has given up (its deadline passed, it hung up) is not proposed:
+        // nobody would learn its outcome.
+        let before = batch.len();
+        batch.retain(|(_, tx)| !tx.is_closed());
+        if batch.len() < before {
+            crate::observe::metrics::SHED
+                .with_label_values(&["abandoned write"])
+                .inc_by((before - batch.len()) as u64);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let (commands, responders): (Vec<Forwarded>, Vec<Responder>) = batch.into_iter().unzip();
         let n = commands.len();
         crate::observe::metrics::PROPOSAL_BATCH_COMMANDS.observe(n as f64);
         match node.propose_batch(commands).await {

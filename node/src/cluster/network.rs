@@ -105,6 +105,59 @@ impl PeerTls {
     }
 }
 
+/// The host of a peer address as membership records it (`HOST:PORT`, `[V6]:PORT`, or a URL).
+pub fn host_of(addr: &str) -> &str {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let host = match rest.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => rest,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Who may stay connected to the peer port once mutual TLS has verified the chain: a
+/// certificate that names (DNS or IP SAN) the host of a current member's peer address, in the
+/// membership this node knows (the latest configuration in its log, so a learner being added
+/// is known to the leader before it connects). A certificate of the same CA is not enough.
+/// A node that knows no membership yet (started with `--join`, waiting to be added) admits
+/// any certificate of the CA: it holds nothing to leak, and the leader that adds it proves
+/// itself as the server of its peer address. A member removed later keeps a connection it
+/// already has until that connection drops.
+pub fn member_admission(raft: Raft) -> crate::tls::Admission {
+    std::sync::Arc::new(move |chain| {
+        let refuse = |why: String| {
+            crate::observe::metrics::PEER_REFUSALS
+                .with_label_values(&["not a member"])
+                .inc();
+            Err(why)
+        };
+        let Some(leaf) = chain.first() else {
+            return refuse("no client certificate".into());
+        };
+        let cert = match webpki::EndEntityCert::try_from(leaf) {
+            Ok(c) => c,
+            Err(e) => return refuse(format!("unreadable client certificate: {e:?}")),
+        };
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let mut members = membership.nodes().peekable();
+        if members.peek().is_none() {
+            return Ok(());
+        }
+        for (_, node) in members {
+            let Ok(name) = rustls::pki_types::ServerName::try_from(host_of(&node.peer_addr)) else {
+                continue;
+            };
+            if cert.verify_is_valid_for_subject_name(&name).is_ok() {
+                return Ok(());
+            }
+        }
+        refuse("the certificate names no member's peer address".into())
+    })
+}
+
 /// How this node connects to other nodes' peer ports: the one place where peer connections
 /// are configured, for Raft messages and forwarded requests alike.
 #[derive(Clone, Debug, Default)]
@@ -330,6 +383,15 @@ pub enum ForwardRequest {
     HoldElections(u64),
     /// Campaign now (sent by a leader handing over to this node).
     Elect,
+    /// Propose these commands as one entry, each with the credential of the request it
+    /// serves, for the leader to check (`ForwardGate`). Appended last: a variant's position
+    /// is part of the encoding. `Propose` (from members of an older build) goes through the
+    /// same gate without credentials.
+    ProposeChecked(Vec<super::Forwarded>),
+    /// `Membership`, with the credential of the request behind it (`ForwardGate`).
+    MembershipChecked(super::MembershipChange, Option<super::OnBehalf>),
+    /// `TransferLeader`, with the credential of the request behind it.
+    TransferLeaderChecked(NodeId, Option<super::OnBehalf>),
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -490,25 +552,49 @@ impl RaftService for PeerService {
         let result = match req {
             ForwardRequest::Propose(commands) => self
                 .node
-                .propose_local(commands)
+                .propose_forwarded(
+                    commands
+                        .into_iter()
+                        .map(|command| super::Forwarded {
+                            command,
+                            on_behalf: None,
+                        })
+                        .collect(),
+                )
                 .await
                 .map(ForwardReply::Responses),
-            ForwardRequest::Membership(change) => self
+            ForwardRequest::ProposeChecked(items) => self
                 .node
-                .change_membership_local(change)
+                .propose_forwarded(items)
                 .await
-                .map(|()| ForwardReply::Done),
+                .map(ForwardReply::Responses),
+            ForwardRequest::Membership(change) => {
+                self.node
+                    .forwarded_cluster_change(None, self.node.change_membership_local(change))
+                    .await
+            }
+            ForwardRequest::MembershipChecked(change, on_behalf) => {
+                self.node
+                    .forwarded_cluster_change(on_behalf, self.node.change_membership_local(change))
+                    .await
+            }
             ForwardRequest::ReadIndex => self
                 .node
                 .read_index_local()
                 .await
                 .map(ForwardReply::ReadIndex),
-            ForwardRequest::TransferLeader(to) => self
-                .node
-                .transfer_leader_local(to)
-                .await
-                .map(|()| ForwardReply::Done),
+            ForwardRequest::TransferLeader(to) => {
+                self.node
+                    .forwarded_cluster_change(None, self.node.transfer_leader_local(to))
+                    .await
+            }
+            ForwardRequest::TransferLeaderChecked(to, on_behalf) => {
+                self.node
+                    .forwarded_cluster_change(on_behalf, self.node.transfer_leader_local(to))
+                    .await
+            }
             ForwardRequest::HoldElections(millis) => {
+                // Bounded by `max_election_hold` whatever the member asks.
                 self.node.hold_elections(Duration::from_millis(millis));
                 Ok(ForwardReply::Done)
             }

@@ -139,32 +139,48 @@ fn read_header(r: &mut impl Read) -> Result<SnapshotMeta, StoreError> {
     Ok(codec::decode(&read_bytes(r, len)?)?)
 }
 
-/// Replaces the whole state machine with the snapshot in `path`, atomically (one write batch,
-/// synced). The snapshot is verified completely before anything is changed.
-pub fn install(store: &Store, path: &Path) -> Result<SnapshotMeta, StoreError> {
+/// Longest key and largest value a snapshot record may declare; checked, with the file's
+/// length, before anything is allocated for it.
+const MAX_RECORD_KEY_BYTES: u32 = 1 << 20;
+const MAX_RECORD_VALUE_BYTES: u32 = 256 << 20;
+
+/// Reads every record of the snapshot in `path` in order, handing each to `f` (the family's
+/// index in `SM_FAMILIES`, key, value), and checks the checksum at the end. Memory: one
+/// record at a time.
+fn for_each_record(
+    path: &Path,
+    mut f: impl FnMut(usize, &[u8], &[u8]) -> Result<(), StoreError>,
+) -> Result<SnapshotMeta, StoreError> {
+    let file_len = std::fs::metadata(path)?.len();
     let mut r = CrcReader {
         inner: BufReader::with_capacity(1 << 20, File::open(path)?),
         hasher: crc32fast::Hasher::new(),
     };
     let meta = read_header(&mut r)?;
-    let mut batch = WriteBatch::default();
-    for family in SM_FAMILIES {
-        batch.delete_range_cf(store.cf(family), [].as_slice(), keys::KEYSPACE_END);
-    }
+    let checked_len = |len: u32, max: u32, what: &str| {
+        if len > max || u64::from(len) > file_len {
+            Err(corrupt(format!(
+                "a record's {what} claims {len} bytes (at most {max}, file {file_len})"
+            )))
+        } else {
+            Ok(len)
+        }
+    };
     loop {
         let mut tag = [0u8; 1];
         r.read_exact(&mut tag)?;
         if tag[0] == 0 {
             break;
         }
-        let family = SM_FAMILIES
-            .get(tag[0] as usize - 1)
-            .ok_or_else(|| corrupt(format!("unknown column family tag {}", tag[0])))?;
-        let klen = read_u32(&mut r)?;
+        let family = tag[0] as usize - 1;
+        if family >= SM_FAMILIES.len() {
+            return Err(corrupt(format!("unknown column family tag {}", tag[0])));
+        }
+        let klen = checked_len(read_u32(&mut r)?, MAX_RECORD_KEY_BYTES, "key")?;
         let key = read_bytes(&mut r, klen)?;
-        let vlen = read_u32(&mut r)?;
+        let vlen = checked_len(read_u32(&mut r)?, MAX_RECORD_VALUE_BYTES, "value")?;
         let value = read_bytes(&mut r, vlen)?;
-        batch.put_cf(store.cf(family), key, value);
+        f(family, &key, &value)?;
     }
     let computed = r.hasher.clone().finalize();
     let stored = read_u32(&mut r.inner)?;
@@ -173,7 +189,94 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotMeta, StoreError> {
             "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
         )));
     }
+    Ok(meta)
+}
+
+/// Replaces the whole state machine with the snapshot in `path`, within bounded memory:
+///
+/// 1. the file is read through once and its checksum verified, before anything changes;
+/// 2. each family's records are streamed into an SST file (`SstFileWriter`; the snapshot
+///    holds every family's keys in order, as RocksDB iterated them);
+/// 3. one synced batch deletes every state-machine key and records an "installing" marker
+///    naming `path`; each family's SST file is ingested (moved into the database, newer than
+///    the deletion); a last synced batch writes the snapshot's watermark and membership and
+///    removes the marker.
+///
+/// A crash between the marker and its removal leaves a mix of old and new families; the
+/// state machine finds the marker when it opens and installs `path` again
+/// ([`resume_interrupted_install`]), so the state it serves is never the mix. Stale reads on
+/// this node during an install may see it, as they may see any state this node holds.
+pub fn install(store: &Store, path: &Path) -> Result<SnapshotMeta, StoreError> {
+    for_each_record(path, |_, _, _| Ok(()))?;
+    let sst_dir = path.with_extension("sst.d");
+    let _ = std::fs::remove_dir_all(&sst_dir);
+    std::fs::create_dir_all(&sst_dir)?;
+    let result = install_from_ssts(store, path, &sst_dir);
+    let _ = std::fs::remove_dir_all(&sst_dir);
+    result
+}
+
+fn install_from_ssts(
+    store: &Store,
+    path: &Path,
+    sst_dir: &Path,
+) -> Result<SnapshotMeta, StoreError> {
+    let mut sst_opts = rocksdb::Options::default();
+    sst_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut files: Vec<(usize, std::path::PathBuf)> = Vec::new();
+    let mut open: Option<(usize, rocksdb::SstFileWriter<'_>)> = None;
+    let finish = |mut w: rocksdb::SstFileWriter<'_>| w.finish().map_err(StoreError::from);
+    let meta = for_each_record(path, |family, key, value| {
+        if open.as_ref().map(|(f, _)| *f) != Some(family) {
+            if let Some((_, w)) = open.take() {
+                finish(w)?;
+            }
+            if files.iter().any(|(f, _)| *f == family) {
+                return Err(corrupt(format!(
+                    "family {} appears twice",
+                    SM_FAMILIES[family]
+                )));
+            }
+            let file = sst_dir.join(format!("{family:02}.sst"));
+            let w = rocksdb::SstFileWriter::create(&sst_opts);
+            w.open(&file)?;
+            files.push((family, file));
+            open = Some((family, w));
+        }
+        let (_, w) = open.as_mut().expect("opened above");
+        w.put(key, value)
+            .map_err(|e| corrupt(format!("{}: keys out of order? {e}", SM_FAMILIES[family])))
+    })?;
+    if let Some((_, w)) = open.take() {
+        finish(w)?;
+    }
+
+    let sync = || {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        o
+    };
+    let mut batch = WriteBatch::default();
+    for family in SM_FAMILIES {
+        batch.delete_range_cf(store.cf(family), [].as_slice(), keys::KEYSPACE_END);
+    }
+    batch.put_cf(
+        store.cf(CF_SM_META),
+        keys::sm_meta::INSTALLING,
+        path.to_string_lossy().as_bytes(),
+    );
+    store.db().write_opt(batch, &sync())?;
+    let mut ingest = rocksdb::IngestExternalFileOptions::default();
+    ingest.set_move_files(true);
+    for (family, file) in &files {
+        store.db().ingest_external_file_cf_opts(
+            store.cf(SM_FAMILIES[*family]),
+            &ingest,
+            vec![file],
+        )?;
+    }
     // The snapshot's own meta is authoritative for the watermark and membership.
+    let mut batch = WriteBatch::default();
     if let Some(last) = &meta.last_log_id {
         batch.put_cf(
             store.cf(CF_SM_META),
@@ -186,12 +289,148 @@ pub fn install(store: &Store, path: &Path) -> Result<SnapshotMeta, StoreError> {
         keys::sm_meta::MEMBERSHIP,
         codec::encode(&meta.last_membership),
     );
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    store.db().write_opt(batch, &opts)?;
+    batch.delete_cf(store.cf(CF_SM_META), keys::sm_meta::INSTALLING);
+    store.db().write_opt(batch, &sync())?;
     // A snapshot from a node that kept no usage figures (an older build): compute them.
     if crate::store::usage::missing(store)? {
         crate::store::usage::recompute(store)?;
     }
     Ok(meta)
+}
+
+/// The snapshot file an install interrupted by a crash was installing, if any (see
+/// [`install`]).
+pub fn interrupted_install(store: &Store) -> Result<Option<std::path::PathBuf>, StoreError> {
+    Ok(store
+        .get(CF_SM_META, keys::sm_meta::INSTALLING)?
+        .map(|p| std::path::PathBuf::from(String::from_utf8_lossy(&p).into_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(store: &Store, tenant_values: &[(&[u8], usize, usize)]) {
+        for (prefix, n, size) in tenant_values {
+            for i in 0..*n {
+                let mut k = prefix.to_vec();
+                k.extend_from_slice(&(i as u64).to_be_bytes());
+                store
+                    .db()
+                    .put_cf(
+                        store.cf(crate::store::CF_KV),
+                        k,
+                        vec![(i % 251) as u8; *size],
+                    )
+                    .unwrap();
+            }
+        }
+    }
+
+    fn kv_rows(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .db()
+            .iterator_cf(store.cf(crate::store::CF_KV), IteratorMode::Start)
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn install_replaces_the_state_and_refuses_corrupt_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        fill(&a, &[(b"t1/", 500, 100), (b"t2/", 10, 5000)]);
+        let snap = dir.path().join("s.snap");
+        write(&a, &snap, "x").unwrap();
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        fill(&b, &[(b"old/", 50, 10), (b"t1/", 3, 7)]);
+        install(&b, &snap).unwrap();
+        assert_eq!(
+            kv_rows(&b),
+            kv_rows(&a),
+            "the snapshot's state, and nothing else"
+        );
+        assert_eq!(interrupted_install(&b).unwrap(), None, "the marker is gone");
+
+        // A flipped byte, and a length beyond the file, change nothing.
+        let mut bytes = std::fs::read(&snap).unwrap();
+        let before = kv_rows(&b);
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        let bad = dir.path().join("bad.snap");
+        std::fs::write(&bad, &bytes).unwrap();
+        assert!(install(&b, &bad).is_err());
+        assert_eq!(kv_rows(&b), before);
+    }
+
+    /// Run as a child process by the test below (so that its peak memory is its own).
+    #[test]
+    fn snapshot_child() {
+        let Ok(mode) = std::env::var("NEXUS_SNAPSHOT_CHILD") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(std::env::var("NEXUS_SNAPSHOT_DIR").unwrap());
+        let snap = dir.join("big.snap");
+        if mode == "build" {
+            let a = Store::open(&dir.join("a")).unwrap();
+            fill(&a, &[(b"big/", 320, 1 << 20)]);
+            write(&a, &snap, "big").unwrap();
+        } else {
+            let b = Store::open(&dir.join("b")).unwrap();
+            install(&b, &snap).unwrap();
+            assert_eq!(kv_rows(&b).len(), 320);
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+            println!("child {hwm}");
+        }
+    }
+
+    #[test]
+    fn installing_a_snapshot_larger_than_the_memory_it_may_use_succeeds() {
+        if std::env::var("NEXUS_SNAPSHOT_CHILD").is_ok() || !Path::new("/proc/self/status").exists()
+        {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = |mode: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "cluster::snapshot::tests::snapshot_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("NEXUS_SNAPSHOT_CHILD", mode)
+                .env("NEXUS_SNAPSHOT_DIR", dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{mode}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        run("build");
+        let size = std::fs::metadata(dir.path().join("big.snap"))
+            .unwrap()
+            .len();
+        assert!(size > 320 << 20, "a 320 MiB state: {size}");
+        let out = run("install");
+        let kib: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("child VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {out}"));
+        // The whole state in one write batch would take more than its 320 MiB.
+        assert!(
+            kib < 160 * 1024,
+            "installing a {} MiB snapshot peaked at {} MiB",
+            size >> 20,
+            kib >> 10
+        );
+    }
 }

@@ -77,11 +77,24 @@ impl StateMachine {
         snapshot_dir: &Path,
     ) -> Result<(Self, watch::Receiver<AppliedState>), StoreError> {
         std::fs::create_dir_all(snapshot_dir)?;
+        // A snapshot install a crash interrupted: finish it before anything reads the state.
+        if let Some(path) = snapshot::interrupted_install(&store)? {
+            tracing::warn!(file = %path.display(), "resuming a snapshot install that a crash interrupted");
+            snapshot::install(&store, &path)?;
+            let current = snapshot_dir.join(CURRENT_SNAPSHOT);
+            std::fs::rename(&path, &current)?;
+            std::fs::File::open(snapshot_dir)?.sync_all()?;
+            store.identities_changed();
+        }
         // Leftovers of an interrupted snapshot transfer or build.
         for entry in std::fs::read_dir(snapshot_dir)? {
             let path = entry?.path();
             if path.file_name().is_some_and(|n| n != CURRENT_SNAPSHOT) {
-                let _ = std::fs::remove_file(&path);
+                if path.is_dir() {
+                    let _ = std::fs::remove_dir_all(&path);
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         let (last, _) = read_applied(&store)?;
@@ -217,6 +230,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let installed = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, StoreError> {
             let installed = snapshot::install(&store, &path)?;
             std::fs::rename(&path, &target)?;
+            if let Some(dir) = target.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
             Ok(installed)
         })
         .await

@@ -163,6 +163,80 @@ impl std::fmt::Display for Command {
     }
 }
 
+/// On whose behalf a command is proposed: the request's audit context, and the bearer
+/// credential the caller sent. On the leader the command is proposed as
+/// `Op::Audited { context, op }`; a follower forwards the credential instead of trusting
+/// itself with the principal, and the leader authenticates it again (`ForwardGate`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct OnBehalf {
+    pub context: AuditContext,
+    /// Never logged (see the `Debug` impl).
+    pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for OnBehalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnBehalf")
+            .field("context", &self.context)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A command waiting to be proposed, and on whose behalf; what a follower forwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub command: Command,
+    pub on_behalf: Option<OnBehalf>,
+}
+
+impl Forwarded {
+    /// The command as the node it was made on proposes it when it leads: audited with its
+    /// context (an `Op::Audit` record carries its own).
+    pub fn into_local(self) -> Command {
+        match self.on_behalf {
+            Some(OnBehalf { context, .. }) if !matches!(self.command.op, Op::Audit(_)) => Command {
+                tenant: self.command.tenant,
+                op: Op::Audited {
+                    context,
+                    op: Box::new(self.command.op),
+                },
+            },
+            _ => self.command,
+        }
+    }
+
+    pub fn approx_size(&self) -> usize {
+        let behalf = self.on_behalf.as_ref().map_or(0, |b| {
+            b.credential.as_ref().map_or(0, String::len)
+                + b.context.request_id.len()
+                + b.context.principal.len()
+                + b.context.tenant.len()
+                + b.context.action.len()
+                + 32
+        });
+        self.command.approx_size() + behalf
+    }
+}
+
+/// What the leader checks before it proposes a command a member forwarded. A peer is a
+/// member (the peer port admits only certificates naming one), but a member is not trusted
+/// with principals: a forwarded command carries the caller's credential, and the gate
+/// authenticates it and checks the command against the principal it finds, as the member's
+/// own API would have (`auth::forward`). It never lets a member forward an audit record
+/// that it wrote itself.
+#[tonic::async_trait]
+pub trait ForwardGate: Send + Sync {
+    async fn admit(&self, forwarded: Forwarded) -> Result<Command, NexusError>;
+
+    /// Ok when the caller behind a forwarded cluster change (membership, leadership
+    /// transfer) may administer the cluster, by its own credential.
+    async fn admit_cluster_change(&self, on_behalf: Option<OnBehalf>) -> Result<(), NexusError>;
+}
+
 /// One Raft entry's payload: the commands of concurrent clients, proposed together so that
 /// they share one log append and one fsync (group commit), and applied in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]

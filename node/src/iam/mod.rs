@@ -524,18 +524,72 @@ pub fn grants_with(
         .chain(extra_roles.iter().cloned());
     let mut grants = Vec::new();
     for role in roles {
-        match rbac::builtin(&role) {
-            Some(g) => grants.extend(g.iter().map(|s| s.to_string())),
-            None => {
-                if let Some(r) =
-                    store.get_decoded::<RoleRecord>(CF_IAM, &role_key(tenant, &role))?
-                {
-                    grants.extend(r.permissions);
-                }
-            }
-        }
+        grants.extend(role_grants(store, tenant, &role)?);
     }
     Ok(rbac::Grants::of(grants))
+}
+
+/// What a role grants in a tenant: a built-in role's grants, a custom role's permissions, or
+/// nothing for a role that does not exist.
+pub fn role_grants(store: &Store, tenant: &str, role: &str) -> Result<Vec<String>, StoreError> {
+    if let Some(g) = rbac::builtin(role) {
+        return Ok(g.iter().map(|s| s.to_string()).collect());
+    }
+    Ok(store
+        .get_decoded::<RoleRecord>(CF_IAM, &role_key(tenant, role))?
+        .map(|r| r.permissions)
+        .unwrap_or_default())
+}
+
+/// Least privilege: a principal grants, through a key's roles, a role's permissions or a
+/// binding, only permissions it holds itself (a grant such as `memory:*` needs `memory:*` or
+/// `*`). Checked by the node that receives the request and again by the leader for what a
+/// member forwards (`auth::forward`). Root grants anything a role can hold.
+pub fn check_grantable(
+    store: &Store,
+    subject: &str,
+    held: &rbac::Grants,
+    tenant: &str,
+    op: &IamOp,
+) -> Result<(), NexusError> {
+    if held.is_root() {
+        return Ok(());
+    }
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    let roles = |field: &str, names: &[String], out: &mut Vec<(String, String)>| {
+        for (i, role) in names.iter().enumerate() {
+            let field = if names.len() == 1 && field == "role" {
+                "role".to_string()
+            } else {
+                format!("{field}[{i}]")
+            };
+            for g in role_grants(store, tenant, role)? {
+                out.push((format!("{field} ({role})"), g));
+            }
+        }
+        Ok::<_, StoreError>(())
+    };
+    match op {
+        IamOp::CreateKey { roles: names, .. } => roles("roles", names, &mut wanted)?,
+        IamOp::CreateBinding { role, .. } => {
+            roles("role", std::slice::from_ref(role), &mut wanted)?
+        }
+        IamOp::PutRole { permissions, .. } => wanted.extend(
+            permissions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("permissions[{i}]"), p.clone())),
+        ),
+        _ => {}
+    }
+    for (field, grant) in wanted {
+        if !held.allows(&grant) {
+            return Err(NexusError::PermissionDenied(format!(
+                "{field}: {subject} cannot grant {grant:?}, which it does not hold (a principal grants only permissions it holds)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a tenant id: 1..=63 of `[a-z0-9-]`, beginning with a letter or digit.

@@ -216,6 +216,33 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
     }))
 }
 
+/// The permission a replicated command needs, by its name (`Op::name`), for the leader's
+/// check of what members forward (`auth::forward`): the same permission the API method that
+/// makes it needs. `kv.purge_expired` (the TTL sweeper's, made by the node itself) needs
+/// none; an unknown command is refused.
+pub fn permission_for_command(command: &str) -> Result<Option<&'static str>, NexusError> {
+    let (family, _) = command.split_once('.').unwrap_or((command, ""));
+    Ok(Some(match (family, command) {
+        (_, "kv.purge_expired") => return Ok(None),
+        ("kv" | "conversation" | "semantic", _) => "memory:write",
+        (_, "secrets.set" | "secrets.delete") => "secrets:write",
+        (_, "secrets.rewrap") => "cluster:admin",
+        ("iam", _) => match permission_for(command)? {
+            Some(p) => p,
+            None => {
+                return Err(NexusError::internal(format!(
+                    "{command} needs a permission"
+                )))
+            }
+        },
+        _ => {
+            return Err(NexusError::PermissionDenied(format!(
+                "{command} cannot be forwarded by a member"
+            )))
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,26 @@ impl IamService {
         Ok(tenant.to_string())
     }
 
+    /// Proposes an identity change. Changes that grant (a key's roles, a role's permissions,
+    /// a binding) are first checked against what the caller holds, on a linearizable view of
+    /// the roles they name (`iam::check_grantable`; the leader checks a forwarded one again).
+    async fn propose_as(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        op: IamOp,
+    ) -> Result<IamReply, NexusError> {
+        if matches!(
+            op,
+            IamOp::CreateKey { .. } | IamOp::PutRole { .. } | IamOp::CreateBinding { .. }
+        ) && !p.grants.is_root()
+        {
+            self.read().await?;
+            super::check_grantable(&self.node.store, &p.subject, &p.grants, tenant, &op)?;
+        }
+        self.propose(tenant, op).await
+    }
+
     async fn propose(&self, tenant: &str, op: IamOp) -> Result<IamReply, NexusError> {
         match self
             .node
@@ -192,7 +212,7 @@ impl IamService {
             now_ms: now,
             roles,
         };
-        match self.propose(&tenant, op).await? {
+        match self.propose_as(p, &tenant, op).await? {
             IamReply::Key(k) => Ok((tenant, k, key.token)),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -264,7 +284,7 @@ impl IamService {
             permissions,
             now_ms: now_ms(),
         };
-        match self.propose(&tenant, op).await? {
+        match self.propose_as(p, &tenant, op).await? {
             IamReply::Role(r) => Ok(r),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -336,7 +356,7 @@ impl IamService {
             role: role.to_string(),
             now_ms: now_ms(),
         };
-        match self.propose(&tenant, op).await? {
+        match self.propose_as(p, &tenant, op).await? {
             IamReply::Binding(b) => Ok(b),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }

@@ -617,12 +617,21 @@ impl ConversationService {
         }
         let prefix = keys::message_prefix(tenant, &req.conversation_id);
         let mut cursor = keys::message_key(tenant, &req.conversation_id, after_seq + 1);
-        let mut out = Vec::with_capacity(page_size);
+        let mut out = Vec::with_capacity(page_size.min(64));
         let mut more = false;
+        // A page also ends at the reply's byte budget (limits.max_reply_bytes).
+        let budget = self.limits.max_reply_bytes;
+        let mut bytes = 0usize;
         // Messages are in time order, so the scan can stop at the end of the range.
         'scan: loop {
-            let rows = store.scan_prefix(CF_MESSAGES, &prefix, &cursor, page_size + 1)?;
-            for (_, v) in &rows {
+            let (rows, truncated) = store.scan_prefix_bytes(
+                CF_MESSAGES,
+                &prefix,
+                &cursor,
+                page_size + 1,
+                budget.saturating_sub(bytes),
+            )?;
+            for (k, v) in &rows {
                 let m: MessageRecord = codec::decode(v).map_err(StoreError::from)?;
                 if m.created_at_ms < req.since_ms {
                     continue;
@@ -630,14 +639,20 @@ impl ConversationService {
                 if req.until_ms != 0 && m.created_at_ms >= req.until_ms {
                     break 'scan;
                 }
-                if out.len() == page_size {
+                let size = k.len() + v.len();
+                if out.len() == page_size || (!out.is_empty() && bytes + size > budget) {
                     more = true;
                     break 'scan;
                 }
+                bytes += size;
                 out.push(m);
             }
             match rows.last() {
-                Some((last, _)) if rows.len() > page_size => {
+                Some(_) if truncated && !out.is_empty() => {
+                    more = true;
+                    break;
+                }
+                Some((last, _)) if rows.len() > page_size || truncated => {
                     cursor = last.clone();
                     cursor.push(0);
                 }

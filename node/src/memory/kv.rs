@@ -388,26 +388,34 @@ impl KvService {
         };
         self.node.read_barrier(req.consistency).await?;
         let now = now_ms();
-        let mut items = Vec::with_capacity(page_size);
+        let mut items = Vec::with_capacity(page_size.min(64));
         let mut cursor = start;
         let mut more = false;
+        // A page also ends at the reply's byte budget (limits.max_reply_bytes).
+        let budget = self.limits.max_reply_bytes;
+        let mut bytes = 0usize;
         // Expired memories are skipped, so a page may need more than one scan.
         'scan: loop {
-            let batch = self
-                .node
-                .store
-                .scan_prefix(CF_KV, &prefix, &cursor, page_size + 1)?;
-            let exhausted = batch.len() <= page_size;
+            let (batch, truncated) = self.node.store.scan_prefix_bytes(
+                CF_KV,
+                &prefix,
+                &cursor,
+                page_size + 1,
+                budget.saturating_sub(bytes),
+            )?;
+            let exhausted = batch.len() <= page_size && !truncated;
             for (k, v) in &batch {
                 let record: MemoryRecord =
                     crate::store::codec::decode(v).map_err(StoreError::from)?;
                 if record.is_expired(now) {
                     continue;
                 }
-                if items.len() == page_size {
+                let size = k.len() + v.len();
+                if items.len() == page_size || (!items.is_empty() && bytes + size > budget) {
                     more = true;
                     break 'scan;
                 }
+                bytes += size;
                 let (_, namespace, key) = keys::parse_kv_key(k)
                     .ok_or_else(|| NexusError::internal("malformed kv key in store"))?;
                 items.push(MemoryItem {
@@ -417,6 +425,10 @@ impl KvService {
                 });
             }
             match batch.last() {
+                Some(_) if truncated && !items.is_empty() => {
+                    more = true;
+                    break;
+                }
                 Some((k, _)) if !exhausted => {
                     cursor = k.clone();
                     cursor.push(0);

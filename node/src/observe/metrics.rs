@@ -206,6 +206,45 @@ pub static TLS_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static SHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "load_shed_total",
+                "requests shed under load: writes or reads over their queue's bound, writes whose client gave up before they were proposed",
+            ),
+            &["what"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static DENIALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "denials_total",
+                "API requests refused (authentication, permission, rate), by gRPC code; audited as one record per group and window",
+            ),
+            &["code"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static PEER_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "peer_refusals_total",
+                "requests and connections refused on the peer port, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static RAFT_SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new(
@@ -238,6 +277,9 @@ pub fn init() {
     LazyLock::force(&RAFT_SNAPSHOT_INDEX);
     LazyLock::force(&RAFT_SNAPSHOTS_INSTALLED);
     LazyLock::force(&TLS_RELOADS);
+    LazyLock::force(&PEER_REFUSALS);
+    LazyLock::force(&DENIALS);
+    LazyLock::force(&SHED);
     LazyLock::force(&READ_INDEX_BATCH_READS);
 }
 

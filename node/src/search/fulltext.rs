@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
@@ -381,8 +381,11 @@ impl QueryParts {
         limit: usize,
     ) -> Result<Vec<Hit>, NexusError> {
         let f = &self.fields;
-        let parser = QueryParser::for_index(&self.index, vec![f.body]);
-        let (text_query, _errors) = parser.parse_query_lenient(&req.query);
+        let mut tokenizer = self
+            .index
+            .tokenizer_for_field(f.body)
+            .map_err(NexusError::internal)?;
+        let text_query = super::query::build(&req.query, f.body, &mut tokenizer)?;
         let term = |field: Field, value: &str| -> Box<dyn Query> {
             Box::new(TermQuery::new(
                 Term::from_field_text(field, value),

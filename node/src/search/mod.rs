@@ -6,6 +6,7 @@
 //! Both indexes are derived state, fed from the applied Raft log with a persisted watermark.
 
 pub mod fulltext;
+pub mod query;
 pub mod recall;
 pub mod vector;
 

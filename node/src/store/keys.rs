@@ -171,6 +171,9 @@ pub fn message_vector_id_key(tenant: &str, message_id: &str) -> Vec<u8> {
 pub mod sm_meta {
     pub const LAST_APPLIED: &[u8] = b"last_applied";
     pub const MEMBERSHIP: &[u8] = b"membership";
+    /// Set while a snapshot is being installed: the path of its file (see
+    /// `cluster::snapshot::install`).
+    pub const INSTALLING: &[u8] = b"installing";
 }
 
 /// Keys of `raft_meta`.

@@ -195,7 +195,24 @@ impl Store {
         start: &[u8],
         limit: usize,
     ) -> Result<KeyValues, StoreError> {
+        Ok(self
+            .scan_prefix_bytes(cf, prefix, start, limit, usize::MAX)?
+            .0)
+    }
+
+    /// Like [`scan_prefix`](Self::scan_prefix), and stops before the row that would take the
+    /// keys and values read past `max_bytes` (the first row is always read). The flag says
+    /// it stopped for bytes while rows were left: a listing then ends its page there.
+    pub fn scan_prefix_bytes(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(KeyValues, bool), StoreError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let iter = self.db.iterator_cf(
             self.cf(cf),
             rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
@@ -205,8 +222,13 @@ impl Store {
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
+            let size = k.len() + v.len();
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                return Ok((out, true));
+            }
+            bytes += size;
             out.push((k.to_vec(), v.to_vec()));
         }
-        Ok(out)
+        Ok((out, false))
     }
 }

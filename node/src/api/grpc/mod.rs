@@ -115,6 +115,9 @@ where
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
     let caller = request.extensions().get::<Caller>().cloned();
+    // The bearer credential, handed to the leader with what this request proposes so that
+    // the leader authenticates the caller itself (cluster::ForwardGate).
+    let credential = crate::auth::bearer_token(request.metadata()).map(str::to_string);
     let mut context = AuditContext {
         request_id: request_id.clone(),
         principal: "anonymous".into(),
@@ -122,8 +125,12 @@ where
         action: method.into(),
         at_ms: crate::memory::now_ms(),
     };
+    let source = request.remote_addr().map(|a| a.ip());
     let mut principal = match &caller {
-        Some(c) => c.auth.authenticate(request.metadata()).await,
+        Some(c) => match c.auth.preflight(request.metadata(), source) {
+            Ok(()) => c.auth.authenticate(request.metadata()).await,
+            Err(e) => Err(e),
+        },
         None => Err(NexusError::Unauthenticated(
             "the request was not authenticated".into(),
         )),
@@ -147,20 +154,27 @@ where
             }
         }
     }
+    if let (Some(c), Err(NexusError::Unauthenticated(_))) = (&caller, &principal) {
+        c.auth.failed(source);
+    }
     // A login: a credential's first successful authentication here in a while (permitted or
     // not). Recorded aside, like a denial, without holding up the request.
     if let (Some(c), Ok(p)) = (&caller, &principal) {
         if p.subject != crate::auth::LOCAL_SUBJECT {
-            if let Some(credential) = c.auth.login(request.metadata()) {
+            if let Some(which) = c.auth.login(request.metadata()) {
                 let node = c.node().clone();
                 let mut login = context.clone();
                 login.action = "auth.login".into();
                 login.principal = p.subject.clone();
                 login.tenant = p.tenant.clone();
+                let login = crate::cluster::OnBehalf {
+                    context: login,
+                    credential: credential.clone(),
+                };
                 tokio::spawn(async move {
-                    let tenant = login.tenant.clone();
+                    let tenant = login.context.tenant.clone();
                     if let Err(err) =
-                        audit::record_as(&node, &tenant, login, credential, "ok".into()).await
+                        audit::record_as(&node, &tenant, login, which, "ok".into()).await
                     {
                         tracing::warn!(error = %err, "recording a login in the audit log");
                     }
@@ -168,7 +182,7 @@ where
             }
         }
     }
-    // Over its tenant's rate: refused before anything runs (and not audited: a flood).
+    // Over its tenant's rate: refused before anything runs (counted with the denials).
     let admitted = match (&caller, &authorized) {
         (Some(c), Ok(p)) => c.auth.admit(p),
         _ => Ok(()),
@@ -181,28 +195,31 @@ where
         Ok(principal) => {
             context.principal = principal.subject.clone();
             context.tenant = principal.tenant.clone();
+            let on_behalf = crate::cluster::OnBehalf {
+                context,
+                credential,
+            };
             audit::CONTEXT
-                .scope(context, f(principal, request.into_inner()))
+                .scope(on_behalf, f(principal, request.into_inner()))
                 .await
                 .map_err(to_status)
         }
         Err(e) => {
-            let flood = matches!(e, NexusError::ResourceExhausted { .. });
-            if let Some(caller) = caller.filter(|_| !flood) {
-                if let Ok(p) = &principal {
-                    context.principal = p.subject.clone();
-                    context.tenant = p.tenant.clone();
-                }
-                // Recorded without holding up the reply (a denial changes nothing).
-                let result = audit::result_text::<()>(&Err(e.clone()));
-                tokio::spawn(async move {
-                    let tenant = context.tenant.clone();
-                    if let Err(err) =
-                        audit::record_as(caller.node(), &tenant, context, String::new(), result)
-                            .await
-                    {
-                        tracing::warn!(error = %err, "recording a denial in the audit log");
-                    }
+            // Counted, and audited as one record per group and window: a refusal is no
+            // replicated write of its own (audit::denials).
+            if let Some(caller) = caller.filter(|c| c.auth.enabled()) {
+                let (who, tenant) = match &principal {
+                    Ok(p) => (p.subject.clone(), p.tenant.clone()),
+                    Err(_) => ("anonymous".to_string(), String::new()),
+                };
+                caller.auth.denials().note(audit::denials::Denial {
+                    principal: who,
+                    tenant,
+                    source,
+                    action: method.into(),
+                    code: format!("{:?}", code_of(&e)),
+                    result: audit::result_text::<()>(&Err(e.clone())),
+                    credential,
                 });
             }
             Err(to_status(e))
