@@ -399,6 +399,11 @@ async fn a_flood_of_bad_credentials_costs_a_few_log_entries() {
         "{REQUESTS} refusals grew the log by {grown} entries besides the {written} writes"
     );
     let rss_after = rss();
+    eprintln!(
+        "{REQUESTS} refusals from {CONNECTIONS} connections: the log grew by {grown} entries besides {written} legitimate writes; RSS {} -> {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
     assert!(
         rss_after < rss_before + (200 << 20),
         "memory grew from {rss_before} to {rss_after} bytes"

@@ -171,6 +171,29 @@ fn check_exposure(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The services of the public API: their health is reported, and server reflection lists
+/// them (and health checking), never the internal Raft service whose descriptors share the
+/// file set.
+const PUBLIC_SERVICES: &[&str] = &[
+    "nexus.v1.MemoryService",
+    "nexus.v1.ConversationService",
+    "nexus.v1.SearchService",
+    "nexus.v1.ClusterService",
+    "nexus.v1.IamService",
+    "nexus.v1.SecretsService",
+    "nexus.v1.AuditService",
+];
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    PUBLIC_SERVICES
+        .iter()
+        .fold(builder, |b, name| b.with_service_name(*name))
+}
+
 /// Runs a node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     crate::observe::metrics::init();
@@ -236,12 +259,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (health, health_service) = tonic_health::server::health_reporter();
     // Server reflection in both versions: v1, and v1alpha, the only one the official Python
     // client (grpcio-reflection), older grpcurl and Postman speak.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nexus_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
     let max = config.limits.max_request_bytes;
     // A reply holds at most a page's byte budget, or one whole item larger than it.
     let reply_max = config
@@ -390,16 +409,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             match node.wait_for_leader(LEADER_WAIT).await {
                 Ok(leader) => {
                     tracing::info!(leader, "leader known");
-                    for name in [
-                        "nexus.v1.MemoryService",
-                        "nexus.v1.ConversationService",
-                        "nexus.v1.SearchService",
-                        "nexus.v1.ClusterService",
-                        "nexus.v1.IamService",
-                        "nexus.v1.SecretsService",
-                        "nexus.v1.AuditService",
-                        "",
-                    ] {
+                    for name in PUBLIC_SERVICES.iter().chain(&[""]) {
                         health
                             .set_service_status(name, tonic_health::ServingStatus::Serving)
                             .await;

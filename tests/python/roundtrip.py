@@ -70,6 +70,7 @@ def main() -> None:
         services = set(reflection.get_services())
         for name in ("nexus.v1.MemoryService", "nexus.v1.IamService", "grpc.health.v1.Health"):
             assert name in services, f"{name} not in {sorted(services)}"
+        assert "nexus.raft.v1.RaftService" not in services, "the internal service is not advertised"
         put_method = DescriptorPool(reflection).FindMethodByName("nexus.v1.MemoryService.Put")
         assert put_method.input_type.full_name == "nexus.v1.PutRequest", put_method.input_type.full_name
 

@@ -34,6 +34,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the leader waits for a quorum to commit a proposal before answering Unavailable.
 /// The outcome of such a write is unknown: it is committed if a quorum comes back in time.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(8);
+/// A node that has caught up once stays ready while it trails the commit index by fewer
+/// entries than this (`is_ready`).
+const READY_MAX_LAG: u64 = 10_000;
 /// `AddMember` fails when the new learner's replication makes no progress for this long.
 const LEARNER_STALL: Duration = Duration::from_secs(10);
 
@@ -150,6 +153,8 @@ pub struct ClusterNode {
     pub store: Store,
     applied: watch::Receiver<AppliedState>,
     committed: Arc<AtomicU64>,
+    /// Set the first time this node has applied everything it knew committed (`is_ready`).
+    caught_up: std::sync::atomic::AtomicBool,
     /// Writes waiting for the batcher (bounded: `limits.max_pending_writes`).
     proposals: tokio::sync::mpsc::Sender<(Forwarded, Responder)>,
     /// Checks the commands members forward to this node when it leads (set at start-up).
@@ -232,6 +237,7 @@ impl ClusterNode {
             store,
             applied,
             committed,
+            caught_up: std::sync::atomic::AtomicBool::new(false),
             proposals: tx,
             forward_gate: std::sync::OnceLock::new(),
             read_waiters: read_tx,
@@ -942,11 +948,24 @@ impl ClusterNode {
     }
 
     /// True once this node knows a leader and has applied everything it knows is committed.
+    ///
+    /// Once caught up, a node stays ready while it knows a leader and trails the commit index
+    /// by fewer than `READY_MAX_LAG` entries: under a heavy write load applied always trails
+    /// committed by a few entries, and a readiness that flapped with that would have a load
+    /// balancer take a busy node out of service exactly when it is needed.
     pub fn is_ready(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        m.current_leader.is_some()
-            && m.last_applied.map_or(0, |l| l.index) >= self.committed.load(Ordering::Relaxed)
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let committed = self.committed.load(Ordering::Relaxed);
+        if m.current_leader.is_none() {
+            return false;
+        }
+        if applied >= committed {
+            self.caught_up.store(true, Ordering::Relaxed);
+            return true;
+        }
+        self.caught_up.load(Ordering::Relaxed) && committed - applied < READY_MAX_LAG
     }
 
     pub fn status(&self) -> ClusterStatus {
