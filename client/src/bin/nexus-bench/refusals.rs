@@ -191,13 +191,19 @@ pub(super) async fn refusals_bench(a: RefusalArgs) -> anyhow::Result<()> {
 
     let mut body = String::from("## What a flood of bad credentials costs (issue: hardening)\n\n");
     body += &format!(
-        "Command: `cargo build --release --bin nexus --bin nexus-bench && target/release/nexus-bench refusals --seconds {} --flood-connections {} --value-bytes {}`\n\n",
+        "Command: `nexus-bench refusals --seconds {} --flood-connections {} --value-bytes {}` (release: `cargo build --release --bin nexus --bin nexus-bench` first, then `target/release/nexus-bench ...`)\n\n",
         a.load.seconds, a.flood_connections, a.load.value_bytes
     );
     body += &format!(
-        "Machine: {}. Date: {}. One `nexus` node (release build) with authentication. A legitimate client (API key, agent role) alternates a `Put` of a {}-byte value and a linearizable `Get` of it, on the idle node and then while {} connections send `Get`s with bad credentials (unknown API keys, JWTs of an issuer nobody configured, garbage) as fast as they are answered, from the same address. The flood and the node share the machine's 2 cores.\n\n",
+        "Machine: {}. Date: {}. One `nexus` node ({} build: `{}`) with authentication. A legitimate client (API key, agent role) alternates a `Put` of a {}-byte value and a linearizable `Get` of it, on the idle node and then while {} connections send `Get`s with bad credentials (unknown API keys, JWTs of an issuer nobody configured, garbage) as fast as they are answered, from the same address. The flood and the node share the machine's 2 cores.\n\n",
         machine(),
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        if bin.components().any(|c| c.as_os_str() == "release") {
+            "release"
+        } else {
+            "debug, dependencies optimized"
+        },
+        bin.display(),
         a.load.value_bytes,
         a.flood_connections
     );
