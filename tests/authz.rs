@@ -841,13 +841,7 @@ async fn without_authentication_a_node_serves_loopback_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut open = Nexus::new(&dir.path().join("open"), &[]);
     open.grpc_host = "0.0.0.0".into();
-    open.spawn();
-    let status = open
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("nexus refuses to start");
-    assert!(!status.success());
-    let log = open.log_text();
+    let log = open.refused_start().await;
     assert!(
         log.contains("without authentication") && log.contains("NEXUS_AUTH__ENABLED"),
         "{log}"
@@ -860,13 +854,7 @@ async fn without_authentication_a_node_serves_loopback_only() {
     ];
     let mut plaintext = Nexus::new(&dir.path().join("plaintext"), &env);
     plaintext.grpc_host = "0.0.0.0".into();
-    plaintext.spawn();
-    let status = plaintext
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("nexus refuses to start");
-    assert!(!status.success());
-    let log = plaintext.log_text();
+    let log = plaintext.refused_start().await;
     assert!(
         log.contains("in plaintext with authentication on")
             && log.contains("NEXUS_TLS__CERT_FILE")
@@ -978,24 +966,14 @@ async fn a_principal_grants_only_what_it_holds() {
             .await
         }
     };
-    let permissions = [
-        "memory:read",
-        "memory:write",
-        "secrets:read",
-        "secrets:write",
-        "secrets:list",
-        "tools:call",
-        "tools:read",
-        "tools:write",
-        "schedules:read",
-        "schedules:write",
-        "iam:read",
-        "iam:write",
-        "audit:read",
-        "cluster:read",
-        "memory:*",
-        "*",
-    ];
+    // Every permission a role can name (the server's own list, so a new one is covered
+    // here the day it is added), and wildcards.
+    let permissions: Vec<&str> = nexus_node::iam::rbac::PERMISSIONS
+        .iter()
+        .copied()
+        .chain(["memory:*", "*"])
+        .collect();
+    assert!(permissions.len() >= 16, "{permissions:?}");
     let mut root_acme = n.client().await;
     root_acme
         .iam

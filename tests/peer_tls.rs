@@ -291,13 +291,7 @@ async fn a_plaintext_peer_port_beyond_loopback_is_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();
     let mut open = Nexus::new(&dir.path().join("open"), &[]);
     open.peer_host = "0.0.0.0".into();
-    open.spawn();
-    let status = open
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .expect("nexus refuses to start");
-    assert!(!status.success());
-    let log = open.log_text();
+    let log = open.refused_start().await;
     assert!(
         log.contains("plaintext peer port beyond loopback")
             && log.contains("NEXUS_PEER_TLS__CERT_FILE")

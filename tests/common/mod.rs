@@ -191,6 +191,18 @@ impl Nexus {
         None
     }
 
+    /// Starts the node and expects it to refuse to start: waits for it to exit with a
+    /// failure, and returns its log (which says why).
+    pub async fn refused_start(&mut self) -> String {
+        self.spawn();
+        let status = self
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .expect("nexus refuses to start");
+        assert!(!status.success(), "{status}");
+        self.log_text()
+    }
+
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

@@ -855,6 +855,28 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Makes tenant `bench` and an API key of its service account `bench` with the agent role,
+/// through the root client; returns the key's token.
+async fn bench_tenant_key(root: &mut Client) -> anyhow::Result<String> {
+    root.iam
+        .create_tenant(pb::CreateTenantRequest {
+            id: "bench".into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(root
+        .iam
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant: "bench".into(),
+            service_account: "bench".into(),
+            roles: vec!["agent".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .token)
+}
+
 /// The configurations `nexus-bench auth` compares.
 const AUTH_SETUPS: &[&str] = &[
     "no authentication",
@@ -889,12 +911,7 @@ async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
             None
         } else {
             let mut root = Client::connect_with_token(&node.endpoint, Some(ROOT)).await?;
-            root.iam
-                .create_tenant(pb::CreateTenantRequest {
-                    id: "bench".into(),
-                    ..Default::default()
-                })
-                .await?;
+            let token = bench_tenant_key(&mut root).await?;
             if i == 2 {
                 root.iam
                     .set_tenant_limits(pb::SetTenantLimitsRequest {
@@ -907,17 +924,7 @@ async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
                     })
                     .await?;
             }
-            let key = root
-                .iam
-                .create_api_key(pb::CreateApiKeyRequest {
-                    tenant: "bench".into(),
-                    service_account: "bench".into(),
-                    roles: vec!["agent".into()],
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            Some(key.token)
+            Some(token)
         };
         let connect = || async {
             Ok::<_, anyhow::Error>(Driver::Nexus(

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use nexus_client::report::{machine, percentile, update_section};
 use nexus_client::{pb, Client};
 
-use super::{free_port, ms, nexus_binary, spawn_nexus, wait_for_leader_as, LoadArgs};
+use super::{
+    bench_tenant_key, free_port, ms, nexus_binary, spawn_nexus, wait_for_leader_as, LoadArgs,
+};
 
 #[derive(clap::Args)]
 pub(super) struct RefusalArgs {
@@ -110,23 +112,7 @@ pub(super) async fn refusals_bench(a: RefusalArgs) -> anyhow::Result<()> {
     )?;
     wait_for_leader_as(&node, Some(ROOT)).await?;
     let mut root = Client::connect_with_token(&node.endpoint, Some(ROOT)).await?;
-    root.iam
-        .create_tenant(pb::CreateTenantRequest {
-            id: "bench".into(),
-            ..Default::default()
-        })
-        .await?;
-    let token = root
-        .iam
-        .create_api_key(pb::CreateApiKeyRequest {
-            tenant: "bench".into(),
-            service_account: "bench".into(),
-            roles: vec!["agent".into()],
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .token;
+    let token = bench_tenant_key(&mut root).await?;
     let mut legit = Client::connect_with_token(&node.endpoint, Some(&token)).await?;
     legitimate(&mut legit, 1, &value, "warmup").await?;
 
