@@ -128,6 +128,10 @@ pub struct AuthConfig {
     pub failures_per_source_per_second: f64,
     /// Failed authentications a source address may make at once.
     pub failures_per_source_burst: u32,
+    /// A request refused for its credentials (or its source's failures) is answered after
+    /// this long: a client that retries at once on its own answer, as floods do, is slowed to
+    /// a few requests per second per stream instead of costing the node a refusal each time.
+    pub failure_delay_ms: u64,
     /// Denied requests are counted and written to the audit log as one record per
     /// (principal, tenant, source, code) and window of this many seconds.
     pub denial_window_secs: u64,
@@ -190,6 +194,7 @@ impl Default for AuthConfig {
             login_window_secs: 3600,
             failures_per_source_per_second: 5.0,
             failures_per_source_burst: 20,
+            failure_delay_ms: 200,
             denial_window_secs: 60,
         }
     }
@@ -587,6 +592,9 @@ login_window_secs = 3600
 # (RESOURCE_EXHAUSTED) before any read, unless their credential is already known good here.
 failures_per_source_per_second = 5.0
 failures_per_source_burst = 20
+# A refusal for bad credentials is answered after this long (slows a flood that retries on
+# each answer; costs an honest client with a wrong key a fifth of a second).
+failure_delay_ms = 200
 # Refused requests cost no replicated write each: they are counted and audited as one
 # auth.denied record per principal, tenant, source address and code, every this many seconds.
 denial_window_secs = 60

@@ -147,6 +147,8 @@ pub struct Authenticator {
     failures: failures::FailureLimiter,
     /// Denied requests, counted and audited once per window.
     denials: Arc<crate::audit::denials::Denials>,
+    /// How long a refusal for bad credentials waits before it is answered.
+    failure_delay: std::time::Duration,
 }
 
 /// What the interceptor leaves in a request's extensions: the authenticator, which
@@ -225,6 +227,7 @@ impl Authenticator {
                 config.failures_per_source_burst,
             ),
             denials,
+            failure_delay: std::time::Duration::from_millis(config.failure_delay_ms),
             enabled: config.enabled,
             root_sha256: root,
             issuers,
@@ -284,6 +287,19 @@ impl Authenticator {
         } else {
             Err(refused)
         }
+    }
+
+    /// How long to hold the answer to a request refused for `e` (see `auth.failure_delay_ms`):
+    /// bad credentials and sources over their failure rate; nothing else.
+    pub fn refusal_delay(&self, e: &NexusError) -> Option<std::time::Duration> {
+        let slowed = match e {
+            NexusError::Unauthenticated(_) => true,
+            NexusError::ResourceExhausted { limit, .. } => {
+                limit == "auth.failures_per_source_per_second"
+            }
+            _ => false,
+        };
+        (self.enabled && slowed && !self.failure_delay.is_zero()).then_some(self.failure_delay)
     }
 
     /// After a failed authentication from `source`.

@@ -208,6 +208,7 @@ where
             // Counted, and audited as one record per group and window: a refusal is no
             // replicated write of its own (audit::denials).
             if let Some(caller) = caller.filter(|c| c.auth.enabled()) {
+                let delay = caller.auth.refusal_delay(&e);
                 let (who, tenant) = match &principal {
                     Ok(p) => (p.subject.clone(), p.tenant.clone()),
                     Err(_) => ("anonymous".to_string(), String::new()),
@@ -221,6 +222,12 @@ where
                     result: audit::result_text::<()>(&Err(e.clone())),
                     credential,
                 });
+                // Held, not computed: a sleeping task costs the node nothing, and a flood
+                // that waits for each answer is slowed to a few requests per second per
+                // stream (streams per connection are bounded too).
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
             }
             Err(to_status(e))
         }
