@@ -22,7 +22,7 @@ use crate::api::grpc::{
     AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi,
 };
 use crate::api::http::{router, HttpState};
-use crate::auth::{is_loopback, Authenticator};
+use crate::auth::{is_loopback, is_loopback_host, Authenticator};
 use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
 use crate::cluster::ClusterNode;
 use crate::config::Config;
@@ -90,16 +90,6 @@ fn api_tls(
         files,
         &[b"h2"],
     )?))
-}
-
-/// Whether a peer address as written in `initial_cluster` (`HOST:PORT` or a URL) stays on
-/// this machine: a loopback IP or `localhost`.
-fn is_loopback_host(addr: &str) -> bool {
-    let host = crate::cluster::network::host_of(addr);
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What a node refuses to expose (see "Threat model" in docs/design.md):

@@ -61,15 +61,6 @@ pub struct Denials {
     groups: Mutex<HashMap<Group, Tally>>,
 }
 
-fn bounded(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(max).collect();
-    cut.push('…');
-    cut
-}
-
 impl Denials {
     /// Counts a denial (a map update; nothing is written until the window ends).
     pub fn note(&self, d: Denial) {
@@ -104,7 +95,7 @@ impl Denials {
         if tally.actions.len() < MAX_ACTIONS {
             tally.actions.insert(d.action);
         }
-        tally.last_result = bounded(&d.result, MAX_MESSAGE_CHARS);
+        tally.last_result = crate::auth::excerpt(&d.result, MAX_MESSAGE_CHARS);
         tally.credential = d.credential;
     }
 

@@ -28,12 +28,7 @@ use super::Authenticator;
 const MAX_RECORD_FIELD_CHARS: usize = 256;
 
 fn bounded(text: &str) -> String {
-    if text.chars().count() <= MAX_RECORD_FIELD_CHARS {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(MAX_RECORD_FIELD_CHARS).collect();
-    cut.push('…');
-    cut
+    super::excerpt(text, MAX_RECORD_FIELD_CHARS)
 }
 
 fn refused(why: impl Into<String>) -> NexusError {

@@ -103,7 +103,7 @@ struct CachedPrincipal {
 }
 
 /// Longest excerpt of an unverified token claim in an error or a record.
-const MAX_UNVERIFIED_EXCERPT_CHARS: usize = 64;
+pub(crate) const MAX_UNVERIFIED_EXCERPT_CHARS: usize = 64;
 
 /// Most principals and tenants' limits cached; past it the cache starts over.
 const MAX_CACHED: usize = 10_000;
@@ -271,16 +271,7 @@ impl Authenticator {
                 .root_sha256
                 .as_ref()
                 .is_some_and(|r| bool::from(r.ct_eq(&digest)));
-            let generation = self.store.identity_generation();
-            root || self
-                .principals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&digest)
-                .is_some_and(|c| {
-                    c.generation == generation
-                        && (c.expires_at_ms == 0 || crate::memory::now_ms() < c.expires_at_ms)
-                })
+            root || self.cached_principal(&digest).is_some()
         });
         if known_good {
             Ok(())
@@ -300,6 +291,20 @@ impl Authenticator {
             _ => false,
         };
         (self.enabled && slowed && !self.failure_delay.is_zero()).then_some(self.failure_delay)
+    }
+
+    /// The cached principal of a token's SHA-256, while it is current: read at this node's
+    /// identity generation and not past the key's expiry.
+    fn cached_principal(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let generation = self.store.identity_generation();
+        let cache = self.principals.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(digest)
+            .filter(|c| {
+                c.generation == generation
+                    && (c.expires_at_ms == 0 || crate::memory::now_ms() < c.expires_at_ms)
+            })
+            .map(|c| c.principal.clone())
     }
 
     /// After a failed authentication from `source`.
@@ -403,15 +408,8 @@ impl Authenticator {
             let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             // Read before the identities: a change applied in between moves it on.
             let generation = self.store.identity_generation();
-            {
-                let cache = self.principals.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(c) = cache.get(&digest) {
-                    if c.generation == generation
-                        && (c.expires_at_ms == 0 || crate::memory::now_ms() < c.expires_at_ms)
-                    {
-                        return Ok(c.principal.clone());
-                    }
-                }
+            if let Some(p) = self.cached_principal(&digest) {
+                return Ok(p);
             }
             let (principal, expires_at_ms) = self.api_key(rest)?;
             let mut cache = self.principals.lock().unwrap_or_else(|p| p.into_inner());
@@ -452,13 +450,9 @@ impl Authenticator {
             .ok_or_else(|| {
                 // The claim is unverified: only a short, printable excerpt goes into the
                 // reply and the audit record.
-                let excerpt: String = iss
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(MAX_UNVERIFIED_EXCERPT_CHARS)
-                    .collect();
+                let shown = excerpt(&iss, MAX_UNVERIFIED_EXCERPT_CHARS);
                 unauthenticated(&format!(
-                    "token of {excerpt:?}, which is not a configured issuer (auth.oidc)"
+                    "token of {shown:?}, which is not a configured issuer (auth.oidc)"
                 ))
             })?;
         let identity = issuer.verify(token).await?;
@@ -530,6 +524,27 @@ impl Authenticator {
 /// Whether an address is loopback (where a node without authentication may listen).
 pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
     addr.ip().is_loopback()
+}
+
+/// Whether an address as written (`HOST:PORT`, `[V6]:PORT` or a URL) names this machine: a
+/// loopback IP or `localhost`.
+pub fn is_loopback_host(addr: &str) -> bool {
+    let host = crate::cluster::network::host_of(addr);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// At most `max` characters of `text` with control characters dropped (and `…` when cut):
+/// how unverified or member-supplied text reaches an error or a record.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut chars = text.chars().filter(|c| !c.is_control());
+    let mut out: String = chars.by_ref().take(max).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -30,22 +30,10 @@ struct Discovery {
 
 /// Whether a URL may be fetched for keys: https, or http on a loopback host.
 fn acceptable_url(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => authority,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    url.starts_with("https://")
+        || url.strip_prefix("http://").is_some_and(|rest| {
+            super::is_loopback_host(rest.split(['/', '?', '#']).next().unwrap_or(""))
+        })
 }
 
 /// A verification key, and the algorithm it is for when the JWKS names one.
