@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::Nexus;
 use nexus_client::{pb, Client};
-use nexus_node::cluster::network::ForwardReply;
+type ForwardReply = nexus_node::cluster::network::ForwardReply<nexus_node::command::Nexus>;
 use nexus_node::error::NexusError;
 use nexus_node::store::codec;
 use nexus_proto::raft::v1::raft_service_client::RaftServiceClient;
@@ -312,7 +312,7 @@ async fn a_plaintext_peer_port_beyond_loopback_is_refused_at_startup() {
 /// transport's refusal.
 async fn forward(
     channel: Channel,
-    request: &nexus_node::cluster::network::ForwardRequest,
+    request: &nexus_node::cluster::network::ForwardRequest<nexus_node::command::Nexus>,
 ) -> Result<Result<ForwardReply, NexusError>, tonic::Status> {
     let mut c = RaftServiceClient::new(channel);
     let mut r = tonic::Request::new(RaftMessage {
@@ -332,8 +332,8 @@ async fn forward(
 /// principal the leader found.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_members_reach_the_peer_port_and_forwarded_commands_are_rechecked() {
-    use nexus_node::cluster::network::ForwardRequest;
-    use nexus_node::cluster::{Command, Forwarded, OnBehalf, Op};
+    type ForwardRequest = nexus_node::cluster::network::ForwardRequest<nexus_node::command::Nexus>;
+    use nexus_node::command::{Command, Forwarded, OnBehalf, Op};
     use nexus_node::iam::IamOp;
 
     let _serial = common::one_cluster_at_a_time().await;

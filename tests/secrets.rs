@@ -456,7 +456,9 @@ async fn permissions_and_bad_input() {
 /// a missing secret and a malformed placeholder refused, output redacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholders_resolve_to_values_and_redact_back() {
-    use nexus_node::secrets::{service::SecretsService, MasterKeys};
+    use nexus_node::command::Scope;
+    use nexus_node::secrets::MasterKeys;
+    use nexus_node::service::secrets::SecretsService;
     let parts = in_process::Parts::start(|_| {}).await;
     parts.create_tenant("acme").await;
     let secrets = SecretsService::new(
@@ -465,14 +467,18 @@ async fn placeholders_resolve_to_values_and_redact_back() {
     );
     secrets
         .set(
-            "acme",
+            &Scope::system("acme"),
             "GITHUB_TOKEN",
             zeroize::Zeroizing::new(b"ghp_abc123".to_vec()),
         )
         .await
         .unwrap();
     let (text, redactor) = secrets
-        .resolve_placeholders("acme", "args", "token=${secrets.GITHUB_TOKEN}")
+        .resolve_placeholders(
+            &Scope::system("acme"),
+            "args",
+            "token=${secrets.GITHUB_TOKEN}",
+        )
         .await
         .unwrap();
     assert_eq!(text.as_str(), "token=ghp_abc123");
@@ -483,7 +489,7 @@ async fn placeholders_resolve_to_values_and_redact_back() {
     // Another tenant's secrets are not reachable by name.
     parts.create_tenant("globex").await;
     let e = secrets
-        .resolve_placeholders("globex", "args", "${secrets.GITHUB_TOKEN}")
+        .resolve_placeholders(&Scope::system("globex"), "args", "${secrets.GITHUB_TOKEN}")
         .await
         .err()
         .unwrap();
@@ -492,7 +498,7 @@ async fn placeholders_resolve_to_values_and_redact_back() {
         "{e:?}"
     );
     let e = secrets
-        .resolve_placeholders("acme", "args", "${secrets.GITHUB_TOKEN")
+        .resolve_placeholders(&Scope::system("acme"), "args", "${secrets.GITHUB_TOKEN")
         .await
         .err()
         .unwrap();

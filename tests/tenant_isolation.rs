@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use in_process::Parts;
 use nexus_node::cluster::ReadConsistency;
+use nexus_node::command::Scope;
 use nexus_node::error::NexusError;
-use nexus_node::iam::service::IamService;
-use nexus_node::memory::conversations::{ConversationService, NewMessageRequest};
-use nexus_node::memory::semantic::{RememberRequest, SemanticService};
+use nexus_node::memory::conversations::NewMessageRequest;
+use nexus_node::memory::semantic::RememberRequest;
 use nexus_node::search::fulltext::{HitItem, SearchRequest};
 use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
 use nexus_node::search::vector::local::LocalIndex;
 use nexus_node::search::vector::{PointKind, VectorFilter, VectorIndex, VectorIndexer};
+use nexus_node::service::conversations::ConversationService;
+use nexus_node::service::iam::IamService;
+use nexus_node::service::semantic::SemanticService;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_see_each_others_memories() {
@@ -54,7 +57,7 @@ async fn tenants_never_see_each_others_memories() {
         async move {
             semantic
                 .remember(
-                    tenant,
+                    &Scope::system(tenant),
                     RememberRequest {
                         namespace: "shared-name".into(),
                         text: text.into(),
@@ -127,7 +130,7 @@ async fn tenants_never_see_each_others_memories() {
             Err(NexusError::NotFound(_))
         ));
         assert!(matches!(
-            semantic.forget(tenant, &other.id).await,
+            semantic.forget(&Scope::system(tenant), &other.id).await,
             Err(NexusError::NotFound(_))
         ));
     }
@@ -154,12 +157,12 @@ async fn tenants_never_see_each_others_memories() {
         ("tenant-b", "Beta decided to move the offsite to Oslo."),
     ] {
         conversations
-            .create(tenant, "shared-conv", "", "")
+            .create(&Scope::system(tenant), "shared-conv", "", "")
             .await
             .unwrap();
         let m = conversations
             .append(
-                tenant,
+                &Scope::system(tenant),
                 "shared-conv",
                 vec![NewMessageRequest {
                     role: "user".into(),
@@ -205,7 +208,7 @@ async fn tenants_never_see_each_others_memories() {
     }
     // Deleting tenant A's conversation leaves tenant B's message vector in place.
     conversations
-        .delete("tenant-a", "shared-conv")
+        .delete(&Scope::system("tenant-a"), "shared-conv")
         .await
         .unwrap();
     assert!(recall_messages("tenant-a", RecallMode::Vector)
@@ -235,7 +238,9 @@ async fn tenants_never_see_each_others_memories() {
     );
 
     // Deleting tenant B removes all of its data from both indexes; A keeps everything.
-    iam.delete_tenant("tenant-b").await.unwrap();
+    iam.delete_tenant(&nexus_node::service::Caller::system(), "tenant-b")
+        .await
+        .unwrap();
     let gone = recaller
         .recall(
             "tenant-b",
@@ -272,7 +277,7 @@ async fn tenants_never_see_each_others_memories() {
     assert!(matches!(
         semantic
             .remember(
-                "tenant-b",
+                &Scope::system("tenant-b"),
                 RememberRequest {
                     text: "too late".into(),
                     ..Default::default()

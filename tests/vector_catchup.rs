@@ -13,14 +13,17 @@ use std::time::{Duration, Instant};
 
 use in_process::Parts;
 use nexus_node::cluster::log_store::LogStore;
+use nexus_node::command::Scope;
 use nexus_node::error::NexusError;
-use nexus_node::memory::conversations::{ConversationService, NewMessageRequest};
-use nexus_node::memory::semantic::{RememberRequest, SemanticRecord, SemanticService};
+use nexus_node::memory::conversations::NewMessageRequest;
+use nexus_node::memory::semantic::{RememberRequest, SemanticRecord};
 use nexus_node::search::recall::{RecallMode, RecallRequest, Recaller};
 use nexus_node::search::vector::local::LocalIndex;
 use nexus_node::search::vector::{
     PointKind, VectorChange, VectorError, VectorFilter, VectorHit, VectorIndex, VectorIndexer,
 };
+use nexus_node::service::conversations::ConversationService;
+use nexus_node::service::semantic::SemanticService;
 
 /// A local index behind a switch: while `down`, every call fails as an unreachable server's.
 struct Flaky {
@@ -125,7 +128,7 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     for i in 0..20 {
         let r = semantic
             .remember(
-                "t",
+                &Scope::system("t"),
                 RememberRequest {
                     text: format!("memory number {i} about topic {}", i % 4),
                     ..Default::default()
@@ -159,13 +162,13 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     // Down again: forget some, remember more; up again: exactly the live ones remain.
     flaky.down.store(true, Ordering::SeqCst);
     for m in memories.drain(..5) {
-        semantic.forget("t", &m.id).await.unwrap();
+        semantic.forget(&Scope::system("t"), &m.id).await.unwrap();
     }
     for i in 20..30 {
         memories.push(
             semantic
                 .remember(
-                    "t",
+                    &Scope::system("t"),
                     RememberRequest {
                         text: format!("memory number {i} about topic {}", i % 4),
                         ..Default::default()
@@ -223,7 +226,7 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
         memories.push(
             semantic
                 .remember(
-                    "t",
+                    &Scope::system("t"),
                     RememberRequest {
                         text: format!("memory number {i}"),
                         ..Default::default()
@@ -233,7 +236,10 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
                 .unwrap(),
         );
     }
-    semantic.forget("t", &memories[0].id).await.unwrap();
+    semantic
+        .forget(&Scope::system("t"), &memories[0].id)
+        .await
+        .unwrap();
     let message = |content: &str| NewMessageRequest {
         role: "user".into(),
         content: content.into(),
@@ -243,19 +249,22 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
     };
     for conversation in ["kept", "dropped"] {
         conversations
-            .create("t", conversation, "", "")
+            .create(&Scope::system("t"), conversation, "", "")
             .await
             .unwrap();
         conversations
             .append(
-                "t",
+                &Scope::system("t"),
                 conversation,
                 vec![message("first words"), message(""), message("second words")],
             )
             .await
             .unwrap();
     }
-    conversations.delete("t", "dropped").await.unwrap();
+    conversations
+        .delete(&Scope::system("t"), "dropped")
+        .await
+        .unwrap();
 
     // Snapshot and purge the whole log: a new index cannot replay it and must rebuild.
     let applied = node.applied().borrow().index;
@@ -266,7 +275,9 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
     .await;
     node.raft.trigger().purge_log(applied).await.unwrap();
     wait_until("the log is purged", || {
-        LogStore::read_range(&node.store, 1, 2).unwrap().is_empty()
+        LogStore::<nexus_node::command::Nexus>::read_range(&node.store, 1, 2)
+            .unwrap()
+            .is_empty()
     })
     .await;
 

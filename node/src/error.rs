@@ -74,3 +74,30 @@ impl From<crate::store::StoreError> for NexusError {
 }
 
 pub type Result<T, E = NexusError> = std::result::Result<T, E>;
+
+/// The gRPC code of a domain error.
+pub fn code_of(e: &NexusError) -> tonic::Code {
+    use tonic::Code;
+    match e {
+        NexusError::InvalidArgument { .. } => Code::InvalidArgument,
+        NexusError::NotFound(_) => Code::NotFound,
+        NexusError::AlreadyExists(_) => Code::AlreadyExists,
+        NexusError::FailedPrecondition { .. } => Code::FailedPrecondition,
+        NexusError::ResourceExhausted { .. } => Code::ResourceExhausted,
+        NexusError::Unavailable { .. } => Code::Unavailable,
+        NexusError::Internal(_) => Code::Internal,
+        NexusError::Unauthenticated(_) => Code::Unauthenticated,
+        NexusError::PermissionDenied(_) => Code::PermissionDenied,
+    }
+}
+
+/// At most `max` characters of `text` with control characters dropped (and `…` when cut):
+/// how unverified or member-supplied text reaches an error or a record.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let mut chars = text.chars().filter(|c| !c.is_control());
+    let mut out: String = chars.by_ref().take(max).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}

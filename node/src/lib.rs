@@ -5,6 +5,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod command;
 pub mod config;
 pub mod embed;
 pub mod error;
@@ -14,5 +15,9 @@ pub mod observe;
 pub mod search;
 pub mod secrets;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+mod module_graph;

@@ -24,19 +24,19 @@ use crate::api::grpc::{
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, is_loopback_host, Authenticator};
 use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
-use crate::cluster::ClusterNode;
+use crate::command::Cluster;
 use crate::config::Config;
-use crate::iam::service::IamService;
-use crate::memory::conversations::ConversationService;
-use crate::memory::kv::KvService;
-use crate::memory::semantic::SemanticService;
 use crate::search::fulltext::FullTextIndex;
 use crate::search::recall::Recaller;
 use crate::search::vector::local::{HnswParams, LocalIndex};
 use crate::search::vector::qdrant::QdrantIndex;
 use crate::search::vector::{VectorIndex, VectorIndexer};
-use crate::secrets::service::SecretsService;
 use crate::secrets::MasterKeys;
+use crate::service::conversations::ConversationService;
+use crate::service::iam::IamService;
+use crate::service::kv::KvService;
+use crate::service::secrets::SecretsService;
+use crate::service::semantic::SemanticService;
 use crate::store::{format, Store};
 
 /// How often the leader looks for expired memories.
@@ -215,7 +215,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let peer_listener = bind(config.peer_addr, "the Raft peer port").await?;
     let http_listener = bind(config.http_addr, "HTTP").await?;
 
-    let node = ClusterNode::start(&config, store, peer_tls.clone()).await?;
+    let node = Cluster::start(&config, store, peer_tls.clone()).await?;
     let index = FullTextIndex::open(
         &config.data_dir.join("search"),
         node.clone(),
@@ -437,7 +437,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 fn start_vector_index(
     config: &Config,
     dimensions: usize,
-    node: &Arc<ClusterNode>,
+    node: &Arc<Cluster>,
 ) -> anyhow::Result<Arc<VectorIndexer>> {
     let index: Arc<dyn VectorIndex> = match config.vector.backend.as_str() {
         "local" => Arc::new(LocalIndex::open(
@@ -462,7 +462,7 @@ fn start_vector_index(
 
 /// On the leader, removes expired memories now and then through Raft.
 async fn ttl_sweeper(
-    node: Arc<ClusterNode>,
+    node: Arc<Cluster>,
     kv: Arc<KvService>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {

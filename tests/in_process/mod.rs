@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_node::cluster::ClusterNode;
+use nexus_node::command::Cluster;
 use nexus_node::config::Config;
 use nexus_node::embed::Embedder;
 use nexus_node::search::fulltext::FullTextIndex;
@@ -17,7 +17,7 @@ pub struct Parts {
     /// Holds the data directory for as long as the parts live.
     pub dir: tempfile::TempDir,
     pub config: Config,
-    pub node: Arc<ClusterNode>,
+    pub node: Arc<Cluster>,
     pub fulltext: Arc<FullTextIndex>,
     pub embedder: Arc<dyn Embedder>,
 }
@@ -32,7 +32,7 @@ impl Parts {
         };
         tweak(&mut config);
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let node = ClusterNode::start(&config, store, None).await.unwrap();
+        let node = Cluster::start(&config, store, None).await.unwrap();
         node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
         let fulltext = FullTextIndex::open(
             &dir.path().join("search"),
@@ -55,8 +55,8 @@ impl Parts {
 
     /// Makes a tenant (data of a tenant that does not exist is refused).
     pub async fn create_tenant(&self, id: &str) {
-        nexus_node::iam::service::IamService::new(self.node.clone())
-            .create_tenant(id, "")
+        nexus_node::service::iam::IamService::new(self.node.clone())
+            .create_tenant(&nexus_node::service::Caller::system(), id, "")
             .await
             .unwrap();
     }

@@ -9,13 +9,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::cluster::ClusterNode;
+use crate::command::Cluster;
 use crate::observe::metrics;
 use crate::search::fulltext::FullTextIndex;
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub node: Arc<ClusterNode>,
+    pub node: Arc<Cluster>,
     pub index: Arc<FullTextIndex>,
 }
 

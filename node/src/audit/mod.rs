@@ -3,10 +3,12 @@
 //! hash-chained so that `nexusctl audit verify` finds a record that was changed or removed.
 //!
 //! How records are made:
-//! - A write: `api::grpc::handle` runs each handler inside [`CONTEXT`] (who, which request,
-//!   which method). `ClusterNode::propose` wraps every command proposed in that scope as
-//!   `Op::Audited { context, op }`, and apply appends the record, with the command's outcome,
-//!   in the same write batch as the change itself: a write and its record commit together.
+//! - A write: `api::grpc::handle` hands each handler its caller (`service::Caller`: who, which
+//!   request, which method), and the handler passes it to every write it makes
+//!   (`command::Scope`). The command is proposed on the caller's behalf and becomes
+//!   `Op::Audited { context, op }` on the leader, and apply appends the record, with the
+//!   command's outcome, in the same write batch as the change itself: a write and its record
+//!   commit together.
 //! - A denial (authentication or permission) and a secret read: proposed as
 //!   `Op::Audit(AuditRecordOp)` before the reply is sent; a secret's value is returned only
 //!   once its read is on record.
@@ -17,8 +19,6 @@
 //! the record's own fields, so changing a record breaks its hash, and removing one breaks the
 //! chain at the next.
 
-pub mod denials;
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -26,11 +26,6 @@ use crate::error::NexusError;
 use crate::store::{codec, ApplyCtx, Store, StoreError, CF_AUDIT};
 
 const HEAD_KEY: &[u8] = b"head";
-
-tokio::task_local! {
-    /// Who is acting, for the requests this task handles.
-    pub static CONTEXT: crate::cluster::OnBehalf;
-}
 
 /// Who did what, carried in each audited command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +39,13 @@ pub struct AuditContext {
     pub action: String,
     /// When the node received the request.
     pub at_ms: i64,
+}
+
+impl AuditContext {
+    /// Roughly how many bytes the context adds to a log entry.
+    pub fn approx_size(&self) -> usize {
+        self.request_id.len() + self.principal.len() + self.tenant.len() + self.action.len() + 32
+    }
 }
 
 /// A record proposed on its own (a denial, a secret read).
@@ -96,43 +98,8 @@ impl AuditRecord {
 pub fn result_text<T>(r: &Result<T, NexusError>) -> String {
     match r {
         Ok(_) => "ok".into(),
-        Err(e) => format!("{:?}: {e}", crate::api::grpc::code_of(e)),
+        Err(e) => format!("{:?}: {e}", crate::error::code_of(e)),
     }
-}
-
-/// Proposes a record of something that changed nothing (a secret read, a denial), on behalf
-/// of the principal in [`CONTEXT`] (nothing outside a request), and waits for it to commit.
-pub async fn record(
-    node: &crate::cluster::ClusterNode,
-    tenant: &str,
-    resource: String,
-    result: String,
-) -> Result<(), NexusError> {
-    let Ok(on_behalf) = CONTEXT.try_with(|c| c.clone()) else {
-        return Ok(());
-    };
-    record_as(node, tenant, on_behalf, resource, result).await
-}
-
-/// Proposes a record for `on_behalf.context` and waits for it to commit. On a follower the
-/// leader re-derives the record's principal from `on_behalf.credential` (see
-/// `cluster::ForwardGate`): a member cannot put words in another principal's mouth.
-pub async fn record_as(
-    node: &crate::cluster::ClusterNode,
-    tenant: &str,
-    on_behalf: crate::cluster::OnBehalf,
-    resource: String,
-    result: String,
-) -> Result<(), NexusError> {
-    let command = crate::cluster::Command {
-        tenant: tenant.to_string(),
-        op: crate::cluster::Op::Audit(AuditRecordOp {
-            context: on_behalf.context.clone(),
-            resource,
-            result,
-        }),
-    };
-    node.propose_as(command, Some(on_behalf)).await.map(|_| ())
 }
 
 /// Appends one record to the chain (in this apply step's batch).

@@ -18,7 +18,8 @@
 //! credential holding `cluster:admin`, checked the same way.
 
 use crate::audit::{AuditContext, AuditRecordOp};
-use crate::cluster::{Command, ForwardGate, Forwarded, Op};
+use crate::cluster::ForwardGate;
+use crate::command::{Command, Forwarded, Nexus, OnBehalf, Op};
 use crate::error::NexusError;
 use crate::iam::rbac;
 
@@ -28,7 +29,7 @@ use super::Authenticator;
 const MAX_RECORD_FIELD_CHARS: usize = 256;
 
 fn bounded(text: &str) -> String {
-    super::excerpt(text, MAX_RECORD_FIELD_CHARS)
+    crate::error::excerpt(text, MAX_RECORD_FIELD_CHARS)
 }
 
 fn refused(why: impl Into<String>) -> NexusError {
@@ -36,11 +37,8 @@ fn refused(why: impl Into<String>) -> NexusError {
 }
 
 #[tonic::async_trait]
-impl ForwardGate for Authenticator {
-    async fn admit_cluster_change(
-        &self,
-        on_behalf: Option<crate::cluster::OnBehalf>,
-    ) -> Result<(), NexusError> {
+impl ForwardGate<Nexus> for Authenticator {
+    async fn admit_cluster_change(&self, on_behalf: Option<OnBehalf>) -> Result<(), NexusError> {
         if !self.enabled {
             return Ok(());
         }

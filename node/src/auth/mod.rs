@@ -21,77 +21,20 @@ pub mod quota;
 
 use std::sync::Arc;
 
-use base64::Engine;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::cluster::ClusterNode;
+use crate::command::Cluster;
 use crate::config::AuthConfig;
 use crate::error::NexusError;
+pub use crate::iam::principal::{
+    new_api_key, NewKey, Principal, DEFAULT_TENANT, KEY_PREFIX, LOCAL_SUBJECT,
+};
 use crate::iam::{self, rbac::Grants, TenantState};
 use crate::store::Store;
 
-/// The tenant of unauthenticated local use, and of the root key.
-pub const DEFAULT_TENANT: &str = "default";
-/// The subject of every request to a node without authentication.
-pub const LOCAL_SUBJECT: &str = "local";
-/// Prefix of API keys.
-pub const KEY_PREFIX: &str = "nxk_";
 /// Shortest root key accepted.
 pub const MIN_ROOT_KEY_CHARS: usize = 32;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub tenant: String,
-    /// `root`, `local`, `sa:<name>` or `user:<subject>`.
-    pub subject: String,
-    pub grants: Grants,
-}
-
-impl Principal {
-    /// The principal of a node without authentication.
-    pub fn local() -> Self {
-        Principal {
-            tenant: DEFAULT_TENANT.into(),
-            subject: LOCAL_SUBJECT.into(),
-            grants: Grants::root(),
-        }
-    }
-
-    /// Ok when the principal may act on `tenant`'s identities: its own, or any for root.
-    pub fn may_administer(&self, tenant: &str) -> Result<(), NexusError> {
-        if self.grants.is_root() || self.tenant == tenant {
-            Ok(())
-        } else {
-            Err(NexusError::PermissionDenied(format!(
-                "{} of tenant {} cannot act on tenant {tenant}",
-                self.subject, self.tenant
-            )))
-        }
-    }
-}
-
-/// A new API key: the token to hand out once, and what is stored.
-pub struct NewKey {
-    pub id: String,
-    pub token: String,
-    pub secret_sha256: Vec<u8>,
-}
-
-/// Draws a new API key from the OS's random source.
-pub fn new_api_key() -> Result<NewKey, NexusError> {
-    let mut id = [0u8; 8];
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut id).map_err(NexusError::internal)?;
-    getrandom::fill(&mut secret).map_err(NexusError::internal)?;
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-    Ok(NewKey {
-        token: format!("{KEY_PREFIX}{id}_{secret}"),
-        secret_sha256: Sha256::digest(secret.as_bytes()).to_vec(),
-        id,
-    })
-}
 
 /// A cached authentication: current while the identity generation has not moved and the
 /// key has not expired.
@@ -134,7 +77,7 @@ pub struct Authenticator {
     issuers: Vec<oidc::Issuer>,
     limiter: quota::RateLimiter,
     store: Store,
-    node: Arc<ClusterNode>,
+    node: Arc<Cluster>,
     /// Principals of API keys by SHA-256 of the token, with the identity
     /// generation they were read at and the key's expiry (see `authenticate_token`).
     principals: std::sync::Mutex<std::collections::HashMap<[u8; 32], CachedPrincipal>>,
@@ -146,7 +89,7 @@ pub struct Authenticator {
     /// Failed authentications per source address.
     failures: failures::FailureLimiter,
     /// Denied requests, counted and audited once per window.
-    denials: Arc<crate::audit::denials::Denials>,
+    denials: Arc<crate::service::denials::Denials>,
     /// How long a refusal for bad credentials waits before it is answered.
     failure_delay: std::time::Duration,
 }
@@ -155,12 +98,12 @@ pub struct Authenticator {
 /// `api::grpc::handle` asks who is calling (asynchronously: an OIDC issuer's keys may need
 /// fetching), and the node to record a denial with.
 #[derive(Clone)]
-pub struct Caller {
+pub struct AuthHandle {
     pub auth: Arc<Authenticator>,
 }
 
-impl Caller {
-    pub fn node(&self) -> &Arc<ClusterNode> {
+impl AuthHandle {
+    pub fn node(&self) -> &Arc<Cluster> {
         &self.auth.node
     }
 }
@@ -177,7 +120,7 @@ impl Authenticator {
     pub fn from_config(
         config: &AuthConfig,
         quotas: &crate::config::QuotaConfig,
-        node: Arc<ClusterNode>,
+        node: Arc<Cluster>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut root = None;
         if config.enabled {
@@ -214,7 +157,7 @@ impl Authenticator {
             .iter()
             .map(oidc::Issuer::new)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let denials = Arc::new(crate::audit::denials::Denials::default());
+        let denials = Arc::new(crate::service::denials::Denials::default());
         if config.enabled {
             denials.start(
                 node.clone(),
@@ -245,8 +188,8 @@ impl Authenticator {
         self.enabled
     }
 
-    /// Where denied requests are counted (see `audit::denials`).
-    pub fn denials(&self) -> &crate::audit::denials::Denials {
+    /// Where denied requests are counted (see `service::denials`).
+    pub fn denials(&self) -> &crate::service::denials::Denials {
         &self.denials
     }
 
@@ -450,7 +393,7 @@ impl Authenticator {
             .ok_or_else(|| {
                 // The claim is unverified: only a short, printable excerpt goes into the
                 // reply and the audit record.
-                let shown = excerpt(&iss, MAX_UNVERIFIED_EXCERPT_CHARS);
+                let shown = crate::error::excerpt(&iss, MAX_UNVERIFIED_EXCERPT_CHARS);
                 unauthenticated(&format!(
                     "token of {shown:?}, which is not a configured issuer (auth.oidc)"
                 ))
@@ -507,7 +450,7 @@ impl Authenticator {
         ))
     }
 
-    /// A tonic interceptor that hands each request the authenticator (see [`Caller`]).
+    /// A tonic interceptor that hands each request the authenticator (see [`AuthHandle`]).
     pub fn interceptor(
         self: &Arc<Self>,
     ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
@@ -515,7 +458,7 @@ impl Authenticator {
         move |mut request: tonic::Request<()>| {
             request
                 .extensions_mut()
-                .insert(Caller { auth: this.clone() });
+                .insert(AuthHandle { auth: this.clone() });
             Ok(request)
         }
     }
@@ -534,17 +477,6 @@ pub fn is_loopback_host(addr: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// At most `max` characters of `text` with control characters dropped (and `…` when cut):
-/// how unverified or member-supplied text reaches an error or a record.
-pub fn excerpt(text: &str, max: usize) -> String {
-    let mut chars = text.chars().filter(|c| !c.is_control());
-    let mut out: String = chars.by_ref().take(max).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    out
 }
 
 #[cfg(test)]

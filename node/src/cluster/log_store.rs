@@ -20,16 +20,15 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
-use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, Machine, StorageError, TypeConfig, Vote};
 use crate::observe::metrics;
 use crate::store::{codec, keys, Store, CF_RAFT_LOG, CF_RAFT_META};
 
-type Flushed = LogFlushed<TypeConfig>;
+type Flushed<M> = LogFlushed<TypeConfig<M>>;
 
-#[derive(Clone)]
-pub struct LogStore {
+pub struct LogStore<M: Machine> {
     store: Store,
-    syncer: mpsc::Sender<Flushed>,
+    syncer: mpsc::Sender<Flushed<M>>,
     /// Last committed index that openraft reported, for status and metrics.
     committed: Arc<AtomicU64>,
 }
@@ -50,9 +49,19 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
-impl LogStore {
+impl<M: Machine> Clone for LogStore<M> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            syncer: self.syncer.clone(),
+            committed: self.committed.clone(),
+        }
+    }
+}
+
+impl<M: Machine> LogStore<M> {
     pub fn new(store: Store) -> Self {
-        let (tx, rx) = mpsc::channel::<Flushed>();
+        let (tx, rx) = mpsc::channel::<Flushed<M>>();
         let sync_store = store.clone();
         std::thread::Builder::new()
             .name("nexus-wal-sync".into())
@@ -90,7 +99,7 @@ impl LogStore {
         store: &Store,
         start: u64,
         end: u64,
-    ) -> Result<Vec<Entry>, crate::store::StoreError> {
+    ) -> Result<Vec<Entry<M>>, crate::store::StoreError> {
         let mut out = Vec::new();
         let iter = store.db().iterator_cf(
             store.cf(CF_RAFT_LOG),
@@ -111,7 +120,7 @@ impl LogStore {
 }
 
 /// Completes flush callbacks after one fsync of the WAL per batch of waiting callbacks.
-fn wal_sync_loop(store: Store, rx: mpsc::Receiver<Flushed>) {
+fn wal_sync_loop<M: Machine>(store: Store, rx: mpsc::Receiver<Flushed<M>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
@@ -129,11 +138,11 @@ fn wal_sync_loop(store: Store, rx: mpsc::Receiver<Flushed>) {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<M: Machine> RaftLogReader<TypeConfig<M>> for LogStore<M> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry<M>>, StorageError> {
         use std::ops::Bound;
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
@@ -149,10 +158,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig<M>>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(keys::raft_meta::LAST_PURGED)?;
         let mut iter = self
             .store
@@ -161,7 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last = match iter.next() {
             Some(item) => {
                 let (_, v) = item.map_err(read_err)?;
-                let entry: Entry = codec::decode(&v).map_err(read_err)?;
+                let entry: Entry<M> = codec::decode(&v).map_err(read_err)?;
                 Some(entry.log_id)
             }
             None => last_purged,
@@ -221,9 +230,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: Flushed) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: Flushed<M>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<M>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let cf = self.store.cf(CF_RAFT_LOG);

@@ -26,7 +26,7 @@ use openraft::raft::{
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::types::{NexusNode, NodeId, Raft, TypeConfig};
+use super::types::{Forwarded, Machine, NexusNode, NodeId, Raft, Response, TypeConfig};
 use crate::store::codec;
 
 /// Connect timeout to a peer; RPC deadlines come from openraft's `RPCOption`.
@@ -124,7 +124,7 @@ pub fn host_of(addr: &str) -> &str {
 /// any certificate of the CA: it holds nothing to leak, and the leader that adds it proves
 /// itself as the server of its peer address. A member removed later keeps a connection it
 /// already has until that connection drops.
-pub fn member_admission(raft: Raft) -> crate::tls::Admission {
+pub fn member_admission<M: Machine>(raft: Raft<M>) -> crate::tls::Admission {
     std::sync::Arc::new(move |chain| {
         let refuse = |why: String| {
             crate::observe::metrics::PEER_REFUSALS
@@ -200,34 +200,36 @@ impl PeerTransport {
     }
 }
 
-#[derive(Clone)]
-pub struct NetworkFactory {
+pub struct NetworkFactory<M> {
     pub peers: PeerChannels,
+    pub machine: std::marker::PhantomData<M>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = PeerClient;
+impl<M: Machine> RaftNetworkFactory<TypeConfig<M>> for NetworkFactory<M> {
+    type Network = PeerClient<M>;
 
     async fn new_client(&mut self, target: NodeId, node: &NexusNode) -> Self::Network {
         PeerClient {
             target,
             node: node.clone(),
             peers: self.peers.clone(),
+            machine: std::marker::PhantomData,
         }
     }
 }
 
-pub struct PeerClient {
+pub struct PeerClient<M> {
     target: NodeId,
     node: NexusNode,
     peers: PeerChannels,
+    machine: std::marker::PhantomData<M>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);
 
-impl PeerClient {
+impl<M: Machine> PeerClient<M> {
     async fn call<Req, Resp, E>(
         &mut self,
         req: &Req,
@@ -292,8 +294,8 @@ struct SnapshotChunk {
     done: bool,
 }
 
-impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
-    fn from(r: InstallSnapshotRequest<TypeConfig>) -> Self {
+impl<M: Machine> From<InstallSnapshotRequest<TypeConfig<M>>> for SnapshotChunk {
+    fn from(r: InstallSnapshotRequest<TypeConfig<M>>) -> Self {
         Self {
             vote: r.vote,
             meta: r.meta,
@@ -304,7 +306,7 @@ impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
     }
 }
 
-impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
+impl<M: Machine> From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig<M>> {
     fn from(c: SnapshotChunk) -> Self {
         Self {
             vote: c.vote,
@@ -323,10 +325,10 @@ enum Rpc {
     Snapshot,
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+impl<M: Machine> RaftNetwork<TypeConfig<M>> for PeerClient<M> {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig<M>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NexusNode, RaftError<NodeId>>> {
         self.call(&rpc, &option, Rpc::Append).await
@@ -334,7 +336,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        rpc: InstallSnapshotRequest<TypeConfig<M>>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
@@ -354,13 +356,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// The server side of the peer port: hands each RPC to the local Raft.
-pub struct PeerService {
-    raft: Raft,
-    node: std::sync::Arc<super::ClusterNode>,
+pub struct PeerService<M: Machine> {
+    raft: Raft<M>,
+    node: std::sync::Arc<super::ClusterNode<M>>,
 }
 
-impl PeerService {
-    pub fn new(node: std::sync::Arc<super::ClusterNode>) -> Self {
+impl<M: Machine> PeerService<M> {
+    pub fn new(node: std::sync::Arc<super::ClusterNode<M>>) -> Self {
         Self {
             raft: node.raft.clone(),
             node,
@@ -370,9 +372,10 @@ impl PeerService {
 
 /// What a follower asks of the leader on behalf of its clients.
 #[derive(Debug, Serialize, serde::Deserialize)]
-pub enum ForwardRequest {
+#[serde(bound = "")]
+pub enum ForwardRequest<M: Machine> {
     /// Propose these commands as one entry.
-    Propose(Vec<super::Command>),
+    Propose(Vec<M::Command>),
     /// Confirm leadership and return the read index.
     ReadIndex,
     /// Change the membership.
@@ -387,16 +390,17 @@ pub enum ForwardRequest {
     /// serves, for the leader to check (`ForwardGate`). Appended last: a variant's position
     /// is part of the encoding. `Propose` (from members of an older build) goes through the
     /// same gate without credentials.
-    ProposeChecked(Vec<super::Forwarded>),
+    ProposeChecked(Vec<Forwarded<M>>),
     /// `Membership`, with the credential of the request behind it (`ForwardGate`).
-    MembershipChecked(super::MembershipChange, Option<super::OnBehalf>),
+    MembershipChecked(super::MembershipChange, Option<M::Behalf>),
     /// `TransferLeader`, with the credential of the request behind it.
-    TransferLeaderChecked(NodeId, Option<super::OnBehalf>),
+    TransferLeaderChecked(NodeId, Option<M::Behalf>),
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
-pub enum ForwardReply {
-    Responses(Vec<super::types::Response>),
+#[serde(bound = "")]
+pub enum ForwardReply<M: Machine> {
+    Responses(Vec<Response<M>>),
     ReadIndex(u64),
     Done,
 }
@@ -454,12 +458,12 @@ impl PeerChannels {
     }
 
     /// Sends a forwarded request to the leader's peer port.
-    pub async fn forward(
+    pub async fn forward<M: Machine>(
         &self,
         peer_addr: &str,
-        request: &ForwardRequest,
+        request: &ForwardRequest<M>,
         timeout: Duration,
-    ) -> Result<ForwardReply, crate::error::NexusError> {
+    ) -> Result<ForwardReply<M>, crate::error::NexusError> {
         use crate::error::NexusError;
         let mut client = self.client(peer_addr).map_err(NexusError::internal)?;
         let mut req = tonic::Request::new(RaftMessage {
@@ -474,7 +478,7 @@ impl PeerChannels {
                 leader_addr: None,
             }
         })?;
-        let decoded: Result<ForwardReply, NexusError> =
+        let decoded: Result<ForwardReply<M>, NexusError> =
             codec::decode(&reply.into_inner().payload).map_err(NexusError::internal)?;
         decoded
     }
@@ -494,7 +498,7 @@ fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftMessage>, tonic:
 }
 
 #[tonic::async_trait]
-impl RaftService for PeerService {
+impl<M: Machine> RaftService for PeerService<M> {
     async fn append_entries(
         &self,
         request: tonic::Request<RaftMessage>,
@@ -502,7 +506,7 @@ impl RaftService for PeerService {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["append_entries"])
             .start_timer();
-        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        let rpc: AppendEntriesRequest<TypeConfig<M>> = decode_request(request)?;
         reply(&self.raft.append_entries(rpc).await)
     }
 
@@ -524,7 +528,7 @@ impl RaftService for PeerService {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["install_snapshot"])
             .start_timer();
-        let rpc: InstallSnapshotRequest<TypeConfig> =
+        let rpc: InstallSnapshotRequest<TypeConfig<M>> =
             decode_request::<SnapshotChunk>(request)?.into();
         // A chunk from the leader this node follows is its heartbeat (see `receiving_snapshot`).
         let current = self.raft.metrics().borrow().vote;
@@ -547,7 +551,7 @@ impl RaftService for PeerService {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["forward"])
             .start_timer();
-        let req: ForwardRequest = decode_request(request)?;
+        let req: ForwardRequest<M> = decode_request(request)?;
         // Served locally only: a request is forwarded at most once.
         let result = match req {
             ForwardRequest::Propose(commands) => self
@@ -555,7 +559,7 @@ impl RaftService for PeerService {
                 .propose_forwarded(
                     commands
                         .into_iter()
-                        .map(|command| super::Forwarded {
+                        .map(|command| Forwarded {
                             command,
                             on_behalf: None,
                         })
@@ -618,7 +622,7 @@ mod tests {
             last_membership: Default::default(),
             snapshot_id: "3-77-abc".into(),
         };
-        let req = InstallSnapshotRequest::<TypeConfig> {
+        let req = InstallSnapshotRequest::<TypeConfig<super::super::types::test_machine::Puts>> {
             vote: openraft::Vote::new_committed(3, 2),
             meta,
             offset: 1 << 20,
@@ -631,7 +635,7 @@ mod tests {
             codec::encode(&req),
             "nodes of either build read each other's chunks"
         );
-        let back: InstallSnapshotRequest<TypeConfig> =
+        let back: InstallSnapshotRequest<TypeConfig<super::super::types::test_machine::Puts>> =
             codec::decode::<SnapshotChunk>(&ours).unwrap().into();
         assert_eq!(back, req);
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! "NXSNAP01"                      magic and layout version
 //! u32 len, meta                   SnapshotMeta in the value codec
-//! { u8 family, u32 klen, key, u32 vlen, value }*   family = index in SM_FAMILIES, from 1
+//! { u8 family, u32 klen, key, u32 vlen, value }*   family = index in the machine's families (`Machine::FAMILIES`), from 1
 //! u8 0                            end of records
 //! u32 crc32                       of everything before it
 //! ```
@@ -18,7 +18,7 @@ use std::path::Path;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use super::types::{LogId, SnapshotMeta, StoredMembership};
-use crate::store::{codec, keys, Store, StoreError, CF_SM_META, SM_FAMILIES};
+use crate::store::{codec, keys, Store, StoreError, CF_SM_META};
 
 const MAGIC: &[u8; 8] = b"NXSNAP01";
 
@@ -71,6 +71,7 @@ fn read_bytes(r: &mut impl Read, len: u32) -> std::io::Result<Vec<u8>> {
 /// Writes a snapshot of the state machine to `path` (fsynced) and returns its meta.
 pub fn write(
     store: &Store,
+    families: &[&str],
     path: &Path,
     snapshot_id_suffix: &str,
 ) -> Result<SnapshotMeta, StoreError> {
@@ -103,7 +104,7 @@ pub fn write(
     let meta_bytes = codec::encode(&meta);
     w.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
     w.write_all(&meta_bytes)?;
-    for (i, family) in SM_FAMILIES.iter().enumerate() {
+    for (i, family) in families.iter().enumerate() {
         let tag = (i + 1) as u8;
         for item in snap.iterator_cf(store.cf(family), IteratorMode::Start) {
             let (k, v) = item?;
@@ -145,9 +146,10 @@ const MAX_RECORD_KEY_BYTES: u32 = 1 << 20;
 const MAX_RECORD_VALUE_BYTES: u32 = 256 << 20;
 
 /// Reads every record of the snapshot in `path` in order, handing each to `f` (the family's
-/// index in `SM_FAMILIES`, key, value), and checks the checksum at the end. Memory: one
+/// index in `families`, key, value), and checks the checksum at the end. Memory: one
 /// record at a time.
 fn for_each_record(
+    families: &[&str],
     path: &Path,
     mut f: impl FnMut(usize, &[u8], &[u8]) -> Result<(), StoreError>,
 ) -> Result<SnapshotMeta, StoreError> {
@@ -173,7 +175,7 @@ fn for_each_record(
             break;
         }
         let family = tag[0] as usize - 1;
-        if family >= SM_FAMILIES.len() {
+        if family >= families.len() {
             return Err(corrupt(format!("unknown column family tag {}", tag[0])));
         }
         let klen = checked_len(read_u32(&mut r)?, MAX_RECORD_KEY_BYTES, "key")?;
@@ -206,18 +208,19 @@ fn for_each_record(
 /// state machine finds the marker when it opens and installs `path` again
 /// ([`resume_interrupted_install`]), so the state it serves is never the mix. Stale reads on
 /// this node during an install may see it, as they may see any state this node holds.
-pub fn install(store: &Store, path: &Path) -> Result<SnapshotMeta, StoreError> {
-    for_each_record(path, |_, _, _| Ok(()))?;
+pub fn install(store: &Store, families: &[&str], path: &Path) -> Result<SnapshotMeta, StoreError> {
+    for_each_record(families, path, |_, _, _| Ok(()))?;
     let sst_dir = path.with_extension("sst.d");
     let _ = std::fs::remove_dir_all(&sst_dir);
     std::fs::create_dir_all(&sst_dir)?;
-    let result = install_from_ssts(store, path, &sst_dir);
+    let result = install_from_ssts(store, families, path, &sst_dir);
     let _ = std::fs::remove_dir_all(&sst_dir);
     result
 }
 
 fn install_from_ssts(
     store: &Store,
+    families: &[&str],
     path: &Path,
     sst_dir: &Path,
 ) -> Result<SnapshotMeta, StoreError> {
@@ -226,7 +229,7 @@ fn install_from_ssts(
     let mut files: Vec<(usize, std::path::PathBuf)> = Vec::new();
     let mut open: Option<(usize, rocksdb::SstFileWriter<'_>)> = None;
     let finish = |mut w: rocksdb::SstFileWriter<'_>| w.finish().map_err(StoreError::from);
-    let meta = for_each_record(path, |family, key, value| {
+    let meta = for_each_record(families, path, |family, key, value| {
         if open.as_ref().map(|(f, _)| *f) != Some(family) {
             if let Some((_, w)) = open.take() {
                 finish(w)?;
@@ -234,7 +237,7 @@ fn install_from_ssts(
             if files.iter().any(|(f, _)| *f == family) {
                 return Err(corrupt(format!(
                     "family {} appears twice",
-                    SM_FAMILIES[family]
+                    families[family]
                 )));
             }
             let file = sst_dir.join(format!("{family:02}.sst"));
@@ -245,7 +248,7 @@ fn install_from_ssts(
         }
         let (_, w) = open.as_mut().expect("opened above");
         w.put(key, value)
-            .map_err(|e| corrupt(format!("{}: keys out of order? {e}", SM_FAMILIES[family])))
+            .map_err(|e| corrupt(format!("{}: keys out of order? {e}", families[family])))
     })?;
     if let Some((_, w)) = open.take() {
         finish(w)?;
@@ -257,7 +260,7 @@ fn install_from_ssts(
         o
     };
     let mut batch = WriteBatch::default();
-    for family in SM_FAMILIES {
+    for family in families {
         batch.delete_range_cf(store.cf(family), [].as_slice(), keys::KEYSPACE_END);
     }
     batch.put_cf(
@@ -270,7 +273,7 @@ fn install_from_ssts(
     ingest.set_move_files(true);
     for (family, file) in &files {
         store.db().ingest_external_file_cf_opts(
-            store.cf(SM_FAMILIES[*family]),
+            store.cf(families[*family]),
             &ingest,
             vec![file],
         )?;
@@ -291,10 +294,6 @@ fn install_from_ssts(
     );
     batch.delete_cf(store.cf(CF_SM_META), keys::sm_meta::INSTALLING);
     store.db().write_opt(batch, &sync())?;
-    // A snapshot from a node that kept no usage figures (an older build): compute them.
-    if crate::store::usage::missing(store)? {
-        crate::store::usage::recompute(store)?;
-    }
     Ok(meta)
 }
 
@@ -309,6 +308,7 @@ pub fn interrupted_install(store: &Store) -> Result<Option<std::path::PathBuf>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SM_FAMILIES;
 
     fn fill(store: &Store, tenant_values: &[(&[u8], usize, usize)]) {
         for (prefix, n, size) in tenant_values {
@@ -344,10 +344,10 @@ mod tests {
         let a = Store::open(&dir.path().join("a")).unwrap();
         fill(&a, &[(b"t1/", 500, 100), (b"t2/", 10, 5000)]);
         let snap = dir.path().join("s.snap");
-        write(&a, &snap, "x").unwrap();
+        write(&a, SM_FAMILIES, &snap, "x").unwrap();
         let b = Store::open(&dir.path().join("b")).unwrap();
         fill(&b, &[(b"old/", 50, 10), (b"t1/", 3, 7)]);
-        install(&b, &snap).unwrap();
+        install(&b, SM_FAMILIES, &snap).unwrap();
         assert_eq!(
             kv_rows(&b),
             kv_rows(&a),
@@ -362,7 +362,7 @@ mod tests {
         bytes[at] ^= 0xff;
         let bad = dir.path().join("bad.snap");
         std::fs::write(&bad, &bytes).unwrap();
-        assert!(install(&b, &bad).is_err());
+        assert!(install(&b, SM_FAMILIES, &bad).is_err());
         assert_eq!(kv_rows(&b), before);
     }
 
@@ -377,10 +377,10 @@ mod tests {
         if mode == "build" {
             let a = Store::open(&dir.join("a")).unwrap();
             fill(&a, &[(b"big/", 320, 1 << 20)]);
-            write(&a, &snap, "big").unwrap();
+            write(&a, SM_FAMILIES, &snap, "big").unwrap();
         } else {
             let b = Store::open(&dir.join("b")).unwrap();
-            install(&b, &snap).unwrap();
+            install(&b, SM_FAMILIES, &snap).unwrap();
             // Counted without holding them: the peak is the install's own.
             let rows = b
                 .db()

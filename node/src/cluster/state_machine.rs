@@ -15,14 +15,9 @@ use tokio::sync::watch;
 
 use super::snapshot;
 use super::types::{
-    Command, Entry, LogId, Op, Reply, Response, Snapshot, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+    Entry, LogId, Machine, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
-use crate::audit;
-use crate::error::NexusError;
-use crate::iam;
-use crate::memory::{conversations, kv, semantic};
-use crate::secrets;
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SM_META};
 
 /// Where the state machine stands; followed by derived indexes.
@@ -37,11 +32,12 @@ pub struct AppliedState {
 
 const CURRENT_SNAPSHOT: &str = "current.snap";
 
-pub struct StateMachine {
+pub struct StateMachine<M: Machine> {
     store: Store,
     snapshot_dir: PathBuf,
     applied: watch::Sender<AppliedState>,
     incoming: Option<PathBuf>,
+    machine: std::marker::PhantomData<M>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -71,7 +67,7 @@ pub fn read_applied(store: &Store) -> Result<(Option<LogId>, StoredMembership), 
     Ok((last, membership))
 }
 
-impl StateMachine {
+impl<M: Machine> StateMachine<M> {
     pub fn open(
         store: Store,
         snapshot_dir: &Path,
@@ -80,11 +76,11 @@ impl StateMachine {
         // A snapshot install a crash interrupted: finish it before anything reads the state.
         if let Some(path) = snapshot::interrupted_install(&store)? {
             tracing::warn!(file = %path.display(), "resuming a snapshot install that a crash interrupted");
-            snapshot::install(&store, &path)?;
+            snapshot::install(&store, M::FAMILIES, &path)?;
             let current = snapshot_dir.join(CURRENT_SNAPSHOT);
             std::fs::rename(&path, &current)?;
             std::fs::File::open(snapshot_dir)?.sync_all()?;
-            store.identities_changed();
+            M::replaced(&store)?;
         }
         // Leftovers of an interrupted snapshot transfer or build.
         for entry in std::fs::read_dir(snapshot_dir)? {
@@ -108,20 +104,21 @@ impl StateMachine {
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 applied: tx,
                 incoming: None,
+                machine: std::marker::PhantomData,
             },
             rx,
         ))
     }
 
     /// Applies one entry atomically: all its commands and the new watermark in one write.
-    fn apply_one(&self, entry: &Entry) -> Result<Vec<Response>, StoreError> {
+    fn apply_one(&self, entry: &Entry<M>) -> Result<Vec<Response<M>>, StoreError> {
         let mut ctx = ApplyCtx::new(&self.store);
         let responses = match &entry.payload {
             EntryPayload::Blank => Vec::new(),
             EntryPayload::Normal(proposal) => {
                 let mut out = Vec::with_capacity(proposal.commands.len());
-                for Command { tenant, op } in &proposal.commands {
-                    out.push(apply_op(&mut ctx, tenant, op)?);
+                for command in &proposal.commands {
+                    out.push(M::apply(&mut ctx, command)?);
                 }
                 out
             }
@@ -138,13 +135,7 @@ impl StateMachine {
         opts.set_sync(false);
         self.store.db().write_opt(ctx.finish()?, &opts)?;
         if let EntryPayload::Normal(proposal) = &entry.payload {
-            if proposal
-                .commands
-                .iter()
-                .any(|c| matches!(c.op.inner(), Op::Iam(_)))
-            {
-                self.store.identities_changed();
-            }
+            M::applied(&self.store, &proposal.commands);
         }
         Ok(responses)
     }
@@ -154,16 +145,16 @@ impl StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
+impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachine<M> {
+    type SnapshotBuilder = SnapshotBuilder<M>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         read_applied(&self.store).map_err(|e| sm_err(ErrorVerb::Read, e))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response<M>>>, StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<M>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
@@ -185,6 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             store: self.store.clone(),
             dir: self.snapshot_dir.clone(),
+            machine: std::marker::PhantomData,
         }
     }
 
@@ -228,7 +220,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store.clone();
         let target = self.current_snapshot_path();
         let installed = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, StoreError> {
-            let installed = snapshot::install(&store, &path)?;
+            let installed = snapshot::install(&store, M::FAMILIES, &path)?;
+            M::replaced(&store)?;
             std::fs::rename(&path, &target)?;
             if let Some(dir) = target.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
@@ -241,7 +234,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if installed.last_log_id != meta.last_log_id {
             tracing::warn!(file = ?installed.last_log_id, raft = ?meta.last_log_id, "snapshot file and raft meta disagree; raft's is used");
         }
-        self.store.identities_changed();
         let index = meta.last_log_id.map_or(0, |l| l.index);
         self.applied.send_modify(|s| {
             s.index = index;
@@ -252,7 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<M>>, StorageError> {
         let path = self.current_snapshot_path();
         if !path.exists() {
             return Ok(None);
@@ -268,20 +260,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-pub struct SnapshotBuilder {
+pub struct SnapshotBuilder<M> {
     store: Store,
     dir: PathBuf,
+    machine: std::marker::PhantomData<M>,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+impl<M: Machine> RaftSnapshotBuilder<TypeConfig<M>> for SnapshotBuilder<M> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<M>, StorageError> {
         let store = self.store.clone();
         let dir = self.dir.clone();
         let (meta, path) =
             tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, PathBuf), StoreError> {
                 let suffix = uuid::Uuid::now_v7().simple().to_string();
                 let tmp = dir.join(format!("building-{suffix}.snap"));
-                let meta = snapshot::write(&store, &tmp, &suffix)?;
+                let meta = snapshot::write(&store, M::FAMILIES, &tmp, &suffix)?;
                 let target = dir.join(CURRENT_SNAPSHOT);
                 std::fs::rename(&tmp, &target)?;
                 std::fs::File::open(&dir)?.sync_all()?;
@@ -301,87 +294,78 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Applies one command in this step: its change and, when audited, its audit record.
-fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
-    match op {
-        Op::Audited { context, op } => {
-            let response = apply_op(ctx, tenant, op)?;
-            let mut resource = op.resource(tenant);
-            if tenant != context.tenant {
-                resource = format!("{resource} (tenant {tenant})");
-            }
-            audit::append(ctx, context, resource, audit::result_text(&response))?;
-            return Ok(response);
-        }
-        Op::Audit(r) => {
-            audit::append(ctx, &r.context, r.resource.clone(), r.result.clone())?;
-            return Ok(Ok(Reply::Audited));
-        }
-        _ => {}
-    }
-    // A tenant deleted while a request was in flight takes no new data.
-    if !matches!(op, Op::Iam(_)) && !iam::tenant_exists_in(ctx, tenant)? {
-        return Ok(Err(NexusError::NotFound(format!(
-            "tenant {tenant} not found"
-        ))));
-    }
-    // Data stays within the tenant's stored items and bytes, or is undone. Not limited:
-    // identities, and re-wrapping data keys (a master-key rotation must reach every tenant).
-    let limits = match op {
-        Op::Iam(_) | Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => None,
-        _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
-    };
-    let Some(limits) = limits else {
-        return apply_data(ctx, tenant, op);
-    };
-    let before = ctx.usage(tenant)?;
-    let savepoint = ctx.savepoint();
-    let response = apply_data(ctx, tenant, op)?;
-    let after = ctx.usage(tenant)?;
-    let over = |limit: &str, max: u64, before: u64, after: u64, unit: &str| {
-        (max > 0 && after > before && after > max).then(|| NexusError::ResourceExhausted {
-            limit: limit.to_string(),
-            message: format!(
-                "tenant {tenant} would store {after} {unit}, over its limit of {max} \
-                 (now {before}); delete some or raise {limit}"
-            ),
-        })
-    };
-    let refused = over(
-        "quotas.max_items",
-        limits.max_items,
-        before.items,
-        after.items,
-        "items",
-    )
-    .or_else(|| {
-        over(
-            "quotas.max_bytes",
-            limits.max_bytes,
-            before.bytes,
-            after.bytes,
-            "bytes",
-        )
-    });
-    match refused {
-        Some(e) if response.is_ok() => {
-            ctx.rollback(savepoint);
-            Ok(Err(e))
-        }
-        _ => {
-            ctx.release(savepoint);
-            Ok(response)
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::types::test_machine::{Put, Puts};
+    use crate::cluster::types::Proposal;
+    use crate::store::CF_KV;
 
-fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
-    Ok(match op {
-        Op::Kv(op) => kv::apply(ctx, tenant, op)?.map(Reply::Kv),
-        Op::Conversation(op) => conversations::apply(ctx, tenant, op)?.map(Reply::Conversation),
-        Op::Semantic(op) => semantic::apply(ctx, tenant, op)?.map(Reply::Semantic),
-        Op::Iam(op) => iam::apply(ctx, tenant, op)?.map(Reply::Iam),
-        Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
-        Op::Audited { .. } | Op::Audit(_) => unreachable!("handled above"),
-    })
+    fn entry(index: u64, puts: &[(&str, &str)]) -> Entry<Puts> {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: puts
+                    .iter()
+                    .map(|(k, v)| Put {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// The layer replicates a machine that is not Nexus's: apply, snapshot and install know
+    /// nothing of the domain.
+    #[tokio::test]
+    async fn replicates_any_machine_apply_snapshot_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        let (mut sm, applied) =
+            StateMachine::<Puts>::open(a.clone(), &dir.path().join("a-snap")).unwrap();
+        let replies = sm
+            .apply(vec![
+                entry(1, &[("x", "1"), ("y", "2")]),
+                entry(2, &[("x", "3"), ("", "refused")]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(replies[0].len(), 2);
+        assert_eq!(replies[1][0].as_ref().unwrap().as_deref(), Some("1"));
+        assert!(matches!(
+            replies[1][1],
+            Err(crate::error::NexusError::InvalidArgument { .. })
+        ));
+        assert_eq!(applied.borrow().index, 2);
+        assert_eq!(
+            a.get_decoded::<String>(CF_KV, b"x").unwrap().as_deref(),
+            Some("3")
+        );
+
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(2));
+
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        let (mut other, other_applied) =
+            StateMachine::<Puts>::open(b.clone(), &dir.path().join("b-snap")).unwrap();
+        let mut incoming = other.begin_receiving_snapshot().await.unwrap();
+        let mut data = *snap.snapshot;
+        use tokio::io::AsyncSeekExt;
+        data.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+        tokio::io::copy(&mut data, &mut *incoming).await.unwrap();
+        other.install_snapshot(&snap.meta, incoming).await.unwrap();
+        assert_eq!(*other_applied.borrow(), AppliedState { index: 2, epoch: 1 });
+        assert_eq!(
+            b.get_decoded::<String>(CF_KV, b"y").unwrap().as_deref(),
+            Some("2")
+        );
+        let (last, _) = other.applied_state().await.unwrap();
+        assert_eq!(last.map(|l| l.index), Some(2));
+    }
 }

@@ -1,17 +1,17 @@
-//! The openraft type configuration and the replicated command set.
+//! The openraft type configuration, generic over the state machine it replicates.
 //!
-//! A `Command` carries everything non-deterministic already resolved by the node that proposed
-//! it (ids, timestamps), so that applying the same log gives the same state on every node.
+//! `cluster/` replicates commands it does not understand: what a command is, what applying it
+//! does and on whose behalf it is made belong to a [`Machine`], implemented on the domain side
+//! (`crate::command`). The layer asks of a command only its size (to bound batches), its name
+//! (for logs) and how to apply it into one RocksDB write batch.
 
-use serde::{Deserialize, Serialize};
+use std::fmt::{Debug, Display};
+use std::marker::PhantomData;
 
-use crate::audit::{AuditContext, AuditRecordOp};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
 use crate::error::NexusError;
-use crate::iam::{IamOp, IamReply};
-use crate::memory::conversations::{ConversationOp, ConversationReply};
-use crate::memory::kv::{KvOp, KvReply};
-use crate::memory::semantic::{SemanticOp, SemanticReply};
-use crate::secrets::{SecretOp, SecretReply};
+use crate::store::{ApplyCtx, Store, StoreError};
 
 /// A node as the cluster membership records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,197 +28,76 @@ impl std::fmt::Display for NexusNode {
     }
 }
 
-/// One replicated write, scoped to a tenant.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Command {
-    pub tenant: String,
-    pub op: Op,
-}
+/// What the replication layer replicates: the domain's commands, their replies, and the
+/// apply step. Implemented by a marker type (`crate::command::Nexus`); nothing here depends on
+/// what the commands mean.
+///
+/// Apply must be deterministic: it reads only the store (through the step's `ApplyCtx`) and
+/// the command, so that every node applying the same log holds the same state.
+pub trait Machine:
+    Debug + Clone + Copy + Default + Eq + Ord + Send + Sync + Unpin + 'static
+{
+    /// One replicated write. Its encoding is part of the log's format.
+    type Command: Debug
+        + Display
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + Unpin
+        + 'static;
+    /// What applying a command produced.
+    type Reply: Debug + Clone + Serialize + DeserializeOwned + Send + Sync + Unpin + 'static;
+    /// On whose behalf a command is proposed. A follower forwards it with the command; the
+    /// leader's [`ForwardGate`] checks it and makes the command it proposes.
+    type Behalf: Debug + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Op {
-    Kv(KvOp),
-    Conversation(ConversationOp),
-    /// Appended last: a variant's position is part of the log's encoding.
-    Semantic(SemanticOp),
-    Iam(IamOp),
-    Secret(SecretOp),
-    /// A command made on behalf of a principal: applied as `op`, with its audit record
-    /// appended in the same step.
-    Audited {
-        context: AuditContext,
-        op: Box<Op>,
-    },
-    /// An audit record of something that changed nothing (a denial, a secret read).
-    Audit(AuditRecordOp),
-}
+    /// The families whose contents make up the state, and so a snapshot (the order is part of
+    /// the snapshot format).
+    const FAMILIES: &'static [&'static str];
 
-impl Op {
-    /// The command itself, without its audit wrapping.
-    pub fn inner(&self) -> &Op {
-        match self {
-            Op::Audited { op, .. } => op.inner(),
-            other => other,
-        }
-    }
+    /// Roughly how many bytes the command adds to a log entry, to bound proposal batches.
+    fn approx_size(command: &Self::Command) -> usize;
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Kv(op) => op.name(),
-            Op::Conversation(op) => op.name(),
-            Op::Semantic(op) => op.name(),
-            Op::Iam(op) => op.name(),
-            Op::Secret(op) => op.name(),
-            Op::Audited { op, .. } => op.name(),
-            Op::Audit(_) => "audit.record",
-        }
-    }
+    /// Roughly how many bytes `behalf` adds to a forwarded request.
+    fn behalf_size(behalf: &Self::Behalf) -> usize;
 
-    /// Roughly how many bytes the op takes in a log entry.
-    pub fn approx_size(&self) -> usize {
-        match self {
-            Op::Kv(op) => op.approx_size(),
-            Op::Conversation(op) => op.approx_size(),
-            Op::Semantic(op) => op.approx_size(),
-            Op::Iam(op) => op.approx_size(),
-            Op::Secret(op) => op.approx_size(),
-            Op::Audited { op, context } => {
-                op.approx_size()
-                    + context.request_id.len()
-                    + context.principal.len()
-                    + context.tenant.len()
-                    + context.action.len()
-                    + 32
-            }
-            Op::Audit(r) => r.resource.len() + r.result.len() + 128,
-        }
-    }
+    /// The command as the node it was made on proposes it when it leads, on behalf of whom
+    /// `behalf` names (None: the node itself).
+    fn local(command: Self::Command, behalf: Option<Self::Behalf>) -> Self::Command;
 
-    /// What the command acts on, for the audit log.
-    pub fn resource(&self, tenant: &str) -> String {
-        use crate::iam::IamOp as I;
-        use crate::memory::conversations::ConversationOp as C;
-        use crate::memory::kv::KvOp as K;
-        use crate::memory::semantic::SemanticOp as S;
-        match self {
-            Op::Kv(K::Put { namespace, key, .. } | K::Delete { namespace, key, .. }) => {
-                format!("memory/{namespace}/{key}")
-            }
-            Op::Kv(K::PurgeExpired { items, .. }) => format!("memory/{} expired", items.len()),
-            Op::Conversation(C::Create { id, .. } | C::Delete { id }) => {
-                format!("conversation/{id}")
-            }
-            Op::Conversation(
-                C::Append {
-                    conversation_id,
-                    messages,
-                    ..
-                }
-                | C::AppendWithVectors {
-                    conversation_id,
-                    messages,
-                    ..
-                },
-            ) => format!(
-                "conversation/{conversation_id} +{} messages",
-                messages.len()
-            ),
-            Op::Semantic(S::Remember { id, .. } | S::Forget { id, .. }) => {
-                format!("semantic/{id}")
-            }
-            Op::Iam(
-                I::CreateTenant { .. }
-                | I::SetTenantState { .. }
-                | I::DeleteTenant
-                | I::SetTenantLimits { .. },
-            ) => format!("tenant/{tenant}"),
-            Op::Iam(I::CreateKey {
-                id,
-                service_account,
-                ..
-            }) => format!("key/{id} sa:{service_account}"),
-            Op::Iam(I::RevokeKey { id, .. }) => format!("key/{id}"),
-            Op::Iam(I::PutRole { name, .. } | I::DeleteRole { name }) => format!("role/{name}"),
-            Op::Iam(
-                I::CreateBinding {
-                    principal, role, ..
-                }
-                | I::DeleteBinding { principal, role },
-            ) => format!("binding/{principal}/{role}"),
-            Op::Secret(
-                crate::secrets::SecretOp::Set { name, .. }
-                | crate::secrets::SecretOp::Delete { name },
-            ) => format!("secret/{name}"),
-            Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => "data key".into(),
-            Op::Audited { op, .. } => op.resource(tenant),
-            Op::Audit(r) => r.resource.clone(),
-        }
-    }
-}
+    /// Applies one command into the step. `Ok(Err(_))` is a rejection the state machine
+    /// decided (every node decides the same); `Err(_)` is a storage failure.
+    fn apply(
+        ctx: &mut ApplyCtx<'_>,
+        command: &Self::Command,
+    ) -> Result<Result<Self::Reply, NexusError>, StoreError>;
 
-impl std::fmt::Display for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = self.op.name();
-        write!(f, "{kind}(tenant={})", self.tenant)
-    }
-}
+    /// Called once an entry's commands are written (caches of the domain to invalidate).
+    fn applied(store: &Store, commands: &[Self::Command]);
 
-/// On whose behalf a command is proposed: the request's audit context, and the bearer
-/// credential the caller sent. On the leader the command is proposed as
-/// `Op::Audited { context, op }`; a follower forwards the credential instead of trusting
-/// itself with the principal, and the leader authenticates it again (`ForwardGate`).
-#[derive(Clone, Serialize, Deserialize)]
-pub struct OnBehalf {
-    pub context: AuditContext,
-    /// Never logged (see the `Debug` impl).
-    pub credential: Option<String>,
-}
-
-impl std::fmt::Debug for OnBehalf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnBehalf")
-            .field("context", &self.context)
-            .field(
-                "credential",
-                &self.credential.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    /// Called after a snapshot replaced the state wholesale (derived figures to recompute,
+    /// caches to drop), before the install is reported done.
+    fn replaced(store: &Store) -> Result<(), StoreError>;
 }
 
 /// A command waiting to be proposed, and on whose behalf; what a follower forwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Forwarded {
-    pub command: Command,
-    pub on_behalf: Option<OnBehalf>,
+#[serde(bound = "")]
+pub struct Forwarded<M: Machine> {
+    pub command: M::Command,
+    pub on_behalf: Option<M::Behalf>,
 }
 
-impl Forwarded {
-    /// The command as the node it was made on proposes it when it leads: audited with its
-    /// context (an `Op::Audit` record carries its own).
-    pub fn into_local(self) -> Command {
-        match self.on_behalf {
-            Some(OnBehalf { context, .. }) if !matches!(self.command.op, Op::Audit(_)) => Command {
-                tenant: self.command.tenant,
-                op: Op::Audited {
-                    context,
-                    op: Box::new(self.command.op),
-                },
-            },
-            _ => self.command,
-        }
+impl<M: Machine> Forwarded<M> {
+    /// The command as this node proposes it when it leads.
+    pub fn into_local(self) -> M::Command {
+        M::local(self.command, self.on_behalf)
     }
 
     pub fn approx_size(&self) -> usize {
-        let behalf = self.on_behalf.as_ref().map_or(0, |b| {
-            b.credential.as_ref().map_or(0, String::len)
-                + b.context.request_id.len()
-                + b.context.principal.len()
-                + b.context.tenant.len()
-                + b.context.action.len()
-                + 32
-        });
-        self.command.approx_size() + behalf
+        M::approx_size(&self.command) + self.on_behalf.as_ref().map_or(0, M::behalf_size)
     }
 }
 
@@ -226,61 +105,110 @@ impl Forwarded {
 /// member (the peer port admits only certificates naming one), but a member is not trusted
 /// with principals: a forwarded command carries the caller's credential, and the gate
 /// authenticates it and checks the command against the principal it finds, as the member's
-/// own API would have (`auth::forward`). It never lets a member forward an audit record
-/// that it wrote itself.
+/// own API would have (`auth::forward`).
 #[tonic::async_trait]
-pub trait ForwardGate: Send + Sync {
-    async fn admit(&self, forwarded: Forwarded) -> Result<Command, NexusError>;
+pub trait ForwardGate<M: Machine>: Send + Sync {
+    async fn admit(&self, forwarded: Forwarded<M>) -> Result<M::Command, NexusError>;
 
     /// Ok when the caller behind a forwarded cluster change (membership, leadership
     /// transfer) may administer the cluster, by its own credential.
-    async fn admit_cluster_change(&self, on_behalf: Option<OnBehalf>) -> Result<(), NexusError>;
+    async fn admit_cluster_change(&self, on_behalf: Option<M::Behalf>) -> Result<(), NexusError>;
 }
 
 /// One Raft entry's payload: the commands of concurrent clients, proposed together so that
 /// they share one log append and one fsync (group commit), and applied in order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proposal {
-    pub commands: Vec<Command>,
-}
-
-impl Command {
-    /// Roughly how many bytes this command adds to a log entry, to bound proposal batches.
-    pub fn approx_size(&self) -> usize {
-        self.tenant.len() + self.op.approx_size() + 16
-    }
-}
-
-/// What applying a command produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Reply {
-    Kv(KvReply),
-    Conversation(ConversationReply),
-    Semantic(SemanticReply),
-    Iam(IamReply),
-    Secret(SecretReply),
-    /// An audit record was appended.
-    Audited,
+#[serde(bound = "")]
+pub struct Proposal<M: Machine> {
+    pub commands: Vec<M::Command>,
 }
 
 /// A command's outcome: a reply, or a rejection decided deterministically by the state machine.
-pub type Response = Result<Reply, NexusError>;
+pub type Response<M> = Result<<M as Machine>::Reply, NexusError>;
 
-openraft::declare_raft_types!(
-    pub TypeConfig:
-        D = Proposal,
-        R = Vec<Response>,
-        NodeId = u64,
-        Node = NexusNode,
-        SnapshotData = tokio::fs::File,
-);
+/// The openraft type configuration of a Raft group replicating `M`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TypeConfig<M>(PhantomData<M>);
+
+impl<M: Machine> openraft::RaftTypeConfig for TypeConfig<M> {
+    type D = Proposal<M>;
+    type R = Vec<Response<M>>;
+    type NodeId = NodeId;
+    type Node = NexusNode;
+    type Entry = openraft::Entry<Self>;
+    type SnapshotData = tokio::fs::File;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder = openraft::impls::OneshotResponder<Self>;
+}
 
 pub type NodeId = u64;
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
+pub type Raft<M> = openraft::Raft<TypeConfig<M>>;
+pub type Entry<M> = openraft::Entry<TypeConfig<M>>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, NexusNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NexusNode>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type Snapshot<M> = openraft::Snapshot<TypeConfig<M>>;
 pub type StorageError = openraft::StorageError<NodeId>;
+
+/// A machine of plain puts, for the layer's own tests: the replication layer runs without
+/// any of Nexus's domain.
+#[cfg(test)]
+pub(crate) mod test_machine {
+    use super::*;
+    use crate::store::{CF_KV, CF_SM_META};
+
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+    pub struct Puts;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Put {
+        pub key: String,
+        pub value: String,
+    }
+
+    impl std::fmt::Display for Put {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "put({})", self.key)
+        }
+    }
+
+    impl Machine for Puts {
+        type Command = Put;
+        /// The value replaced, if any.
+        type Reply = Option<String>;
+        type Behalf = String;
+
+        const FAMILIES: &'static [&'static str] = &[CF_SM_META, CF_KV];
+
+        fn approx_size(c: &Put) -> usize {
+            c.key.len() + c.value.len()
+        }
+
+        fn behalf_size(b: &String) -> usize {
+            b.len()
+        }
+
+        fn local(command: Put, _: Option<String>) -> Put {
+            command
+        }
+
+        fn apply(
+            ctx: &mut ApplyCtx<'_>,
+            c: &Put,
+        ) -> Result<Result<Option<String>, NexusError>, StoreError> {
+            if c.key.is_empty() {
+                return Ok(Err(NexusError::invalid("key", "must not be empty")));
+            }
+            let old = ctx.get_decoded::<String>(CF_KV, c.key.as_bytes())?;
+            ctx.put(CF_KV, c.key.as_bytes(), &c.value);
+            Ok(Ok(old))
+        }
+
+        fn applied(_: &Store, _: &[Put]) {}
+
+        fn replaced(_: &Store) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+}

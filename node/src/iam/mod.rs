@@ -16,15 +16,15 @@
 //! The tenant `default` always exists (it is where a node without authentication serves) and
 //! cannot be suspended or deleted.
 
+pub mod principal;
 pub mod rbac;
-pub mod service;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::NexusError;
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_API_KEY_IDS, CF_IAM, SM_FAMILIES};
 
-pub use crate::auth::DEFAULT_TENANT;
+pub use principal::{Principal, DEFAULT_TENANT};
 
 const TAG_TENANT: u8 = b'T';
 const TAG_KEY: u8 = b'K';

@@ -12,15 +12,13 @@
 //! the same vectors; the state machine is the source of truth the vector index is rebuilt from.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, validate};
-use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
+use super::validate;
 use crate::config::Limits;
 pub use crate::embed::normalized;
-use crate::embed::{embed_units, Embedder};
+
 use crate::error::NexusError;
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SEMANTIC, CF_SEMANTIC_IDS};
 
@@ -262,139 +260,6 @@ pub fn namespace_or_default(field: &str, ns: &str) -> Result<String, NexusError>
     }
     validate::namespace(field, ns)?;
     Ok(ns.to_string())
-}
-
-/// The semantic memory write API of a node. Recall lives in `search::recall`, which combines
-/// the vector and full-text indexes.
-pub struct SemanticService {
-    node: Arc<ClusterNode>,
-    limits: Limits,
-    embedder: Option<Arc<dyn Embedder>>,
-}
-
-impl SemanticService {
-    pub fn new(
-        node: Arc<ClusterNode>,
-        limits: Limits,
-        embedder: Option<Arc<dyn Embedder>>,
-    ) -> Self {
-        Self {
-            node,
-            limits,
-            embedder,
-        }
-    }
-
-    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
-        self.embedder.as_ref()
-    }
-
-    /// Validates, embeds (on this node, before proposing) and stores a memory.
-    pub async fn remember(
-        &self,
-        tenant: &str,
-        req: RememberRequest,
-    ) -> Result<SemanticRecord, NexusError> {
-        let namespace = namespace_or_default("namespace", &req.namespace)?;
-        if req.text.trim().is_empty() {
-            return Err(NexusError::invalid("text", "must not be empty"));
-        }
-        if req.text.len() > self.limits.max_text_bytes {
-            return Err(NexusError::invalid(
-                "text",
-                format!(
-                    "is {} bytes; the limit is {} (limits.max_text_bytes)",
-                    req.text.len(),
-                    self.limits.max_text_bytes
-                ),
-            ));
-        }
-        validate_metadata("metadata", &req.metadata, &self.limits)?;
-        let importance = req.importance.unwrap_or(DEFAULT_IMPORTANCE);
-        if !(0.0..=1.0).contains(&importance) {
-            return Err(NexusError::invalid(
-                "importance",
-                format!("{importance} is not between 0 and 1"),
-            ));
-        }
-        let (model, embedding) = match &self.embedder {
-            Some(e) => {
-                let mut v = embed_units(e.as_ref(), std::slice::from_ref(&req.text)).await?;
-                (e.model().to_string(), v.pop().unwrap_or_default())
-            }
-            None => (String::new(), Vec::new()),
-        };
-        let op = SemanticOp::Remember {
-            id: uuid::Uuid::now_v7().to_string(),
-            namespace,
-            text: req.text,
-            metadata: req.metadata,
-            importance,
-            now_ms: now_ms(),
-            model,
-            embedding,
-        };
-        match self.propose(tenant, op).await? {
-            SemanticReply::Remembered(r) => Ok(r),
-            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// Removes a memory. NotFound when there is none with this id.
-    pub async fn forget(&self, tenant: &str, id: &str) -> Result<(), NexusError> {
-        validate_id(id)?;
-        // The number of an id never changes, so reading it after a read barrier is exact.
-        self.node
-            .read_barrier(ReadConsistency::Linearizable)
-            .await?;
-        let Some(seq) = seq_of(&self.node.store, tenant, id)? else {
-            return Err(NexusError::NotFound(format!(
-                "semantic memory {id} not found"
-            )));
-        };
-        self.propose(
-            tenant,
-            SemanticOp::Forget {
-                id: id.to_string(),
-                seq,
-            },
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// Reads one memory by id.
-    pub async fn get(
-        &self,
-        tenant: &str,
-        id: &str,
-        consistency: ReadConsistency,
-    ) -> Result<SemanticRecord, NexusError> {
-        validate_id(id)?;
-        self.node.read_barrier(consistency).await?;
-        read_by_id(&self.node.store, tenant, id)?
-            .ok_or_else(|| NexusError::NotFound(format!("semantic memory {id} not found")))
-    }
-
-    async fn propose(&self, tenant: &str, op: SemanticOp) -> Result<SemanticReply, NexusError> {
-        match self
-            .node
-            .propose(Command {
-                tenant: tenant.to_string(),
-                op: Op::Semantic(op),
-            })
-            .await?
-        {
-            Reply::Semantic(r) => Ok(r),
-            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
-        }
-    }
-}
-
-fn validate_id(id: &str) -> Result<(), NexusError> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| ())
-        .map_err(|_| NexusError::invalid("id", format!("{id:?} is not a memory id (a UUID)")))
 }
 
 #[cfg(test)]

@@ -28,9 +28,9 @@ use tantivy::snippet::SnippetGenerator;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use tokio::sync::watch;
 
-use crate::cluster::log_store::LogStore;
-use crate::cluster::state_machine::AppliedState;
-use crate::cluster::{ClusterNode, Op, ReadConsistency};
+use crate::cluster::follower::{LogFollower, Next};
+use crate::cluster::ReadConsistency;
+use crate::command::{Cluster, Nexus, Op};
 use crate::config::SearchConfig;
 use crate::error::NexusError;
 use crate::iam::IamOp;
@@ -178,7 +178,7 @@ pub struct FullTextIndex {
     index: Index,
     reader: IndexReader,
     fields: Fields,
-    node: Arc<ClusterNode>,
+    node: Arc<Cluster>,
     indexed: watch::Receiver<u64>,
     /// The highest log index a waiting search needs searchable: the indexer commits as soon
     /// as it has indexed that far, instead of waiting for its commit interval.
@@ -211,7 +211,7 @@ impl FullTextIndex {
     /// Opens (or creates) the index in `dir` and starts the indexer thread.
     pub fn open(
         dir: &Path,
-        node: Arc<ClusterNode>,
+        node: Arc<Cluster>,
         config: SearchConfig,
         max_limit: u32,
     ) -> Result<Arc<Self>, IndexError> {
@@ -243,11 +243,14 @@ impl FullTextIndex {
             reader: reader.clone(),
             fields,
             store: node.store.clone(),
-            applied: node.applied(),
+            log: LogFollower::new(
+                node.store.clone(),
+                node.applied(),
+                watermark,
+                INDEX_BATCH_ENTRIES,
+            ),
             indexed: indexed_tx,
             wanted: wanted_rx,
-            watermark,
-            epoch: node.applied().borrow().epoch,
             commit_interval: Duration::from_millis(config.commit_interval_ms),
             stop: stop.clone(),
         };
@@ -507,11 +510,10 @@ struct Indexer {
     reader: IndexReader,
     fields: Fields,
     store: Store,
-    applied: watch::Receiver<AppliedState>,
+    /// The indexed log position, and what comes after it.
+    log: LogFollower<Nexus>,
     indexed: watch::Sender<u64>,
     wanted: watch::Receiver<u64>,
-    watermark: u64,
-    epoch: u64,
     commit_interval: Duration,
     stop: Arc<AtomicBool>,
 }
@@ -527,39 +529,28 @@ impl Indexer {
                 }
                 return Ok(());
             }
-            let state = *self.applied.borrow_and_update();
-            if state.epoch != self.epoch {
-                tracing::info!(
-                    epoch = state.epoch,
-                    "state replaced by a snapshot: rebuilding the full-text index"
-                );
-                self.rebuild()?;
-                self.epoch = state.epoch;
-                pending = false;
-                last_commit = Instant::now();
-                continue;
-            }
-            if state.index > self.watermark {
-                let end = state.index.min(self.watermark + INDEX_BATCH_ENTRIES) + 1;
-                let entries = LogStore::read_range(&self.store, self.watermark + 1, end)?;
-                if entries.first().map(|e| e.log_id.index) != Some(self.watermark + 1) {
+            match self.log.step()? {
+                Next::Rebuild(reason) => {
                     tracing::info!(
-                        watermark = self.watermark,
-                        "the log no longer holds the entries after the index watermark: rebuilding the full-text index"
+                        watermark = self.log.watermark(),
+                        "{reason}: rebuilding the full-text index"
                     );
                     self.rebuild()?;
                     pending = false;
                     last_commit = Instant::now();
                     continue;
                 }
-                self.index_entries(&entries)?;
-                pending = true;
-                if last_commit.elapsed() >= self.commit_interval || self.searcher_waits() {
-                    self.commit()?;
-                    pending = false;
-                    last_commit = Instant::now();
+                Next::CaughtUp => {}
+                Next::Entries(entries) => {
+                    self.index_entries(&entries)?;
+                    pending = true;
+                    if last_commit.elapsed() >= self.commit_interval || self.searcher_waits() {
+                        self.commit()?;
+                        pending = false;
+                        last_commit = Instant::now();
+                    }
+                    continue;
                 }
-                continue;
             }
             // Caught up. Commit what is pending when a search waits for it, or once the
             // interval has passed: a stream of writes with nobody searching does not commit
@@ -575,7 +566,7 @@ impl Indexer {
                 last_commit = Instant::now();
                 continue;
             }
-            let mut applied = self.applied.clone();
+            let mut applied = self.log.applied();
             let mut wanted = self.wanted.clone();
             let _ = rt.block_on(async {
                 tokio::time::timeout(wait, async {
@@ -598,12 +589,12 @@ impl Indexer {
     /// A search waits for an index this indexer has reached but not committed.
     fn searcher_waits(&mut self) -> bool {
         let wanted = *self.wanted.borrow_and_update();
-        wanted > *self.indexed.borrow() && wanted <= self.watermark
+        wanted > *self.indexed.borrow() && wanted <= self.log.watermark()
     }
 
     fn index_entries(
         &mut self,
-        entries: &[crate::cluster::types::Entry],
+        entries: &[crate::cluster::types::Entry<Nexus>],
     ) -> Result<(), IndexError> {
         let f = self.fields;
         let mut memories: Vec<(String, String, String)> = Vec::new();
@@ -686,7 +677,7 @@ impl Indexer {
             }
         }
         if let Some(last) = entries.last() {
-            self.watermark = last.log_id.index;
+            self.log.advance(last.log_id.index);
         }
         Ok(())
     }
@@ -755,17 +746,8 @@ impl Indexer {
         // mid-batch, e.g. when a snapshot purges the log the indexer was working through).
         self.writer.rollback()?;
         self.writer.delete_all_documents()?;
-        let db_snapshot = self.store.db().snapshot();
-        let applied: Option<crate::cluster::types::LogId> = match db_snapshot
-            .get_cf(
-                self.store.cf(crate::store::CF_SM_META),
-                keys::sm_meta::LAST_APPLIED,
-            )
-            .map_err(StoreError::from)?
-        {
-            Some(b) => Some(codec::decode(&b).map_err(StoreError::from)?),
-            None => None,
-        };
+        let view = self.log.rebuild_view()?;
+        let db_snapshot = &view.snapshot;
         let mut docs = 0u64;
         for item in db_snapshot.iterator_cf(self.store.cf(CF_KV), rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(StoreError::from)?;
@@ -800,12 +782,13 @@ impl Indexer {
             self.add_semantic(&tenant, &r)?;
             docs += 1;
         }
-        drop(db_snapshot);
-        self.watermark = applied.map_or(0, |l| l.index);
+        let index = view.index;
+        drop(view);
+        self.log.rebuilt(index);
         self.commit()?;
         tracing::info!(
             docs,
-            watermark = self.watermark,
+            watermark = index,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "rebuilt the full-text index"
         );
@@ -814,12 +797,13 @@ impl Indexer {
 
     fn commit(&mut self) -> Result<(), IndexError> {
         let mut prepared = self.writer.prepare_commit()?;
-        prepared.set_payload(&self.watermark.to_string());
+        let watermark = self.log.watermark();
+        prepared.set_payload(&watermark.to_string());
         prepared.commit()?;
         self.reader.reload()?;
         metrics::SEARCH_COMMITS.inc();
-        metrics::SEARCH_WATERMARK.set(self.watermark as i64);
-        self.indexed.send_replace(self.watermark);
+        metrics::SEARCH_WATERMARK.set(watermark as i64);
+        self.indexed.send_replace(watermark);
         Ok(())
     }
 }

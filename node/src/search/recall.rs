@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use crate::cluster::{ClusterNode, ReadConsistency};
+use crate::cluster::ReadConsistency;
+use crate::command::Cluster;
 use crate::config::{Limits, SearchConfig};
 use crate::embed::{cosine, embed_units, Embedder};
 use crate::error::NexusError;
@@ -193,7 +194,7 @@ pub struct FusedHit {
 pub struct Recaller {
     /// RRF weights of the vector and BM25 lists.
     weights: [f32; 2],
-    node: Arc<ClusterNode>,
+    node: Arc<Cluster>,
     fulltext: Arc<FullTextIndex>,
     vectors: Option<Arc<VectorIndexer>>,
     embedder: Option<Arc<dyn Embedder>>,
@@ -202,7 +203,7 @@ pub struct Recaller {
 
 impl Recaller {
     pub fn new(
-        node: Arc<ClusterNode>,
+        node: Arc<Cluster>,
         fulltext: Arc<FullTextIndex>,
         vectors: Option<Arc<VectorIndexer>>,
         embedder: Option<Arc<dyn Embedder>>,

@@ -19,7 +19,6 @@
 //! with its versions.
 
 pub mod placeholders;
-pub mod service;
 
 use std::path::{Path, PathBuf};
 

@@ -8,11 +8,12 @@ use tonic::{Request, Response, Status};
 
 use super::handle;
 use crate::audit::{self, AuditRecord};
-use crate::cluster::{ClusterNode, ReadConsistency};
+use crate::cluster::ReadConsistency;
+use crate::command::Cluster;
 use crate::memory::validate;
 
 pub struct AuditApi {
-    pub node: Arc<ClusterNode>,
+    pub node: Arc<Cluster>,
     pub max_page_size: u32,
 }
 

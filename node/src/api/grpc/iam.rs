@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::handle;
 use crate::error::NexusError;
-use crate::iam::service::{IamService, RoleView};
 use crate::iam::{ApiKeyRecord, BindingRecord, TenantLimits, TenantRecord, TenantState};
+use crate::service::iam::{IamService, RoleView};
 use crate::store::usage::Usage;
 
 fn usage(tenant: String, u: Usage, l: TenantLimits) -> pb::TenantUsage {
@@ -89,9 +89,9 @@ impl IamGrpc for IamApi {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        handle("iam.create_tenant", request, |_, r| async move {
+        handle("iam.create_tenant", request, |p, r| async move {
             Ok(tenant(
-                self.iam.create_tenant(&r.id, &r.display_name).await?,
+                self.iam.create_tenant(&p, &r.id, &r.display_name).await?,
             ))
         })
         .await
@@ -119,7 +119,7 @@ impl IamGrpc for IamApi {
         &self,
         request: Request<pb::SetTenantStateRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        handle("iam.set_tenant_state", request, |_, r| async move {
+        handle("iam.set_tenant_state", request, |p, r| async move {
             let state = match pb::TenantState::try_from(r.state) {
                 Ok(pb::TenantState::Active) => TenantState::Active,
                 Ok(pb::TenantState::Suspended) => TenantState::Suspended,
@@ -130,7 +130,7 @@ impl IamGrpc for IamApi {
                     ))
                 }
             };
-            Ok(tenant(self.iam.set_tenant_state(&r.id, state).await?))
+            Ok(tenant(self.iam.set_tenant_state(&p, &r.id, state).await?))
         })
         .await
     }
@@ -139,7 +139,7 @@ impl IamGrpc for IamApi {
         &self,
         request: Request<pb::SetTenantLimitsRequest>,
     ) -> Result<Response<pb::TenantUsage>, Status> {
-        handle("iam.set_tenant_limits", request, |_, r| async move {
+        handle("iam.set_tenant_limits", request, |p, r| async move {
             let l = r
                 .limits
                 .ok_or_else(|| NexusError::invalid("limits", "is required"))?;
@@ -149,7 +149,7 @@ impl IamGrpc for IamApi {
                 requests_per_second: l.requests_per_second,
                 burst: l.burst,
             };
-            let (u, l) = self.iam.set_tenant_limits(&r.id, limits).await?;
+            let (u, l) = self.iam.set_tenant_limits(&p, &r.id, limits).await?;
             Ok(usage(r.id, u, l))
         })
         .await
@@ -170,8 +170,8 @@ impl IamGrpc for IamApi {
         &self,
         request: Request<pb::DeleteTenantRequest>,
     ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
-        handle("iam.delete_tenant", request, |_, r| async move {
-            self.iam.delete_tenant(&r.id).await?;
+        handle("iam.delete_tenant", request, |p, r| async move {
+            self.iam.delete_tenant(&p, &r.id).await?;
             Ok(pb::DeleteTenantResponse {})
         })
         .await

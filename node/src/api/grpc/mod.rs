@@ -15,31 +15,16 @@ pub use secrets::SecretsApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 
 use crate::audit::{self, AuditContext};
-use crate::auth::{Caller, Principal};
+use crate::auth::{AuthHandle, Principal};
 use crate::cluster::ReadConsistency;
-use crate::error::NexusError;
+use crate::error::{code_of, NexusError};
 use crate::iam::rbac;
 use crate::observe::metrics;
+use crate::service::Caller;
 use nexus_proto::v1::Consistency;
 
 /// Metadata key that carries the leader's address on an Unavailable reply.
 pub const LEADER_ADDR_METADATA: &str = "x-nexus-leader-addr";
-
-/// The gRPC code of a domain error.
-pub fn code_of(e: &NexusError) -> tonic::Code {
-    use tonic::Code;
-    match e {
-        NexusError::InvalidArgument { .. } => Code::InvalidArgument,
-        NexusError::NotFound(_) => Code::NotFound,
-        NexusError::AlreadyExists(_) => Code::AlreadyExists,
-        NexusError::FailedPrecondition { .. } => Code::FailedPrecondition,
-        NexusError::ResourceExhausted { .. } => Code::ResourceExhausted,
-        NexusError::Unavailable { .. } => Code::Unavailable,
-        NexusError::Internal(_) => Code::Internal,
-        NexusError::Unauthenticated(_) => Code::Unauthenticated,
-        NexusError::PermissionDenied(_) => Code::PermissionDenied,
-    }
-}
 
 /// The one mapping from domain errors to gRPC statuses.
 pub fn to_status(e: NexusError) -> tonic::Status {
@@ -100,21 +85,21 @@ fn authorize(
     Ok(principal)
 }
 
-/// Runs one handler: checks its permission, runs it on behalf of its principal (so that its
-/// writes are audited), records a denial, times and counts it, and maps its error. Every
-/// reply carries the request id.
+/// Runs one handler: checks its permission, hands it its [`Caller`] (the principal, and the
+/// audit context and credential its writes are made with), records a denial, times and
+/// counts it, and maps its error. Every reply carries the request id.
 pub async fn handle<Req, Resp, F, Fut>(
     method: &'static str,
     request: tonic::Request<Req>,
     f: F,
 ) -> Result<tonic::Response<Resp>, tonic::Status>
 where
-    F: FnOnce(Principal, Req) -> Fut,
+    F: FnOnce(Caller, Req) -> Fut,
     Fut: Future<Output = Result<Resp, NexusError>>,
 {
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
-    let caller = request.extensions().get::<Caller>().cloned();
+    let caller = request.extensions().get::<AuthHandle>().cloned();
     // The bearer credential, handed to the leader with what this request proposes so that
     // the leader authenticates the caller itself (cluster::ForwardGate).
     let credential = crate::auth::bearer_token(request.metadata()).map(str::to_string);
@@ -167,14 +152,15 @@ where
                 login.action = "auth.login".into();
                 login.principal = p.subject.clone();
                 login.tenant = p.tenant.clone();
-                let login = crate::cluster::OnBehalf {
+                let login = crate::command::OnBehalf {
                     context: login,
                     credential: credential.clone(),
                 };
                 tokio::spawn(async move {
                     let tenant = login.context.tenant.clone();
                     if let Err(err) =
-                        audit::record_as(&node, &tenant, login, which, "ok".into()).await
+                        crate::service::audit::record(&node, &tenant, login, which, "ok".into())
+                            .await
                     {
                         tracing::warn!(error = %err, "recording a login in the audit log");
                     }
@@ -190,30 +176,34 @@ where
     let result = match admitted.and(authorized) {
         // Without authentication (one local user, loopback only) nothing is audited.
         Ok(principal) if principal.subject == crate::auth::LOCAL_SUBJECT => {
-            f(principal, request.into_inner()).await.map_err(to_status)
+            f(Caller::new(principal, None), request.into_inner())
+                .await
+                .map_err(to_status)
         }
         Ok(principal) => {
             context.principal = principal.subject.clone();
             context.tenant = principal.tenant.clone();
-            let on_behalf = crate::cluster::OnBehalf {
+            let on_behalf = crate::command::OnBehalf {
                 context,
                 credential,
             };
-            audit::CONTEXT
-                .scope(on_behalf, f(principal, request.into_inner()))
-                .await
-                .map_err(to_status)
+            f(
+                Caller::new(principal, Some(on_behalf)),
+                request.into_inner(),
+            )
+            .await
+            .map_err(to_status)
         }
         Err(e) => {
             // Counted, and audited as one record per group and window: a refusal is no
-            // replicated write of its own (audit::denials).
+            // replicated write of its own (service::denials).
             if let Some(caller) = caller.filter(|c| c.auth.enabled()) {
                 let delay = caller.auth.refusal_delay(&e);
                 let (who, tenant) = match &principal {
                     Ok(p) => (p.subject.clone(), p.tenant.clone()),
                     Err(_) => ("anonymous".to_string(), String::new()),
                 };
-                caller.auth.denials().note(audit::denials::Denial {
+                caller.auth.denials().note(crate::service::denials::Denial {
                     principal: who,
                     tenant,
                     source,

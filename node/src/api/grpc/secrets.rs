@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::handle;
-use crate::secrets::service::SecretsService;
 use crate::secrets::SecretRecord;
+use crate::service::secrets::SecretsService;
 
 pub struct SecretsApi {
     pub secrets: Arc<SecretsService>,
@@ -38,7 +38,7 @@ impl SecretsGrpc for SecretsApi {
     ) -> Result<Response<pb::SecretInfo>, Status> {
         handle("secrets.set", request, |p, r| async move {
             let value = Zeroizing::new(r.value);
-            Ok(info(self.secrets.set(&p.tenant, &r.name, value).await?))
+            Ok(info(self.secrets.set(&p.scope(), &r.name, value).await?))
         })
         .await
     }
@@ -48,7 +48,7 @@ impl SecretsGrpc for SecretsApi {
         request: Request<pb::GetSecretRequest>,
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
         handle("secrets.get", request, |p, r| async move {
-            let (version, value) = self.secrets.get(&p.tenant, &r.name, r.version).await?;
+            let (version, value) = self.secrets.get(&p.scope(), &r.name, r.version).await?;
             Ok(pb::GetSecretResponse {
                 name: r.name,
                 version,
@@ -82,7 +82,7 @@ impl SecretsGrpc for SecretsApi {
         request: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
         handle("secrets.delete", request, |p, r| async move {
-            self.secrets.delete(&p.tenant, &r.name).await?;
+            self.secrets.delete(&p.scope(), &r.name).await?;
             Ok(pb::DeleteSecretResponse {})
         })
         .await
@@ -92,8 +92,8 @@ impl SecretsGrpc for SecretsApi {
         &self,
         request: Request<pb::RotateMasterKeyRequest>,
     ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
-        handle("secrets.rotate_master_key", request, |_, _| async move {
-            let (rewrapped, current) = self.secrets.rotate_master_key().await?;
+        handle("secrets.rotate_master_key", request, |p, _| async move {
+            let (rewrapped, current) = self.secrets.rotate_master_key(&p.scope()).await?;
             Ok(pb::RotateMasterKeyResponse {
                 rewrapped: rewrapped as u32,
                 already_current: current as u32,

@@ -10,13 +10,16 @@ use nexus_proto::v1::search_service_server::SearchService;
 use tonic::{Request, Response, Status};
 
 use super::{consistency, convert, handle};
-use crate::cluster::{ClusterNode, MembershipChange, NexusNode, ReadConsistency};
-use crate::memory::conversations::{self, ListMessagesRequest, NewMessageRequest};
-use crate::memory::kv::{self, KvService};
-use crate::memory::semantic::{RememberRequest, SemanticService};
+use crate::cluster::{MembershipChange, NexusNode, ReadConsistency};
+use crate::command::Cluster;
+use crate::memory::conversations::{ListMessagesRequest, NewMessageRequest};
+use crate::memory::kv;
+use crate::memory::semantic::RememberRequest;
 use crate::search::fulltext::{FullTextIndex, SearchRequest};
 use crate::search::recall::{RecallMode, RecallRequest, Recaller};
 use crate::search::vector::PointKind;
+use crate::service::kv::KvService;
+use crate::service::semantic::SemanticService;
 
 fn recall_mode(mode: i32) -> Result<RecallMode, crate::error::NexusError> {
     match pb::RecallMode::try_from(mode) {
@@ -46,7 +49,7 @@ impl MemoryService for MemoryApi {
             let item = self
                 .kv
                 .put(
-                    &p.tenant,
+                    &p.scope(),
                     kv::PutRequest {
                         namespace: r.namespace,
                         key: r.key,
@@ -86,7 +89,7 @@ impl MemoryService for MemoryApi {
         handle("memory.delete", request, |p, r| async move {
             let version = self
                 .kv
-                .delete(&p.tenant, &r.namespace, &r.key, r.expected_version)
+                .delete(&p.scope(), &r.namespace, &r.key, r.expected_version)
                 .await?;
             Ok(pb::DeleteResponse {
                 deleted_version: version,
@@ -129,7 +132,7 @@ impl MemoryService for MemoryApi {
             let record = self
                 .semantic
                 .remember(
-                    &p.tenant,
+                    &p.scope(),
                     RememberRequest {
                         namespace: r.namespace,
                         text: r.text,
@@ -150,7 +153,7 @@ impl MemoryService for MemoryApi {
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         handle("memory.forget", request, |p, r| async move {
-            self.semantic.forget(&p.tenant, &r.id).await?;
+            self.semantic.forget(&p.scope(), &r.id).await?;
             Ok(pb::ForgetResponse {})
         })
         .await
@@ -214,7 +217,7 @@ impl MemoryService for MemoryApi {
 }
 
 pub struct ConversationApi {
-    pub conversations: Arc<conversations::ConversationService>,
+    pub conversations: Arc<crate::service::conversations::ConversationService>,
 }
 
 #[tonic::async_trait]
@@ -226,7 +229,7 @@ impl ConversationService for ConversationApi {
         handle("conversation.create", request, |p, r| async move {
             let c = self
                 .conversations
-                .create(&p.tenant, &r.id, &r.title, &r.metadata)
+                .create(&p.scope(), &r.id, &r.title, &r.metadata)
                 .await?;
             Ok(convert::conversation(c))
         })
@@ -251,7 +254,7 @@ impl ConversationService for ConversationApi {
                 .collect();
             let appended = self
                 .conversations
-                .append(&p.tenant, &r.conversation_id, messages)
+                .append(&p.scope(), &r.conversation_id, messages)
                 .await?;
             Ok(pb::AppendMessagesResponse {
                 messages: appended.into_iter().map(convert::message).collect(),
@@ -328,7 +331,7 @@ impl ConversationService for ConversationApi {
         request: Request<pb::DeleteConversationRequest>,
     ) -> Result<Response<pb::DeleteConversationResponse>, Status> {
         handle("conversation.delete", request, |p, r| async move {
-            let n = self.conversations.delete(&p.tenant, &r.id).await?;
+            let n = self.conversations.delete(&p.scope(), &r.id).await?;
             Ok(pb::DeleteConversationResponse {
                 deleted_messages: n,
             })
@@ -377,7 +380,7 @@ impl SearchService for SearchApi {
 }
 
 pub struct ClusterApi {
-    pub node: Arc<ClusterNode>,
+    pub node: Arc<Cluster>,
     pub index: Arc<FullTextIndex>,
 }
 
@@ -400,13 +403,13 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        handle("cluster.add_member", request, |_, r| async move {
+        handle("cluster.add_member", request, |p, r| async move {
             let node = NexusNode {
                 peer_addr: r.peer_addr,
                 api_addr: r.api_addr,
             };
             self.node
-                .change_membership(MembershipChange::AddLearner { id: r.id, node })
+                .change_membership(MembershipChange::AddLearner { id: r.id, node }, p.on_behalf)
                 .await?;
             self.members().await
         })
@@ -417,9 +420,9 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::PromoteMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        handle("cluster.promote_member", request, |_, r| async move {
+        handle("cluster.promote_member", request, |p, r| async move {
             self.node
-                .change_membership(MembershipChange::Promote { id: r.id })
+                .change_membership(MembershipChange::Promote { id: r.id }, p.on_behalf)
                 .await?;
             self.members().await
         })
@@ -430,9 +433,9 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        handle("cluster.remove_member", request, |_, r| async move {
+        handle("cluster.remove_member", request, |p, r| async move {
             self.node
-                .change_membership(MembershipChange::Remove { id: r.id })
+                .change_membership(MembershipChange::Remove { id: r.id }, p.on_behalf)
                 .await?;
             self.members().await
         })
@@ -443,11 +446,11 @@ impl ClusterService for ClusterApi {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        handle("cluster.transfer_leader", request, |_, r| async move {
+        handle("cluster.transfer_leader", request, |p, r| async move {
             if r.id == 0 {
                 return Err(crate::error::NexusError::invalid("id", "must not be 0"));
             }
-            self.node.transfer_leader(r.id).await?;
+            self.node.transfer_leader(r.id, p.on_behalf).await?;
             // The old leader saw r.id take over; this node's term is that of the new
             // leader once it has heard from it (transfer_leader waits for that).
             let s = self.node.status();

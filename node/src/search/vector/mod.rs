@@ -29,9 +29,9 @@ use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::cluster::log_store::LogStore;
+use crate::cluster::follower::{LogFollower, Next};
 use crate::cluster::state_machine::AppliedState;
-use crate::cluster::Op;
+use crate::command::{Nexus, Op};
 use crate::error::NexusError;
 use crate::iam::IamOp;
 use crate::memory::conversations::{self, ConversationOp, MessageVector};
@@ -215,7 +215,7 @@ pub trait VectorIndex: Send + Sync {
 /// What the log entries in `entries` changed, as the state machine holds it now.
 pub fn changes_of(
     store: &Store,
-    entries: &[crate::cluster::types::Entry],
+    entries: &[crate::cluster::types::Entry<Nexus>],
 ) -> Result<Vec<VectorChange>, StoreError> {
     // The last change per vector wins; order is kept for the rest. Scope deletions are kept
     // in place, so that what they delete is what came before them.
@@ -323,15 +323,12 @@ impl VectorIndexer {
     ) -> Result<Arc<Self>, VectorError> {
         let (indexed_tx, indexed) = watch::channel(0);
         let stop = Arc::new(AtomicBool::new(false));
-        let epoch = applied.borrow().epoch;
         let mut feeder = Feeder {
             index: index.clone(),
+            log: LogFollower::new(store.clone(), applied, 0, BATCH_ENTRIES),
             store,
-            applied,
+            opened: false,
             indexed: indexed_tx,
-            position: None,
-            epoch,
-            needs_rebuild: false,
             persist_interval,
             stop: stop.clone(),
         };
@@ -376,12 +373,11 @@ impl VectorIndexer {
 struct Feeder {
     index: Arc<dyn VectorIndex>,
     store: Store,
-    applied: watch::Receiver<AppliedState>,
+    /// The last log index applied to the index, and what comes after it.
+    log: LogFollower<Nexus>,
+    /// The index's durable watermark was read (the follower starts from it).
+    opened: bool,
     indexed: watch::Sender<u64>,
-    /// The last log index applied to the index; None until the durable watermark is read.
-    position: Option<u64>,
-    epoch: u64,
-    needs_rebuild: bool,
     persist_interval: Duration,
     stop: Arc<AtomicBool>,
 }
@@ -408,16 +404,13 @@ impl Feeder {
                     if progressed {
                         continue;
                     }
-                    let mut applied = self.applied.clone();
-                    let _ = rt.block_on(async {
-                        tokio::time::timeout(IDLE_POLL, applied.changed()).await
-                    });
+                    self.log.wait(rt, IDLE_POLL);
                 }
                 Err(e) => {
                     metrics::VECTOR_INDEX_ERRORS.inc();
                     tracing::warn!(
                         error = %e,
-                        position = ?self.position,
+                        position = self.log.watermark(),
                         retry_ms = retry.as_millis() as u64,
                         "vector index: will retry from the same position"
                     );
@@ -438,55 +431,41 @@ impl Feeder {
 
     /// Does one unit of work; Ok(true) when it moved forward.
     fn step(&mut self) -> Result<bool, VectorError> {
-        let position = match self.position {
-            Some(p) => p,
-            None => {
-                let watermark = self.index.durable_watermark()?;
+        if !self.opened {
+            let watermark = self.index.durable_watermark()?;
+            tracing::info!(
+                backend = self.index.backend(),
+                watermark,
+                "vector index opened; catching up from its watermark"
+            );
+            self.opened = true;
+            self.advance(watermark);
+            return Ok(true);
+        }
+        match self.log.step()? {
+            Next::CaughtUp => Ok(false),
+            Next::Rebuild(reason) => {
                 tracing::info!(
-                    backend = self.index.backend(),
-                    watermark,
-                    "vector index opened; catching up from its watermark"
+                    position = self.log.watermark(),
+                    "{reason}: rebuilding the vector index"
                 );
-                self.advance(watermark);
-                return Ok(true);
+                self.rebuild()?;
+                Ok(true)
             }
-        };
-        let state = *self.applied.borrow_and_update();
-        if state.epoch != self.epoch {
-            tracing::info!(
-                epoch = state.epoch,
-                "state replaced by a snapshot: rebuilding the vector index"
-            );
-            self.needs_rebuild = true;
-            self.epoch = state.epoch;
+            Next::Entries(entries) => {
+                let last = entries
+                    .last()
+                    .map_or(self.log.watermark(), |e| e.log_id.index);
+                let changes = changes_of(&self.store, &entries)?;
+                self.index.apply(&changes, last)?;
+                self.advance(last);
+                Ok(true)
+            }
         }
-        if self.needs_rebuild {
-            self.rebuild()?;
-            self.needs_rebuild = false;
-            return Ok(true);
-        }
-        if state.index <= position {
-            return Ok(false);
-        }
-        let end = state.index.min(position + BATCH_ENTRIES) + 1;
-        let entries = LogStore::read_range(&self.store, position + 1, end)?;
-        if entries.first().map(|e| e.log_id.index) != Some(position + 1) {
-            tracing::info!(
-                position,
-                "the log no longer holds the entries after the vector index watermark: rebuilding it"
-            );
-            self.needs_rebuild = true;
-            return Ok(true);
-        }
-        let last = entries.last().map_or(position, |e| e.log_id.index);
-        let changes = changes_of(&self.store, &entries)?;
-        self.index.apply(&changes, last)?;
-        self.advance(last);
-        Ok(true)
     }
 
     fn advance(&mut self, to: u64) {
-        self.position = Some(to);
+        self.log.advance(to);
         metrics::VECTOR_WATERMARK.set(to as i64);
         self.indexed.send_replace(to);
     }
@@ -495,17 +474,9 @@ impl Feeder {
     fn rebuild(&mut self) -> Result<(), VectorError> {
         let started = Instant::now();
         self.index.clear()?;
-        let snapshot = self.store.db().snapshot();
-        let applied: Option<crate::cluster::types::LogId> = snapshot
-            .get_cf(
-                self.store.cf(crate::store::CF_SM_META),
-                keys::sm_meta::LAST_APPLIED,
-            )
-            .map_err(StoreError::from)?
-            .map(|b| codec::decode(&b))
-            .transpose()
-            .map_err(StoreError::from)?;
-        let upto = applied.map_or(0, |l| l.index);
+        let view = self.log.rebuild_view()?;
+        let snapshot = &view.snapshot;
+        let upto = view.index;
         let mut chunk = Vec::with_capacity(REBUILD_CHUNK);
         let mut count = 0u64;
         for cf in [CF_SEMANTIC, CF_MESSAGE_VECTORS] {
@@ -533,9 +504,10 @@ impl Feeder {
                 }
             }
         }
-        drop(snapshot);
+        drop(view);
         self.index.apply(&chunk, upto)?;
         self.index.persist()?;
+        self.log.rebuilt(upto);
         self.advance(upto);
         tracing::info!(
             vectors = count,

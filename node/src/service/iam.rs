@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use super::{
-    rbac, validate_name, validate_principal, validate_tenant_id, ApiKeyRecord, BindingRecord,
+use super::Caller;
+use crate::cluster::ReadConsistency;
+use crate::command::{self, Cluster, Op, Reply};
+use crate::error::NexusError;
+use crate::iam::principal::new_api_key;
+use crate::iam::{
+    self, rbac, validate_name, validate_principal, validate_tenant_id, ApiKeyRecord, BindingRecord,
     IamOp, IamReply, RoleRecord, TenantLimits, TenantRecord, TenantState,
 };
-use crate::auth::{new_api_key, Principal};
-use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
-use crate::error::NexusError;
 use crate::memory::now_ms;
 use crate::store::usage::{self, Usage};
 
@@ -25,17 +27,17 @@ pub struct RoleView {
 }
 
 pub struct IamService {
-    node: Arc<ClusterNode>,
+    node: Arc<Cluster>,
 }
 
 impl IamService {
-    pub fn new(node: Arc<ClusterNode>) -> Self {
+    pub fn new(node: Arc<Cluster>) -> Self {
         Self { node }
     }
 
     /// The tenant a request acts on: the one it names, or the caller's own; another tenant
     /// only for the root principal.
-    fn target(&self, p: &Principal, tenant: &str) -> Result<String, NexusError> {
+    fn target(&self, p: &Caller, tenant: &str) -> Result<String, NexusError> {
         if tenant.is_empty() {
             return Ok(p.tenant.clone());
         }
@@ -49,7 +51,7 @@ impl IamService {
     /// the roles they name (`iam::check_grantable`; the leader checks a forwarded one again).
     async fn propose_as(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
         op: IamOp,
     ) -> Result<IamReply, NexusError> {
@@ -59,20 +61,14 @@ impl IamService {
         ) && !p.grants.is_root()
         {
             self.read().await?;
-            super::check_grantable(&self.node.store, &p.subject, &p.grants, tenant, &op)?;
+            iam::check_grantable(&self.node.store, &p.subject, &p.grants, tenant, &op)?;
         }
-        self.propose(tenant, op).await
+        self.propose(p, tenant, op).await
     }
 
-    async fn propose(&self, tenant: &str, op: IamOp) -> Result<IamReply, NexusError> {
-        match self
-            .node
-            .propose(Command {
-                tenant: tenant.to_string(),
-                op: Op::Iam(op),
-            })
-            .await?
-        {
+    /// Proposes an identity change in `tenant`, audited as `p`'s.
+    async fn propose(&self, p: &Caller, tenant: &str, op: IamOp) -> Result<IamReply, NexusError> {
+        match command::propose(&self.node, &p.scope_in(tenant), Op::Iam(op)).await? {
             Reply::Iam(r) => Ok(r),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -87,6 +83,7 @@ impl IamService {
 
     pub async fn create_tenant(
         &self,
+        p: &Caller,
         id: &str,
         display_name: &str,
     ) -> Result<TenantRecord, NexusError> {
@@ -99,6 +96,7 @@ impl IamService {
         }
         match self
             .propose(
+                p,
                 id,
                 IamOp::CreateTenant {
                     display_name: display_name.to_string(),
@@ -114,16 +112,17 @@ impl IamService {
 
     pub async fn list_tenants(&self) -> Result<Vec<TenantRecord>, NexusError> {
         self.read().await?;
-        Ok(super::tenants(&self.node.store)?)
+        Ok(iam::tenants(&self.node.store)?)
     }
 
     pub async fn set_tenant_state(
         &self,
+        p: &Caller,
         id: &str,
         state: TenantState,
     ) -> Result<TenantRecord, NexusError> {
         validate_tenant_id("id", id)?;
-        match self.propose(id, IamOp::SetTenantState { state }).await? {
+        match self.propose(p, id, IamOp::SetTenantState { state }).await? {
             IamReply::Tenant(t) => Ok(t),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -132,6 +131,7 @@ impl IamService {
     /// Sets a tenant's quotas; returns its usage and the new limits.
     pub async fn set_tenant_limits(
         &self,
+        p: &Caller,
         id: &str,
         limits: TenantLimits,
     ) -> Result<(Usage, TenantLimits), NexusError> {
@@ -148,7 +148,10 @@ impl IamService {
                 "needs limits.requests_per_second",
             ));
         }
-        match self.propose(id, IamOp::SetTenantLimits { limits }).await? {
+        match self
+            .propose(p, id, IamOp::SetTenantLimits { limits })
+            .await?
+        {
             IamReply::Limits(l) => Ok((usage::read(&self.node.store, id)?, l)),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -157,28 +160,28 @@ impl IamService {
     /// A tenant's usage and limits (linearizable).
     pub async fn usage(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
     ) -> Result<(String, Usage, TenantLimits), NexusError> {
         let t = self.target(p, tenant)?;
         self.read().await?;
-        if super::tenant(&self.node.store, &t)?.is_none() && t != super::DEFAULT_TENANT {
+        if iam::tenant(&self.node.store, &t)?.is_none() && t != iam::DEFAULT_TENANT {
             return Err(NexusError::NotFound(format!("tenant {t} not found")));
         }
         let u = usage::read(&self.node.store, &t)?;
-        let l = super::limits(&self.node.store, &t)?;
+        let l = iam::limits(&self.node.store, &t)?;
         Ok((t, u, l))
     }
 
-    pub async fn delete_tenant(&self, id: &str) -> Result<(), NexusError> {
+    pub async fn delete_tenant(&self, p: &Caller, id: &str) -> Result<(), NexusError> {
         validate_tenant_id("id", id)?;
-        self.propose(id, IamOp::DeleteTenant).await.map(|_| ())
+        self.propose(p, id, IamOp::DeleteTenant).await.map(|_| ())
     }
 
     /// Makes a key; returns it with the token, which exists only in this reply.
     pub async fn create_key(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
         service_account: &str,
         ttl_ms: i64,
@@ -220,19 +223,19 @@ impl IamService {
 
     pub async fn list_keys(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
     ) -> Result<(String, Vec<ApiKeyRecord>), NexusError> {
         let tenant = self.target(p, tenant)?;
         self.read().await?;
-        Ok((tenant.clone(), super::keys_of(&self.node.store, &tenant)?))
+        Ok((tenant.clone(), iam::keys_of(&self.node.store, &tenant)?))
     }
 
     /// Revokes a key of the caller's tenant (any tenant for root). Another tenant's key is
     /// NotFound, as if it did not exist.
     pub async fn revoke_key(
         &self,
-        p: &Principal,
+        p: &Caller,
         id: &str,
     ) -> Result<(String, ApiKeyRecord), NexusError> {
         let not_found = || NexusError::NotFound(format!("API key {id} not found"));
@@ -240,7 +243,7 @@ impl IamService {
             return Err(NexusError::invalid("id", "is not an API key id"));
         }
         self.read().await?;
-        let Some((tenant, _)) = super::api_key(&self.node.store, id)? else {
+        let Some((tenant, _)) = iam::api_key(&self.node.store, id)? else {
             return Err(not_found());
         };
         if p.may_administer(&tenant).is_err() {
@@ -248,6 +251,7 @@ impl IamService {
         }
         match self
             .propose(
+                p,
                 &tenant,
                 IamOp::RevokeKey {
                     id: id.to_string(),
@@ -263,7 +267,7 @@ impl IamService {
 
     pub async fn put_role(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
         name: &str,
         permissions: Vec<String>,
@@ -290,11 +294,7 @@ impl IamService {
         }
     }
 
-    pub async fn list_roles(
-        &self,
-        p: &Principal,
-        tenant: &str,
-    ) -> Result<Vec<RoleView>, NexusError> {
+    pub async fn list_roles(&self, p: &Caller, tenant: &str) -> Result<Vec<RoleView>, NexusError> {
         let tenant = self.target(p, tenant)?;
         self.read().await?;
         let mut out: Vec<RoleView> = rbac::BUILTIN_ROLES
@@ -306,7 +306,7 @@ impl IamService {
             })
             .collect();
         out.extend(
-            super::roles_of(&self.node.store, &tenant)?
+            iam::roles_of(&self.node.store, &tenant)?
                 .into_iter()
                 .map(|r| RoleView {
                     name: r.name,
@@ -319,7 +319,7 @@ impl IamService {
 
     pub async fn delete_role(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
         name: &str,
     ) -> Result<(), NexusError> {
@@ -332,6 +332,7 @@ impl IamService {
             ));
         }
         self.propose(
+            p,
             &tenant,
             IamOp::DeleteRole {
                 name: name.to_string(),
@@ -343,7 +344,7 @@ impl IamService {
 
     pub async fn create_binding(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
         principal: &str,
         role: &str,
@@ -364,17 +365,17 @@ impl IamService {
 
     pub async fn list_bindings(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
     ) -> Result<Vec<BindingRecord>, NexusError> {
         let tenant = self.target(p, tenant)?;
         self.read().await?;
-        Ok(super::bindings_of(&self.node.store, &tenant)?)
+        Ok(iam::bindings_of(&self.node.store, &tenant)?)
     }
 
     pub async fn delete_binding(
         &self,
-        p: &Principal,
+        p: &Caller,
         tenant: &str,
         principal: &str,
         role: &str,
@@ -383,6 +384,7 @@ impl IamService {
         validate_principal("principal", principal)?;
         validate_name("role", role)?;
         self.propose(
+            p,
             &tenant,
             IamOp::DeleteBinding {
                 principal: principal.to_string(),

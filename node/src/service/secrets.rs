@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use super::{
+use crate::cluster::ReadConsistency;
+use crate::command::{self, Cluster, Op, Reply, Scope};
+use crate::error::NexusError;
+use crate::memory::now_ms;
+use crate::secrets::placeholders::{names, substitute, Redactor};
+use crate::secrets::{
     all_data_keys, list_secrets, open, read_data_key, read_secret, seal, validate_name, value_aad,
     DataKeyRecord, Key, MasterKeys, SecretOp, SecretRecord, SecretReply, RACED,
 };
-use crate::cluster::{ClusterNode, Command, Op, ReadConsistency, Reply};
-use crate::error::NexusError;
-use crate::memory::now_ms;
 
 /// Largest secret value.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -20,24 +22,17 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 const ATTEMPTS: usize = 5;
 
 pub struct SecretsService {
-    node: Arc<ClusterNode>,
+    node: Arc<Cluster>,
     keys: Arc<MasterKeys>,
 }
 
 impl SecretsService {
-    pub fn new(node: Arc<ClusterNode>, keys: Arc<MasterKeys>) -> Self {
+    pub fn new(node: Arc<Cluster>, keys: Arc<MasterKeys>) -> Self {
         Self { node, keys }
     }
 
-    async fn propose(&self, tenant: &str, op: SecretOp) -> Result<SecretReply, NexusError> {
-        match self
-            .node
-            .propose(Command {
-                tenant: tenant.to_string(),
-                op: Op::Secret(op),
-            })
-            .await?
-        {
+    async fn propose(&self, scope: &Scope, op: SecretOp) -> Result<SecretReply, NexusError> {
+        match command::propose(&self.node, scope, Op::Secret(op)).await? {
             Reply::Secret(r) => Ok(r),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -63,10 +58,11 @@ impl SecretsService {
     /// Stores a new version of `name`; returns the record (versions, never values).
     pub async fn set(
         &self,
-        tenant: &str,
+        scope: &Scope,
         name: &str,
         value: Zeroizing<Vec<u8>>,
     ) -> Result<SecretRecord, NexusError> {
+        let tenant = scope.tenant.as_str();
         validate_name("name", name)?;
         if value.is_empty() {
             return Err(NexusError::invalid("value", "must not be empty"));
@@ -95,7 +91,7 @@ impl SecretsService {
                 new_data_key,
                 now_ms: now_ms(),
             };
-            match self.propose(tenant, op).await {
+            match self.propose(scope, op).await {
                 Ok(SecretReply::Stored(r)) => return Ok(r),
                 Ok(other) => {
                     return Err(NexusError::internal(format!("unexpected reply {other:?}")))
@@ -109,13 +105,15 @@ impl SecretsService {
         )))
     }
 
-    /// The value of a version (0 = current), opened on this node.
+    /// The value of a version (0 = current), opened on this node. A read made for a caller
+    /// is recorded on the audit log before the value is returned.
     pub async fn get(
         &self,
-        tenant: &str,
+        scope: &Scope,
         name: &str,
         version: u32,
     ) -> Result<(u32, Zeroizing<Vec<u8>>), NexusError> {
+        let tenant = scope.tenant.as_str();
         validate_name("name", name)?;
         self.node
             .read_barrier(ReadConsistency::Linearizable)
@@ -147,13 +145,16 @@ impl SecretsService {
         let value = open(&key, &value_aad(tenant, name, v.version), &v.sealed)
             .map_err(|e| NexusError::internal(format!("secret {name}: {e}")))?;
         // The value leaves only once its read is on record.
-        crate::audit::record(
-            &self.node,
-            tenant,
-            format!("secret/{name} version {}", v.version),
-            "ok".into(),
-        )
-        .await?;
+        if let Some(on_behalf) = &scope.on_behalf {
+            super::audit::record(
+                &self.node,
+                tenant,
+                on_behalf.clone(),
+                format!("secret/{name} version {}", v.version),
+                "ok".into(),
+            )
+            .await?;
+        }
         Ok((v.version, value))
     }
 
@@ -163,17 +164,16 @@ impl SecretsService {
     /// everything the run emits. For the tool runner only: no API returns the result. A
     /// missing secret is NOT_FOUND, a value that is not UTF-8 FAILED_PRECONDITION.
     ///
-    /// [`Redactor`]: super::placeholders::Redactor
+    /// [`Redactor`]: crate::secrets::placeholders::Redactor
     pub async fn resolve_placeholders(
         &self,
-        tenant: &str,
+        scope: &Scope,
         field: &str,
         text: &str,
-    ) -> Result<(Zeroizing<String>, super::placeholders::Redactor), NexusError> {
-        use super::placeholders::{names, substitute, Redactor};
+    ) -> Result<(Zeroizing<String>, Redactor), NexusError> {
         let mut values: Vec<(String, Zeroizing<String>)> = Vec::new();
         for name in names(field, text)? {
-            let (_, bytes) = self.get(tenant, &name, 0).await?;
+            let (_, bytes) = self.get(scope, &name, 0).await?;
             let value = std::str::from_utf8(&bytes).map_err(|_| {
                 NexusError::precondition(
                     field,
@@ -193,10 +193,10 @@ impl SecretsService {
         Ok(list_secrets(&self.node.store, tenant)?)
     }
 
-    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), NexusError> {
+    pub async fn delete(&self, scope: &Scope, name: &str) -> Result<(), NexusError> {
         validate_name("name", name)?;
         self.propose(
-            tenant,
+            scope,
             SecretOp::Delete {
                 name: name.to_string(),
             },
@@ -206,8 +206,9 @@ impl SecretsService {
     }
 
     /// Re-wraps every tenant's data key not yet under this node's current master key.
-    /// Returns (re-wrapped, already current).
-    pub async fn rotate_master_key(&self) -> Result<(usize, usize), NexusError> {
+    /// Returns (re-wrapped, already current). Each re-wrap is audited as `by`'s, in the tenant
+    /// whose key it re-wraps.
+    pub async fn rotate_master_key(&self, by: &Scope) -> Result<(usize, usize), NexusError> {
         self.node
             .read_barrier(ReadConsistency::Linearizable)
             .await?;
@@ -220,7 +221,8 @@ impl SecretsService {
             let key = self.keys.unwrap(&tenant, &record)?;
             let data_key = self.keys.wrap(&tenant, &record.id, &key)?;
             drop(key);
-            self.propose(&tenant, SecretOp::Rewrap { data_key }).await?;
+            self.propose(&by.in_tenant(&tenant), SecretOp::Rewrap { data_key })
+                .await?;
             rewrapped += 1;
         }
         Ok((rewrapped, current))

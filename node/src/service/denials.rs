@@ -16,9 +16,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::cluster::{ClusterNode, OnBehalf};
-
-use super::AuditContext;
+use crate::audit::AuditContext;
+use crate::command::{Cluster, OnBehalf};
 
 /// Most groups per window; later denials are counted in one overflow group.
 const MAX_GROUPS: usize = 1_000;
@@ -95,7 +94,7 @@ impl Denials {
         if tally.actions.len() < MAX_ACTIONS {
             tally.actions.insert(d.action);
         }
-        tally.last_result = crate::auth::excerpt(&d.result, MAX_MESSAGE_CHARS);
+        tally.last_result = crate::error::excerpt(&d.result, MAX_MESSAGE_CHARS);
         tally.credential = d.credential;
     }
 
@@ -124,7 +123,7 @@ impl Denials {
     }
 
     /// Writes each window's records, every `window`, until the node stops.
-    pub fn start(self: &Arc<Self>, node: Arc<ClusterNode>, window: Duration) {
+    pub fn start(self: &Arc<Self>, node: Arc<Cluster>, window: Duration) {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(window.max(Duration::from_secs(1)));
@@ -135,7 +134,7 @@ impl Denials {
                 let Some(this) = this.upgrade() else { return };
                 for (tenant, on_behalf, resource, result) in this.drain() {
                     if let Err(e) =
-                        super::record_as(&node, &tenant, on_behalf, resource, result).await
+                        super::audit::record(&node, &tenant, on_behalf, resource, result).await
                     {
                         tracing::warn!(error = %e, "recording denials in the audit log");
                     }

@@ -1,0 +1,374 @@
+//! The domain side of the replicated state machine: the commands Nexus replicates (`Command`,
+//! `Op`), what applying them replies (`Reply`), on whose behalf they are made (`OnBehalf`),
+//! and the apply step that dispatches each to memory, conversations, semantic memory, IAM,
+//! secrets and audit, under the tenant's existence and quota. [`Nexus`] is the
+//! [`Machine`](crate::cluster::Machine) that `cluster/` replicates, which knows none of this.
+//!
+//! Layering (checked by `node/src/module_graph.rs`): the state modules (`memory`, `iam`,
+//! `secrets`, `audit`) know nothing of replication; this module ties them to `cluster`; the
+//! services (`service`) propose through it.
+//!
+//! A `Command` carries everything non-deterministic already resolved by the node that proposed
+//! it (ids, timestamps), so that applying the same log gives the same state on every node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{self, AuditContext, AuditRecordOp};
+use crate::cluster::{ClusterNode, Machine};
+use crate::error::NexusError;
+use crate::iam::{self, IamOp, IamReply};
+use crate::memory::conversations::{self, ConversationOp, ConversationReply};
+use crate::memory::kv::{self, KvOp, KvReply};
+use crate::memory::semantic::{self, SemanticOp, SemanticReply};
+use crate::secrets::{self, SecretOp, SecretReply};
+use crate::store::{ApplyCtx, Store, StoreError, SM_FAMILIES};
+
+/// The state machine Nexus replicates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nexus;
+
+/// This node's member of the Raft group that replicates [`Nexus`].
+pub type Cluster = ClusterNode<Nexus>;
+/// What a member forwards to the leader.
+pub type Forwarded = crate::cluster::Forwarded<Nexus>;
+/// A command's outcome: a reply, or a rejection decided deterministically by the state machine.
+pub type Response = Result<Reply, NexusError>;
+
+impl Machine for Nexus {
+    type Command = Command;
+    type Reply = Reply;
+    type Behalf = OnBehalf;
+
+    const FAMILIES: &'static [&'static str] = SM_FAMILIES;
+
+    fn approx_size(command: &Command) -> usize {
+        command.approx_size()
+    }
+
+    fn behalf_size(b: &OnBehalf) -> usize {
+        b.credential.as_ref().map_or(0, String::len) + b.context.approx_size()
+    }
+
+    /// Audited with the caller's context (an `Op::Audit` record carries its own).
+    fn local(command: Command, behalf: Option<OnBehalf>) -> Command {
+        match behalf {
+            Some(OnBehalf { context, .. }) if !matches!(command.op, Op::Audit(_)) => Command {
+                tenant: command.tenant,
+                op: Op::Audited {
+                    context,
+                    op: Box::new(command.op),
+                },
+            },
+            _ => command,
+        }
+    }
+
+    fn apply(ctx: &mut ApplyCtx<'_>, command: &Command) -> Result<Response, StoreError> {
+        apply_op(ctx, &command.tenant, &command.op)
+    }
+
+    fn applied(store: &Store, commands: &[Command]) {
+        if commands.iter().any(|c| matches!(c.op.inner(), Op::Iam(_))) {
+            store.identities_changed();
+        }
+    }
+
+    fn replaced(store: &Store) -> Result<(), StoreError> {
+        // A snapshot from a node that kept no usage figures (an older build): compute them.
+        if crate::store::usage::missing(store)? {
+            crate::store::usage::recompute(store)?;
+        }
+        store.identities_changed();
+        Ok(())
+    }
+}
+
+/// On whose behalf a command is proposed: the request's audit context, and the bearer
+/// credential the caller sent. On the leader the command is proposed as
+/// `Op::Audited { context, op }`; a follower forwards the credential instead of trusting
+/// itself with the principal, and the leader authenticates it again (`auth::forward`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct OnBehalf {
+    pub context: AuditContext,
+    /// Never logged (see the `Debug` impl).
+    pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for OnBehalf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnBehalf")
+            .field("context", &self.context)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Where a write lands and whom it is made for: the tenant, and the request's caller (None:
+/// the node itself). Passed explicitly from the API layer to every service that writes.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub tenant: String,
+    pub on_behalf: Option<OnBehalf>,
+}
+
+impl Scope {
+    /// A write the node makes itself (sweepers, start-up, tests): audited as nobody's.
+    pub fn system(tenant: &str) -> Self {
+        Scope {
+            tenant: tenant.to_string(),
+            on_behalf: None,
+        }
+    }
+
+    /// The same caller, writing into `tenant` (an administrator acting on another tenant).
+    pub fn in_tenant(&self, tenant: &str) -> Self {
+        Scope {
+            tenant: tenant.to_string(),
+            on_behalf: self.on_behalf.clone(),
+        }
+    }
+}
+
+/// Proposes `op` in `scope`'s tenant, on behalf of its caller, and waits for it to apply.
+pub async fn propose(cluster: &Cluster, scope: &Scope, op: Op) -> Result<Reply, NexusError> {
+    let command = Command {
+        tenant: scope.tenant.clone(),
+        op,
+    };
+    cluster.propose(command, scope.on_behalf.clone()).await
+}
+
+/// One replicated write, scoped to a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Command {
+    pub tenant: String,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    Kv(KvOp),
+    Conversation(ConversationOp),
+    /// Appended last: a variant's position is part of the log's encoding.
+    Semantic(SemanticOp),
+    Iam(IamOp),
+    Secret(SecretOp),
+    /// A command made on behalf of a principal: applied as `op`, with its audit record
+    /// appended in the same step.
+    Audited {
+        context: AuditContext,
+        op: Box<Op>,
+    },
+    /// An audit record of something that changed nothing (a denial, a secret read).
+    Audit(AuditRecordOp),
+}
+
+impl Op {
+    /// The command itself, without its audit wrapping.
+    pub fn inner(&self) -> &Op {
+        match self {
+            Op::Audited { op, .. } => op.inner(),
+            other => other,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Kv(op) => op.name(),
+            Op::Conversation(op) => op.name(),
+            Op::Semantic(op) => op.name(),
+            Op::Iam(op) => op.name(),
+            Op::Secret(op) => op.name(),
+            Op::Audited { op, .. } => op.name(),
+            Op::Audit(_) => "audit.record",
+        }
+    }
+
+    /// Roughly how many bytes the op takes in a log entry.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Op::Kv(op) => op.approx_size(),
+            Op::Conversation(op) => op.approx_size(),
+            Op::Semantic(op) => op.approx_size(),
+            Op::Iam(op) => op.approx_size(),
+            Op::Secret(op) => op.approx_size(),
+            Op::Audited { op, context } => op.approx_size() + context.approx_size(),
+            Op::Audit(r) => r.resource.len() + r.result.len() + 128,
+        }
+    }
+
+    /// What the command acts on, for the audit log.
+    pub fn resource(&self, tenant: &str) -> String {
+        use crate::iam::IamOp as I;
+        use crate::memory::conversations::ConversationOp as C;
+        use crate::memory::kv::KvOp as K;
+        use crate::memory::semantic::SemanticOp as S;
+        match self {
+            Op::Kv(K::Put { namespace, key, .. } | K::Delete { namespace, key, .. }) => {
+                format!("memory/{namespace}/{key}")
+            }
+            Op::Kv(K::PurgeExpired { items, .. }) => format!("memory/{} expired", items.len()),
+            Op::Conversation(C::Create { id, .. } | C::Delete { id }) => {
+                format!("conversation/{id}")
+            }
+            Op::Conversation(
+                C::Append {
+                    conversation_id,
+                    messages,
+                    ..
+                }
+                | C::AppendWithVectors {
+                    conversation_id,
+                    messages,
+                    ..
+                },
+            ) => format!(
+                "conversation/{conversation_id} +{} messages",
+                messages.len()
+            ),
+            Op::Semantic(S::Remember { id, .. } | S::Forget { id, .. }) => {
+                format!("semantic/{id}")
+            }
+            Op::Iam(
+                I::CreateTenant { .. }
+                | I::SetTenantState { .. }
+                | I::DeleteTenant
+                | I::SetTenantLimits { .. },
+            ) => format!("tenant/{tenant}"),
+            Op::Iam(I::CreateKey {
+                id,
+                service_account,
+                ..
+            }) => format!("key/{id} sa:{service_account}"),
+            Op::Iam(I::RevokeKey { id, .. }) => format!("key/{id}"),
+            Op::Iam(I::PutRole { name, .. } | I::DeleteRole { name }) => format!("role/{name}"),
+            Op::Iam(
+                I::CreateBinding {
+                    principal, role, ..
+                }
+                | I::DeleteBinding { principal, role },
+            ) => format!("binding/{principal}/{role}"),
+            Op::Secret(
+                crate::secrets::SecretOp::Set { name, .. }
+                | crate::secrets::SecretOp::Delete { name },
+            ) => format!("secret/{name}"),
+            Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => "data key".into(),
+            Op::Audited { op, .. } => op.resource(tenant),
+            Op::Audit(r) => r.resource.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = self.op.name();
+        write!(f, "{kind}(tenant={})", self.tenant)
+    }
+}
+
+impl Command {
+    /// Roughly how many bytes this command adds to a log entry, to bound proposal batches.
+    pub fn approx_size(&self) -> usize {
+        self.tenant.len() + self.op.approx_size() + 16
+    }
+}
+
+/// What applying a command produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Reply {
+    Kv(KvReply),
+    Conversation(ConversationReply),
+    Semantic(SemanticReply),
+    Iam(IamReply),
+    Secret(SecretReply),
+    /// An audit record was appended.
+    Audited,
+}
+
+/// Applies one command in this step: its change and, when audited, its audit record.
+fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
+    match op {
+        Op::Audited { context, op } => {
+            let response = apply_op(ctx, tenant, op)?;
+            let mut resource = op.resource(tenant);
+            if tenant != context.tenant {
+                resource = format!("{resource} (tenant {tenant})");
+            }
+            audit::append(ctx, context, resource, audit::result_text(&response))?;
+            return Ok(response);
+        }
+        Op::Audit(r) => {
+            audit::append(ctx, &r.context, r.resource.clone(), r.result.clone())?;
+            return Ok(Ok(Reply::Audited));
+        }
+        _ => {}
+    }
+    // A tenant deleted while a request was in flight takes no new data.
+    if !matches!(op, Op::Iam(_)) && !iam::tenant_exists_in(ctx, tenant)? {
+        return Ok(Err(NexusError::NotFound(format!(
+            "tenant {tenant} not found"
+        ))));
+    }
+    // Data stays within the tenant's stored items and bytes, or is undone. Not limited:
+    // identities, and re-wrapping data keys (a master-key rotation must reach every tenant).
+    let limits = match op {
+        Op::Iam(_) | Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => None,
+        _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
+    };
+    let Some(limits) = limits else {
+        return apply_data(ctx, tenant, op);
+    };
+    let before = ctx.usage(tenant)?;
+    let savepoint = ctx.savepoint();
+    let response = apply_data(ctx, tenant, op)?;
+    let after = ctx.usage(tenant)?;
+    let over = |limit: &str, max: u64, before: u64, after: u64, unit: &str| {
+        (max > 0 && after > before && after > max).then(|| NexusError::ResourceExhausted {
+            limit: limit.to_string(),
+            message: format!(
+                "tenant {tenant} would store {after} {unit}, over its limit of {max} \
+                 (now {before}); delete some or raise {limit}"
+            ),
+        })
+    };
+    let refused = over(
+        "quotas.max_items",
+        limits.max_items,
+        before.items,
+        after.items,
+        "items",
+    )
+    .or_else(|| {
+        over(
+            "quotas.max_bytes",
+            limits.max_bytes,
+            before.bytes,
+            after.bytes,
+            "bytes",
+        )
+    });
+    match refused {
+        Some(e) if response.is_ok() => {
+            ctx.rollback(savepoint);
+            Ok(Err(e))
+        }
+        _ => {
+            ctx.release(savepoint);
+            Ok(response)
+        }
+    }
+}
+
+fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
+    Ok(match op {
+        Op::Kv(op) => kv::apply(ctx, tenant, op)?.map(Reply::Kv),
+        Op::Conversation(op) => conversations::apply(ctx, tenant, op)?.map(Reply::Conversation),
+        Op::Semantic(op) => semantic::apply(ctx, tenant, op)?.map(Reply::Semantic),
+        Op::Iam(op) => iam::apply(ctx, tenant, op)?.map(Reply::Iam),
+        Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
+        Op::Audited { .. } | Op::Audit(_) => unreachable!("handled above"),
+    })
+}
