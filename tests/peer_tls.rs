@@ -46,6 +46,7 @@ async fn peer_call(channel: Channel) -> Result<(), tonic::Status> {
     let mut c = RaftServiceClient::new(channel);
     let mut r = tonic::Request::new(RaftMessage {
         payload: vec![0xff, 1, 2, 3],
+        group: 0,
     });
     r.set_timeout(Duration::from_secs(5));
     c.vote(r).await.map(|_| ())
@@ -317,6 +318,7 @@ async fn forward(
     let mut c = RaftServiceClient::new(channel);
     let mut r = tonic::Request::new(RaftMessage {
         payload: codec::encode(request),
+        group: 0,
     });
     r.set_timeout(Duration::from_secs(10));
     let reply = c.forward(r).await?.into_inner();

@@ -31,8 +31,7 @@ async fn tenants_never_see_each_others_memories() {
         Arc::new(LocalIndex::open(&parts.dir.path().join("vectors"), parts.hnsw()).unwrap());
     let vectors = VectorIndexer::start(
         local.clone(),
-        node.store.clone(),
-        node.applied(),
+        node.log_follower(0),
         Duration::from_secs(30),
         Duration::from_secs(10),
     )

@@ -1,5 +1,5 @@
-//! A data directory written by an older release opens with this build, is migrated if its
-//! format is older, and serves every item it holds: tests/fixtures/data-format-3.tar.gz was
+//! A data directory written by an older release opens with this build, is migrated (format 3
+//! to 4: the log and Raft's metadata keyed by a group id), and serves every item it holds: tests/fixtures/data-format-3.tar.gz was
 //! made by the build before the replication-layer change (issue 13) with
 //! tests/fixtures/make-data-dir.sh, with authentication on. The test starts the current
 //! `nexus` on a copy and reads back memories, a conversation, a semantic memory, a secret of
@@ -46,6 +46,13 @@ async fn a_data_directory_of_the_previous_release_serves_every_item() {
         ],
     )
     .await;
+    // Migrated to the current format (4: the log and Raft's metadata keyed by group).
+    let format = std::fs::read_to_string(dir.path().join("data/FORMAT")).unwrap();
+    assert_eq!(format.trim(), "nexus-data-format 4");
+    assert!(
+        node.log_text().contains("migrating data directory"),
+        "the migration is logged"
+    );
     let mut bot = Client::connect_with_token(&node.endpoint(), Some(&token))
         .await
         .unwrap();

@@ -105,8 +105,7 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     let start_indexer = |index: Arc<Flaky>| {
         VectorIndexer::start(
             index,
-            node.store.clone(),
-            node.applied(),
+            node.log_follower(0),
             Duration::from_millis(200),
             Duration::from_millis(1_000),
         )
@@ -275,7 +274,7 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
     .await;
     node.raft.trigger().purge_log(applied).await.unwrap();
     wait_until("the log is purged", || {
-        LogStore::<nexus_node::command::Nexus>::read_range(&node.store, 1, 2)
+        LogStore::<nexus_node::command::Nexus>::read_range(&node.store, node.group, 1, 2)
             .unwrap()
             .is_empty()
     })
@@ -285,8 +284,7 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
         Arc::new(LocalIndex::open(&parts.dir.path().join("fresh-vectors"), parts.hnsw()).unwrap());
     let indexer = VectorIndexer::start(
         index.clone(),
-        node.store.clone(),
-        node.applied(),
+        node.log_follower(0),
         Duration::from_secs(30),
         Duration::from_secs(5),
     )

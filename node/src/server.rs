@@ -24,7 +24,8 @@ use crate::api::grpc::{
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, is_loopback_host, Authenticator};
 use crate::cluster::network::{PeerService, PeerTls, MAX_PEER_MESSAGE_BYTES};
-use crate::command::Cluster;
+use crate::cluster::Groups;
+use crate::command::{Cluster, Nexus};
 use crate::config::Config;
 use crate::search::fulltext::FullTextIndex;
 use crate::search::recall::Recaller;
@@ -215,7 +216,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let peer_listener = bind(config.peer_addr, "the Raft peer port").await?;
     let http_listener = bind(config.http_addr, "HTTP").await?;
 
-    let node = Cluster::start(&config, store, peer_tls.clone()).await?;
+    // Group 0 holds the whole state; tenants placed on more groups come next (docs/design.md).
+    let groups = Groups::<Nexus>::new(&config, peer_tls.clone());
+    let node: Arc<Cluster> = groups.start(&config, store, 0).await?;
     let index = FullTextIndex::open(
         &config.data_dir.join("search"),
         node.clone(),
@@ -351,7 +354,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
     };
     let peer = tonic::transport::Server::builder().add_service(
-        RaftServiceServer::new(PeerService::new(node.clone()))
+        RaftServiceServer::new(PeerService::new(groups.clone()))
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
     );
@@ -453,8 +456,7 @@ fn start_vector_index(
     };
     Ok(VectorIndexer::start(
         index,
-        node.store.clone(),
-        node.applied(),
+        node.log_follower(0),
         Duration::from_millis(config.vector.persist_interval_ms),
         Duration::from_millis(config.search.wait_timeout_ms),
     )?)

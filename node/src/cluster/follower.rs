@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::log_store::LogStore;
 use super::state_machine::AppliedState;
 use super::types::{Entry, LogId, Machine};
+use crate::store::keys::GroupId;
 use crate::store::{codec, keys, Store, StoreError, CF_SM_META};
 
 /// Why the index must be rebuilt from the state machine.
@@ -62,6 +63,7 @@ pub enum Next<M: Machine> {
 
 pub struct LogFollower<M: Machine> {
     store: Store,
+    group: GroupId,
     applied: watch::Receiver<AppliedState>,
     watermark: u64,
     epoch: u64,
@@ -76,26 +78,41 @@ pub struct RebuildView<'a> {
     pub index: u64,
 }
 
+/// Entries a step hands out unless the follower is told otherwise.
+const DEFAULT_MAX_ENTRIES: u64 = 1_000;
+
 impl<M: Machine> LogFollower<M> {
-    /// Follows from `watermark` (the last index the index holds), at most `max_entries` a
-    /// step. A snapshot installed before this call is reflected in the state the index was
-    /// built from, or found by the log check.
+    /// Follows `group`'s log in `store` from `watermark` (the last index the index holds).
+    /// A snapshot installed before this call is reflected in the state the index was built
+    /// from, or found by the log check. (`ClusterNode::log_follower` makes one.)
     pub fn new(
         store: Store,
+        group: GroupId,
         applied: watch::Receiver<AppliedState>,
         watermark: u64,
-        max_entries: u64,
     ) -> Self {
         let epoch = applied.borrow().epoch;
         LogFollower {
             store,
+            group,
             applied,
             watermark,
             epoch,
-            max_entries: max_entries.max(1),
+            max_entries: DEFAULT_MAX_ENTRIES,
             rebuild: None,
             machine: PhantomData,
         }
+    }
+
+    /// At most `n` entries a step.
+    pub fn with_max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n.max(1);
+        self
+    }
+
+    /// The store whose log this follows (to read the state the entries changed).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The last log index the index holds, as the follower knows it.
@@ -117,7 +134,7 @@ impl<M: Machine> LogFollower<M> {
             return Ok(Next::CaughtUp);
         }
         let end = state.index.min(self.watermark + self.max_entries) + 1;
-        let entries = LogStore::<M>::read_range(&self.store, self.watermark + 1, end)?;
+        let entries = LogStore::<M>::read_range(&self.store, self.group, self.watermark + 1, end)?;
         if entries.first().map(|e| e.log_id.index) != Some(self.watermark + 1) {
             self.rebuild = Some(RebuildReason::LogCompacted);
             return Ok(Next::Rebuild(RebuildReason::LogCompacted));
@@ -139,7 +156,10 @@ impl<M: Machine> LogFollower<M> {
     pub fn rebuild_view(&self) -> Result<RebuildView<'_>, StoreError> {
         let snapshot = self.store.db().snapshot();
         let applied: Option<LogId> = snapshot
-            .get_cf(self.store.cf(CF_SM_META), keys::sm_meta::LAST_APPLIED)?
+            .get_cf(
+                self.store.cf(CF_SM_META),
+                keys::sm_meta::key(self.group, keys::sm_meta::LAST_APPLIED),
+            )?
             .map(|b| codec::decode(&b))
             .transpose()?;
         Ok(RebuildView {

@@ -107,6 +107,7 @@ impl<M: Machine> ClusterNode<M> {
                 .peers
                 .forward(
                     &m.node.peer_addr,
+                    self.group,
                     &network::ForwardRequest::<M>::HoldElections(hold.as_millis() as u64),
                     FORWARD_TIMEOUT,
                 )
@@ -125,6 +126,7 @@ impl<M: Machine> ClusterNode<M> {
             self.peers
                 .forward(
                     &target_addr,
+                    self.group,
                     &network::ForwardRequest::<M>::Elect,
                     FORWARD_TIMEOUT,
                 )

@@ -22,12 +22,14 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use super::types::{Entry, LogId, Machine, StorageError, TypeConfig, Vote};
 use crate::observe::metrics;
+use crate::store::keys::GroupId;
 use crate::store::{codec, keys, Store, CF_RAFT_LOG, CF_RAFT_META};
 
 type Flushed<M> = LogFlushed<TypeConfig<M>>;
 
 pub struct LogStore<M: Machine> {
     store: Store,
+    group: GroupId,
     syncer: mpsc::Sender<Flushed<M>>,
     /// Last committed index that openraft reported, for status and metrics.
     committed: Arc<AtomicU64>,
@@ -53,6 +55,7 @@ impl<M: Machine> Clone for LogStore<M> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            group: self.group,
             syncer: self.syncer.clone(),
             committed: self.committed.clone(),
         }
@@ -60,7 +63,8 @@ impl<M: Machine> Clone for LogStore<M> {
 }
 
 impl<M: Machine> LogStore<M> {
-    pub fn new(store: Store) -> Self {
+    /// The log of `group` in `store`.
+    pub fn new(store: Store, group: GroupId) -> Self {
         let (tx, rx) = mpsc::channel::<Flushed<M>>();
         let sync_store = store.clone();
         std::thread::Builder::new()
@@ -69,6 +73,7 @@ impl<M: Machine> LogStore<M> {
             .expect("spawning the WAL sync thread");
         Self {
             store,
+            group,
             syncer: tx,
             committed: Arc::new(AtomicU64::new(0)),
         }
@@ -84,7 +89,7 @@ impl<M: Machine> LogStore<M> {
         key: &[u8],
     ) -> Result<Option<T>, StorageError> {
         self.store
-            .get_decoded(CF_RAFT_META, key)
+            .get_decoded(CF_RAFT_META, &keys::raft_meta::key(self.group, key))
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
@@ -94,23 +99,25 @@ impl<M: Machine> LogStore<M> {
         self.store.db().write_opt(batch, &opts).map_err(write_err)
     }
 
-    /// Entries in `[start, end)` as stored, for readers outside openraft (the search indexer).
+    /// Entries of `group` in `[start, end)` as stored, for readers outside openraft (the
+    /// log follower).
     pub fn read_range(
         store: &Store,
+        group: GroupId,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<M>>, crate::store::StoreError> {
         let mut out = Vec::new();
         let iter = store.db().iterator_cf(
             store.cf(CF_RAFT_LOG),
-            IteratorMode::From(&keys::log_key(start), rocksdb::Direction::Forward),
+            IteratorMode::From(&keys::log_key(group, start), rocksdb::Direction::Forward),
         );
         for item in iter {
             let (k, v) = item?;
-            let index = keys::log_key_index(&k).ok_or_else(|| {
-                crate::store::StoreError::Corrupt("raft log key is not 8 bytes".into())
+            let (g, index) = keys::parse_log_key(&k).ok_or_else(|| {
+                crate::store::StoreError::Corrupt("raft log key is not 12 bytes".into())
             })?;
-            if index >= end {
+            if g != group || index >= end {
                 break;
             }
             out.push(codec::decode(&v)?);
@@ -154,7 +161,7 @@ impl<M: Machine> RaftLogReader<TypeConfig<M>> for LogStore<M> {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
-        Self::read_range(&self.store, start, end).map_err(read_err)
+        Self::read_range(&self.store, self.group, start, end).map_err(read_err)
     }
 }
 
@@ -163,15 +170,21 @@ impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig<M>>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(keys::raft_meta::LAST_PURGED)?;
-        let mut iter = self
-            .store
-            .db()
-            .iterator_cf(self.store.cf(CF_RAFT_LOG), IteratorMode::End);
+        let end = keys::log_key(self.group, u64::MAX);
+        let mut iter = self.store.db().iterator_cf(
+            self.store.cf(CF_RAFT_LOG),
+            IteratorMode::From(&end, rocksdb::Direction::Reverse),
+        );
         let last = match iter.next() {
             Some(item) => {
-                let (_, v) = item.map_err(read_err)?;
-                let entry: Entry<M> = codec::decode(&v).map_err(read_err)?;
-                Some(entry.log_id)
+                let (k, v) = item.map_err(read_err)?;
+                match keys::parse_log_key(&k) {
+                    Some((g, _)) if g == self.group => {
+                        let entry: Entry<M> = codec::decode(&v).map_err(read_err)?;
+                        Some(entry.log_id)
+                    }
+                    _ => last_purged,
+                }
             }
             None => last_purged,
         };
@@ -189,7 +202,7 @@ impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.store.cf(CF_RAFT_META),
-            keys::raft_meta::VOTE,
+            keys::raft_meta::key(self.group, keys::raft_meta::VOTE),
             codec::encode(vote),
         );
         // A vote must be durable before it is acted on.
@@ -214,7 +227,7 @@ impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.store.cf(CF_RAFT_META),
-            keys::raft_meta::COMMITTED,
+            keys::raft_meta::key(self.group, keys::raft_meta::COMMITTED),
             codec::encode(&committed),
         );
         self.write(batch, false)
@@ -239,7 +252,11 @@ impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
         let mut batch = WriteBatch::default();
         let mut n = 0u64;
         for entry in entries {
-            batch.put_cf(cf, keys::log_key(entry.log_id.index), codec::encode(&entry));
+            batch.put_cf(
+                cf,
+                keys::log_key(self.group, entry.log_id.index),
+                codec::encode(&entry),
+            );
             n += 1;
         }
         self.write(batch, false)?;
@@ -255,8 +272,12 @@ impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let cf = self.store.cf(CF_RAFT_LOG);
-        batch.delete_range_cf(cf, keys::log_key(log_id.index), keys::log_key(u64::MAX));
-        batch.delete_cf(cf, keys::log_key(u64::MAX));
+        batch.delete_range_cf(
+            cf,
+            keys::log_key(self.group, log_id.index),
+            keys::log_key(self.group, u64::MAX),
+        );
+        batch.delete_cf(cf, keys::log_key(self.group, u64::MAX));
         self.write(batch, false)
     }
 
@@ -264,13 +285,13 @@ impl<M: Machine> RaftLogStorage<TypeConfig<M>> for LogStore<M> {
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.store.cf(CF_RAFT_META),
-            keys::raft_meta::LAST_PURGED,
+            keys::raft_meta::key(self.group, keys::raft_meta::LAST_PURGED),
             codec::encode(&log_id),
         );
         batch.delete_range_cf(
             self.store.cf(CF_RAFT_LOG),
-            keys::log_key(0),
-            keys::log_key(log_id.index + 1),
+            keys::log_key(self.group, 0),
+            keys::log_key(self.group, log_id.index + 1),
         );
         self.write(batch, false)
     }

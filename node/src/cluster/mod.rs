@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::NexusError;
+use crate::store::keys::GroupId;
 use crate::store::Store;
 pub use state_machine::AppliedState;
 pub use types::{ForwardGate, Forwarded, Machine, NexusNode, NodeId, Proposal, Raft, Response};
@@ -153,9 +154,12 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
-/// This node's Raft group member.
+/// This node's member of one Raft group.
 pub struct ClusterNode<M: Machine> {
     pub id: NodeId,
+    /// The group (`store::keys::GroupId`): its log, Raft metadata and applied state are keyed
+    /// by it, and every peer message names it.
+    pub group: GroupId,
     pub raft: Raft<M>,
     pub store: Store,
     applied: watch::Receiver<AppliedState>,
@@ -180,16 +184,73 @@ pub struct ClusterNode<M: Machine> {
     election_timeout_max: Duration,
 }
 
+/// The Raft groups this node is a member of, sharing one set of peer connections: what the
+/// peer service routes each message to, by the group it names.
+pub struct Groups<M: Machine> {
+    peers: network::PeerChannels,
+    nodes: std::sync::RwLock<BTreeMap<GroupId, Arc<ClusterNode<M>>>>,
+}
+
+impl<M: Machine> Groups<M> {
+    /// No group yet; `peer_tls` (from `network::PeerTls::load`) secures the connections this
+    /// node makes to its peers, for every group.
+    pub fn new(config: &Config, peer_tls: Option<network::PeerTls>) -> Arc<Self> {
+        Arc::new(Groups {
+            peers: network::PeerChannels::new(network::PeerTransport::new(
+                config.peer_addr,
+                peer_tls,
+            )),
+            nodes: Default::default(),
+        })
+    }
+
+    /// Starts this node's member of `group` on `store` and routes the group's peer messages
+    /// to it.
+    pub async fn start(
+        &self,
+        config: &Config,
+        store: Store,
+        group: GroupId,
+    ) -> anyhow::Result<Arc<ClusterNode<M>>> {
+        let node = ClusterNode::start_group(config, store, self.peers.clone(), group).await?;
+        self.nodes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group, node.clone());
+        Ok(node)
+    }
+
+    /// This node's member of `group`, if it has one.
+    pub fn get(&self, group: GroupId) -> Option<Arc<ClusterNode<M>>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&group)
+            .cloned()
+    }
+}
+
 impl<M: Machine> ClusterNode<M> {
-    /// Opens the log and state machine on `store` and starts Raft. On the very first start
-    /// (no vote, no log) the node initializes a one-member cluster of itself; afterwards it
-    /// recovers its state from disk.
-    /// Starts Raft on `store`; `peer_tls` (from `network::PeerTls::load`) secures the
-    /// connections this node makes to its peers.
+    /// Starts group 0 alone, with connections of its own (in-process tests; a server starts
+    /// its groups through [`Groups`]).
     pub async fn start(
         config: &Config,
         store: Store,
         peer_tls: Option<network::PeerTls>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let peers =
+            network::PeerChannels::new(network::PeerTransport::new(config.peer_addr, peer_tls));
+        Self::start_group(config, store, peers, 0).await
+    }
+
+    /// Opens `group`'s log and state machine on `store` and starts its Raft, reaching peers
+    /// through `peers`. On the very first start (no vote, no log) the node initializes the
+    /// group with the initial members; afterwards it recovers its state from disk.
+    async fn start_group(
+        config: &Config,
+        store: Store,
+        peers: network::PeerChannels,
+        group: GroupId,
     ) -> anyhow::Result<Arc<Self>> {
         let raft_config = openraft::Config {
             cluster_name: "nexus".into(),
@@ -205,21 +266,23 @@ impl<M: Machine> ClusterNode<M> {
         }
         .validate()?;
 
-        let mut log_store = log_store::LogStore::<M>::new(store.clone());
+        let mut log_store = log_store::LogStore::<M>::new(store.clone(), group);
         let committed = log_store.committed_index();
         let first_boot = log_store.read_vote().await?.is_none()
             && log_store.get_log_state().await?.last_log_id.is_none();
-        let (state_machine, applied) = state_machine::StateMachine::<M>::open(
-            store.clone(),
-            &config.data_dir.join("snapshots"),
-        )?;
-        let peers =
-            network::PeerChannels::new(network::PeerTransport::new(config.peer_addr, peer_tls));
+        // Group 0 keeps the directory of the single-group releases.
+        let snapshot_dir = match group {
+            0 => config.data_dir.join("snapshots"),
+            g => config.data_dir.join(format!("snapshots-g{g}")),
+        };
+        let (state_machine, applied) =
+            state_machine::StateMachine::<M>::open(store.clone(), group, &snapshot_dir)?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
             network::NetworkFactory {
                 peers: peers.clone(),
+                group,
                 machine: std::marker::PhantomData,
             },
             log_store,
@@ -243,6 +306,7 @@ impl<M: Machine> ClusterNode<M> {
         let (read_tx, read_rx) = tokio::sync::mpsc::channel(config.limits.max_pending_reads.max(1));
         let node = Arc::new(Self {
             id: config.node_id,
+            group,
             raft,
             store,
             applied,
@@ -284,7 +348,11 @@ impl<M: Machine> ClusterNode<M> {
                 let addr = self.member_peer_addr(l).ok_or_else(|| {
                     self.unavailable("the leader's address is unknown", Some(l), None)
                 })?;
-                match self.peers.forward(&addr, &request, timeout).await? {
+                match self
+                    .peers
+                    .forward(&addr, self.group, &request, timeout)
+                    .await?
+                {
                     network::ForwardReply::Done => Ok(()),
                     other => Err(NexusError::internal(format!("leader answered {other:?}"))),
                 }
@@ -343,6 +411,11 @@ impl<M: Machine> ClusterNode<M> {
     /// Follows the applied index (and snapshot installs) of the local state machine.
     pub fn applied(&self) -> watch::Receiver<AppliedState> {
         self.applied.clone()
+    }
+
+    /// A follower of this group's log from `watermark`, for a derived index.
+    pub fn log_follower(&self, watermark: u64) -> follower::LogFollower<M> {
+        follower::LogFollower::new(self.store.clone(), self.group, self.applied(), watermark)
     }
 
     /// True once this node knows a leader and has applied everything it knows is committed.

@@ -28,6 +28,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::types::{Forwarded, Machine, NexusNode, NodeId, Raft, Response, TypeConfig};
 use crate::store::codec;
+use crate::store::keys::GroupId;
 
 /// Connect timeout to a peer; RPC deadlines come from openraft's `RPCOption`.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -202,6 +203,8 @@ impl PeerTransport {
 
 pub struct NetworkFactory<M> {
     pub peers: PeerChannels,
+    /// The group whose Raft messages the clients carry.
+    pub group: GroupId,
     pub machine: std::marker::PhantomData<M>,
 }
 
@@ -213,6 +216,7 @@ impl<M: Machine> RaftNetworkFactory<TypeConfig<M>> for NetworkFactory<M> {
             target,
             node: node.clone(),
             peers: self.peers.clone(),
+            group: self.group,
             machine: std::marker::PhantomData,
         }
     }
@@ -222,6 +226,7 @@ pub struct PeerClient<M> {
     target: NodeId,
     node: NexusNode,
     peers: PeerChannels,
+    group: GroupId,
     machine: std::marker::PhantomData<M>,
 }
 
@@ -247,6 +252,7 @@ impl<M: Machine> PeerClient<M> {
             .map_err(|e| Unreachable::new(&TransportError(e)))?;
         let mut request = tonic::Request::new(RaftMessage {
             payload: codec::encode(req),
+            group: self.group,
         });
         request.set_timeout(option.hard_ttl());
         let result = match rpc {
@@ -355,18 +361,32 @@ impl<M: Machine> RaftNetwork<TypeConfig<M>> for PeerClient<M> {
     }
 }
 
-/// The server side of the peer port: hands each RPC to the local Raft.
+/// The server side of the peer port: hands each RPC to this node's member of the group the
+/// message names.
 pub struct PeerService<M: Machine> {
-    raft: Raft<M>,
-    node: std::sync::Arc<super::ClusterNode<M>>,
+    groups: std::sync::Arc<super::Groups<M>>,
 }
 
 impl<M: Machine> PeerService<M> {
-    pub fn new(node: std::sync::Arc<super::ClusterNode<M>>) -> Self {
-        Self {
-            raft: node.raft.clone(),
-            node,
-        }
+    pub fn new(groups: std::sync::Arc<super::Groups<M>>) -> Self {
+        Self { groups }
+    }
+
+    /// The group a message is for, and the message.
+    fn route<T: DeserializeOwned>(
+        &self,
+        request: tonic::Request<RaftMessage>,
+    ) -> Result<(std::sync::Arc<super::ClusterNode<M>>, T), tonic::Status> {
+        let message = request.into_inner();
+        let node = self.groups.get(message.group).ok_or_else(|| {
+            tonic::Status::not_found(format!(
+                "this node is no member of raft group {}",
+                message.group
+            ))
+        })?;
+        let payload = codec::decode(&message.payload)
+            .map_err(|e| tonic::Status::invalid_argument(format!("payload: {e}")))?;
+        Ok((node, payload))
     }
 }
 
@@ -457,10 +477,11 @@ impl PeerChannels {
         }
     }
 
-    /// Sends a forwarded request to the leader's peer port.
+    /// Sends a forwarded request to the leader of `group` at `peer_addr`.
     pub async fn forward<M: Machine>(
         &self,
         peer_addr: &str,
+        group: GroupId,
         request: &ForwardRequest<M>,
         timeout: Duration,
     ) -> Result<ForwardReply<M>, crate::error::NexusError> {
@@ -468,6 +489,7 @@ impl PeerChannels {
         let mut client = self.client(peer_addr).map_err(NexusError::internal)?;
         let mut req = tonic::Request::new(RaftMessage {
             payload: codec::encode(request),
+            group,
         });
         req.set_timeout(timeout);
         let reply = client.forward(req).await.map_err(|s| {
@@ -484,16 +506,10 @@ impl PeerChannels {
     }
 }
 
-fn decode_request<T: DeserializeOwned>(
-    req: tonic::Request<RaftMessage>,
-) -> Result<T, tonic::Status> {
-    codec::decode(&req.into_inner().payload)
-        .map_err(|e| tonic::Status::invalid_argument(format!("payload: {e}")))
-}
-
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
     Ok(tonic::Response::new(RaftMessage {
         payload: codec::encode(value),
+        group: 0,
     }))
 }
 
@@ -506,8 +522,8 @@ impl<M: Machine> RaftService for PeerService<M> {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["append_entries"])
             .start_timer();
-        let rpc: AppendEntriesRequest<TypeConfig<M>> = decode_request(request)?;
-        reply(&self.raft.append_entries(rpc).await)
+        let (node, rpc): (_, AppendEntriesRequest<TypeConfig<M>>) = self.route(request)?;
+        reply(&node.raft.append_entries(rpc).await)
     }
 
     async fn vote(
@@ -517,8 +533,8 @@ impl<M: Machine> RaftService for PeerService<M> {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["vote"])
             .start_timer();
-        let rpc: VoteRequest<NodeId> = decode_request(request)?;
-        reply(&self.raft.vote(rpc).await)
+        let (node, rpc): (_, VoteRequest<NodeId>) = self.route(request)?;
+        reply(&node.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(
@@ -528,19 +544,18 @@ impl<M: Machine> RaftService for PeerService<M> {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["install_snapshot"])
             .start_timer();
-        let rpc: InstallSnapshotRequest<TypeConfig<M>> =
-            decode_request::<SnapshotChunk>(request)?.into();
+        let (node, chunk): (_, SnapshotChunk) = self.route(request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig<M>> = chunk.into();
         // A chunk from the leader this node follows is its heartbeat (see `receiving_snapshot`).
-        let current = self.raft.metrics().borrow().vote;
+        let current = node.raft.metrics().borrow().vote;
         if rpc.vote.is_committed() && rpc.vote >= current {
-            let node = self.node.clone();
             reply(
                 &node
-                    .receiving_snapshot(self.raft.install_snapshot(rpc))
+                    .receiving_snapshot(node.raft.install_snapshot(rpc))
                     .await,
             )
         } else {
-            reply(&self.raft.install_snapshot(rpc).await)
+            reply(&node.raft.install_snapshot(rpc).await)
         }
     }
 
@@ -551,11 +566,10 @@ impl<M: Machine> RaftService for PeerService<M> {
         let _timer = crate::observe::metrics::PEER_RPC_SECONDS
             .with_label_values(&["forward"])
             .start_timer();
-        let req: ForwardRequest<M> = decode_request(request)?;
+        let (node, req): (_, ForwardRequest<M>) = self.route(request)?;
         // Served locally only: a request is forwarded at most once.
         let result = match req {
-            ForwardRequest::Propose(commands) => self
-                .node
+            ForwardRequest::Propose(commands) => node
                 .propose_forwarded(
                     commands
                         .into_iter()
@@ -567,42 +581,33 @@ impl<M: Machine> RaftService for PeerService<M> {
                 )
                 .await
                 .map(ForwardReply::Responses),
-            ForwardRequest::ProposeChecked(items) => self
-                .node
+            ForwardRequest::ProposeChecked(items) => node
                 .propose_forwarded(items)
                 .await
                 .map(ForwardReply::Responses),
             ForwardRequest::Membership(change) => {
-                self.node
-                    .forwarded_cluster_change(None, self.node.change_membership_local(change))
+                node.forwarded_cluster_change(None, node.change_membership_local(change))
                     .await
             }
             ForwardRequest::MembershipChecked(change, on_behalf) => {
-                self.node
-                    .forwarded_cluster_change(on_behalf, self.node.change_membership_local(change))
+                node.forwarded_cluster_change(on_behalf, node.change_membership_local(change))
                     .await
             }
-            ForwardRequest::ReadIndex => self
-                .node
-                .read_index_local()
-                .await
-                .map(ForwardReply::ReadIndex),
+            ForwardRequest::ReadIndex => node.read_index_local().await.map(ForwardReply::ReadIndex),
             ForwardRequest::TransferLeader(to) => {
-                self.node
-                    .forwarded_cluster_change(None, self.node.transfer_leader_local(to))
+                node.forwarded_cluster_change(None, node.transfer_leader_local(to))
                     .await
             }
             ForwardRequest::TransferLeaderChecked(to, on_behalf) => {
-                self.node
-                    .forwarded_cluster_change(on_behalf, self.node.transfer_leader_local(to))
+                node.forwarded_cluster_change(on_behalf, node.transfer_leader_local(to))
                     .await
             }
             ForwardRequest::HoldElections(millis) => {
                 // Bounded by `max_election_hold` whatever the member asks.
-                self.node.hold_elections(Duration::from_millis(millis));
+                node.hold_elections(Duration::from_millis(millis));
                 Ok(ForwardReply::Done)
             }
-            ForwardRequest::Elect => self.node.campaign().await.map(|()| ForwardReply::Done),
+            ForwardRequest::Elect => node.campaign().await.map(|()| ForwardReply::Done),
         };
         reply(&result)
     }

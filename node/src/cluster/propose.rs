@@ -60,6 +60,7 @@ impl<M: Machine> ClusterNode<M> {
                     .peers
                     .forward(
                         &addr,
+                        self.group,
                         &network::ForwardRequest::ProposeChecked(items),
                         FORWARD_TIMEOUT,
                     )

@@ -74,6 +74,7 @@ impl<M: Machine> ClusterNode<M> {
                     .peers
                     .forward(
                         &addr,
+                        self.group,
                         &network::ForwardRequest::<M>::ReadIndex,
                         FORWARD_TIMEOUT,
                     )

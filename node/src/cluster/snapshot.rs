@@ -18,6 +18,7 @@ use std::path::Path;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use super::types::{LogId, SnapshotMeta, StoredMembership};
+use crate::store::keys::GroupId;
 use crate::store::{codec, keys, Store, StoreError, CF_SM_META};
 
 const MAGIC: &[u8; 8] = b"NXSNAP01";
@@ -68,24 +69,33 @@ fn read_bytes(r: &mut impl Read, len: u32) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Writes a snapshot of the state machine to `path` (fsynced) and returns its meta.
+/// Writes a snapshot of `group`'s state machine to `path` (fsynced) and returns its meta.
+///
+/// `sm_meta` (the applied watermark and membership, per group) is not written as records:
+/// the meta carries both, and install writes them under the installing group's keys. An
+/// older file that holds `sm_meta` records is read the same way (they are skipped).
 pub fn write(
     store: &Store,
+    group: GroupId,
     families: &[&str],
     path: &Path,
     snapshot_id_suffix: &str,
 ) -> Result<SnapshotMeta, StoreError> {
     let snap = store.db().snapshot();
-    let last_applied: Option<LogId> =
-        match snap.get_cf(store.cf(CF_SM_META), keys::sm_meta::LAST_APPLIED)? {
-            Some(b) => Some(codec::decode(&b)?),
-            None => None,
-        };
-    let membership: StoredMembership =
-        match snap.get_cf(store.cf(CF_SM_META), keys::sm_meta::MEMBERSHIP)? {
-            Some(b) => codec::decode(&b)?,
-            None => StoredMembership::default(),
-        };
+    let last_applied: Option<LogId> = match snap.get_cf(
+        store.cf(CF_SM_META),
+        keys::sm_meta::key(group, keys::sm_meta::LAST_APPLIED),
+    )? {
+        Some(b) => Some(codec::decode(&b)?),
+        None => None,
+    };
+    let membership: StoredMembership = match snap.get_cf(
+        store.cf(CF_SM_META),
+        keys::sm_meta::key(group, keys::sm_meta::MEMBERSHIP),
+    )? {
+        Some(b) => codec::decode(&b)?,
+        None => StoredMembership::default(),
+    };
     let snapshot_id = match &last_applied {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, snapshot_id_suffix),
         None => format!("0-0-{snapshot_id_suffix}"),
@@ -105,6 +115,9 @@ pub fn write(
     w.write_all(&(meta_bytes.len() as u32).to_be_bytes())?;
     w.write_all(&meta_bytes)?;
     for (i, family) in families.iter().enumerate() {
+        if *family == CF_SM_META {
+            continue;
+        }
         let tag = (i + 1) as u8;
         for item in snap.iterator_cf(store.cf(family), IteratorMode::Start) {
             let (k, v) = item?;
@@ -208,18 +221,24 @@ fn for_each_record(
 /// state machine finds the marker when it opens and installs `path` again
 /// ([`resume_interrupted_install`]), so the state it serves is never the mix. Stale reads on
 /// this node during an install may see it, as they may see any state this node holds.
-pub fn install(store: &Store, families: &[&str], path: &Path) -> Result<SnapshotMeta, StoreError> {
+pub fn install(
+    store: &Store,
+    group: GroupId,
+    families: &[&str],
+    path: &Path,
+) -> Result<SnapshotMeta, StoreError> {
     for_each_record(families, path, |_, _, _| Ok(()))?;
     let sst_dir = path.with_extension("sst.d");
     let _ = std::fs::remove_dir_all(&sst_dir);
     std::fs::create_dir_all(&sst_dir)?;
-    let result = install_from_ssts(store, families, path, &sst_dir);
+    let result = install_from_ssts(store, group, families, path, &sst_dir);
     let _ = std::fs::remove_dir_all(&sst_dir);
     result
 }
 
 fn install_from_ssts(
     store: &Store,
+    group: GroupId,
     families: &[&str],
     path: &Path,
     sst_dir: &Path,
@@ -230,6 +249,10 @@ fn install_from_ssts(
     let mut open: Option<(usize, rocksdb::SstFileWriter<'_>)> = None;
     let finish = |mut w: rocksdb::SstFileWriter<'_>| w.finish().map_err(StoreError::from);
     let meta = for_each_record(families, path, |family, key, value| {
+        if families[family] == CF_SM_META {
+            // Written by an older build; the meta below is authoritative.
+            return Ok(());
+        }
         if open.as_ref().map(|(f, _)| *f) != Some(family) {
             if let Some((_, w)) = open.take() {
                 finish(w)?;
@@ -260,12 +283,12 @@ fn install_from_ssts(
         o
     };
     let mut batch = WriteBatch::default();
-    for family in families {
+    for family in families.iter().filter(|f| **f != CF_SM_META) {
         batch.delete_range_cf(store.cf(family), [].as_slice(), keys::KEYSPACE_END);
     }
     batch.put_cf(
         store.cf(CF_SM_META),
-        keys::sm_meta::INSTALLING,
+        keys::sm_meta::key(group, keys::sm_meta::INSTALLING),
         path.to_string_lossy().as_bytes(),
     );
     store.db().write_opt(batch, &sync())?;
@@ -283,25 +306,34 @@ fn install_from_ssts(
     if let Some(last) = &meta.last_log_id {
         batch.put_cf(
             store.cf(CF_SM_META),
-            keys::sm_meta::LAST_APPLIED,
+            keys::sm_meta::key(group, keys::sm_meta::LAST_APPLIED),
             codec::encode(last),
         );
     }
     batch.put_cf(
         store.cf(CF_SM_META),
-        keys::sm_meta::MEMBERSHIP,
+        keys::sm_meta::key(group, keys::sm_meta::MEMBERSHIP),
         codec::encode(&meta.last_membership),
     );
-    batch.delete_cf(store.cf(CF_SM_META), keys::sm_meta::INSTALLING);
+    batch.delete_cf(
+        store.cf(CF_SM_META),
+        keys::sm_meta::key(group, keys::sm_meta::INSTALLING),
+    );
     store.db().write_opt(batch, &sync())?;
     Ok(meta)
 }
 
 /// The snapshot file an install interrupted by a crash was installing, if any (see
 /// [`install`]).
-pub fn interrupted_install(store: &Store) -> Result<Option<std::path::PathBuf>, StoreError> {
+pub fn interrupted_install(
+    store: &Store,
+    group: GroupId,
+) -> Result<Option<std::path::PathBuf>, StoreError> {
     Ok(store
-        .get(CF_SM_META, keys::sm_meta::INSTALLING)?
+        .get(
+            CF_SM_META,
+            &keys::sm_meta::key(group, keys::sm_meta::INSTALLING),
+        )?
         .map(|p| std::path::PathBuf::from(String::from_utf8_lossy(&p).into_owned())))
 }
 
@@ -344,16 +376,20 @@ mod tests {
         let a = Store::open(&dir.path().join("a")).unwrap();
         fill(&a, &[(b"t1/", 500, 100), (b"t2/", 10, 5000)]);
         let snap = dir.path().join("s.snap");
-        write(&a, SM_FAMILIES, &snap, "x").unwrap();
+        write(&a, 0, SM_FAMILIES, &snap, "x").unwrap();
         let b = Store::open(&dir.path().join("b")).unwrap();
         fill(&b, &[(b"old/", 50, 10), (b"t1/", 3, 7)]);
-        install(&b, SM_FAMILIES, &snap).unwrap();
+        install(&b, 0, SM_FAMILIES, &snap).unwrap();
         assert_eq!(
             kv_rows(&b),
             kv_rows(&a),
             "the snapshot's state, and nothing else"
         );
-        assert_eq!(interrupted_install(&b).unwrap(), None, "the marker is gone");
+        assert_eq!(
+            interrupted_install(&b, 0).unwrap(),
+            None,
+            "the marker is gone"
+        );
 
         // A flipped byte, and a length beyond the file, change nothing.
         let mut bytes = std::fs::read(&snap).unwrap();
@@ -362,7 +398,7 @@ mod tests {
         bytes[at] ^= 0xff;
         let bad = dir.path().join("bad.snap");
         std::fs::write(&bad, &bytes).unwrap();
-        assert!(install(&b, SM_FAMILIES, &bad).is_err());
+        assert!(install(&b, 0, SM_FAMILIES, &bad).is_err());
         assert_eq!(kv_rows(&b), before);
     }
 
@@ -377,10 +413,10 @@ mod tests {
         if mode == "build" {
             let a = Store::open(&dir.join("a")).unwrap();
             fill(&a, &[(b"big/", 320, 1 << 20)]);
-            write(&a, SM_FAMILIES, &snap, "big").unwrap();
+            write(&a, 0, SM_FAMILIES, &snap, "big").unwrap();
         } else {
             let b = Store::open(&dir.join("b")).unwrap();
-            install(&b, SM_FAMILIES, &snap).unwrap();
+            install(&b, 0, SM_FAMILIES, &snap).unwrap();
             // Counted without holding them: the peak is the install's own.
             let rows = b
                 .db()

@@ -18,6 +18,7 @@ use super::types::{
     Entry, LogId, Machine, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
+use crate::store::keys::GroupId;
 use crate::store::{keys, ApplyCtx, Store, StoreError, CF_SM_META};
 
 /// Where the state machine stands; followed by derived indexes.
@@ -34,6 +35,7 @@ const CURRENT_SNAPSHOT: &str = "current.snap";
 
 pub struct StateMachine<M: Machine> {
     store: Store,
+    group: GroupId,
     snapshot_dir: PathBuf,
     applied: watch::Sender<AppliedState>,
     incoming: Option<PathBuf>,
@@ -58,25 +60,36 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
     .into()
 }
 
-/// Reads the applied watermark and membership as stored.
-pub fn read_applied(store: &Store) -> Result<(Option<LogId>, StoredMembership), StoreError> {
-    let last = store.get_decoded::<LogId>(CF_SM_META, keys::sm_meta::LAST_APPLIED)?;
+/// Reads `group`'s applied watermark and membership as stored.
+pub fn read_applied(
+    store: &Store,
+    group: GroupId,
+) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    let last = store.get_decoded::<LogId>(
+        CF_SM_META,
+        &keys::sm_meta::key(group, keys::sm_meta::LAST_APPLIED),
+    )?;
     let membership = store
-        .get_decoded::<StoredMembership>(CF_SM_META, keys::sm_meta::MEMBERSHIP)?
+        .get_decoded::<StoredMembership>(
+            CF_SM_META,
+            &keys::sm_meta::key(group, keys::sm_meta::MEMBERSHIP),
+        )?
         .unwrap_or_default();
     Ok((last, membership))
 }
 
 impl<M: Machine> StateMachine<M> {
+    /// Opens `group`'s state machine in `store`, with its snapshots in `snapshot_dir`.
     pub fn open(
         store: Store,
+        group: GroupId,
         snapshot_dir: &Path,
     ) -> Result<(Self, watch::Receiver<AppliedState>), StoreError> {
         std::fs::create_dir_all(snapshot_dir)?;
         // A snapshot install a crash interrupted: finish it before anything reads the state.
-        if let Some(path) = snapshot::interrupted_install(&store)? {
+        if let Some(path) = snapshot::interrupted_install(&store, group)? {
             tracing::warn!(file = %path.display(), "resuming a snapshot install that a crash interrupted");
-            snapshot::install(&store, M::FAMILIES, &path)?;
+            snapshot::install(&store, group, M::FAMILIES, &path)?;
             let current = snapshot_dir.join(CURRENT_SNAPSHOT);
             std::fs::rename(&path, &current)?;
             std::fs::File::open(snapshot_dir)?.sync_all()?;
@@ -93,7 +106,7 @@ impl<M: Machine> StateMachine<M> {
                 }
             }
         }
-        let (last, _) = read_applied(&store)?;
+        let (last, _) = read_applied(&store, group)?;
         let (tx, rx) = watch::channel(AppliedState {
             index: last.map_or(0, |l| l.index),
             epoch: 0,
@@ -101,6 +114,7 @@ impl<M: Machine> StateMachine<M> {
         Ok((
             Self {
                 store,
+                group,
                 snapshot_dir: snapshot_dir.to_path_buf(),
                 applied: tx,
                 incoming: None,
@@ -124,11 +138,19 @@ impl<M: Machine> StateMachine<M> {
             }
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                ctx.put(CF_SM_META, keys::sm_meta::MEMBERSHIP, &stored);
+                ctx.put(
+                    CF_SM_META,
+                    &keys::sm_meta::key(self.group, keys::sm_meta::MEMBERSHIP),
+                    &stored,
+                );
                 Vec::new()
             }
         };
-        ctx.put(CF_SM_META, keys::sm_meta::LAST_APPLIED, &entry.log_id);
+        ctx.put(
+            CF_SM_META,
+            &keys::sm_meta::key(self.group, keys::sm_meta::LAST_APPLIED),
+            &entry.log_id,
+        );
         // Not synced: the WAL is shared with the log, whose fsync makes this durable; until
         // then the entry is in the durable log and is re-applied after a crash.
         let mut opts = WriteOptions::default();
@@ -149,7 +171,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachine<M> {
     type SnapshotBuilder = SnapshotBuilder<M>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        read_applied(&self.store).map_err(|e| sm_err(ErrorVerb::Read, e))
+        read_applied(&self.store, self.group).map_err(|e| sm_err(ErrorVerb::Read, e))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response<M>>>, StorageError>
@@ -175,6 +197,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachine<M> {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
+            group: self.group,
             dir: self.snapshot_dir.clone(),
             machine: std::marker::PhantomData,
         }
@@ -218,9 +241,10 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachine<M> {
             )
         })?;
         let store = self.store.clone();
+        let group = self.group;
         let target = self.current_snapshot_path();
         let installed = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, StoreError> {
-            let installed = snapshot::install(&store, M::FAMILIES, &path)?;
+            let installed = snapshot::install(&store, group, M::FAMILIES, &path)?;
             M::replaced(&store)?;
             std::fs::rename(&path, &target)?;
             if let Some(dir) = target.parent() {
@@ -262,6 +286,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig<M>> for StateMachine<M> {
 
 pub struct SnapshotBuilder<M> {
     store: Store,
+    group: GroupId,
     dir: PathBuf,
     machine: std::marker::PhantomData<M>,
 }
@@ -269,12 +294,13 @@ pub struct SnapshotBuilder<M> {
 impl<M: Machine> RaftSnapshotBuilder<TypeConfig<M>> for SnapshotBuilder<M> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<M>, StorageError> {
         let store = self.store.clone();
+        let group = self.group;
         let dir = self.dir.clone();
         let (meta, path) =
             tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, PathBuf), StoreError> {
                 let suffix = uuid::Uuid::now_v7().simple().to_string();
                 let tmp = dir.join(format!("building-{suffix}.snap"));
-                let meta = snapshot::write(&store, M::FAMILIES, &tmp, &suffix)?;
+                let meta = snapshot::write(&store, group, M::FAMILIES, &tmp, &suffix)?;
                 let target = dir.join(CURRENT_SNAPSHOT);
                 std::fs::rename(&tmp, &target)?;
                 std::fs::File::open(&dir)?.sync_all()?;
@@ -323,7 +349,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Store::open(&dir.path().join("a")).unwrap();
         let (mut sm, applied) =
-            StateMachine::<Puts>::open(a.clone(), &dir.path().join("a-snap")).unwrap();
+            StateMachine::<Puts>::open(a.clone(), 0, &dir.path().join("a-snap")).unwrap();
         let replies = sm
             .apply(vec![
                 entry(1, &[("x", "1"), ("y", "2")]),
@@ -353,7 +379,7 @@ mod tests {
 
         let b = Store::open(&dir.path().join("b")).unwrap();
         let (mut other, other_applied) =
-            StateMachine::<Puts>::open(b.clone(), &dir.path().join("b-snap")).unwrap();
+            StateMachine::<Puts>::open(b.clone(), 0, &dir.path().join("b-snap")).unwrap();
         let mut incoming = other.begin_receiving_snapshot().await.unwrap();
         let mut data = *snap.snapshot;
         use tokio::io::AsyncSeekExt;

@@ -243,12 +243,9 @@ impl FullTextIndex {
             reader: reader.clone(),
             fields,
             store: node.store.clone(),
-            log: LogFollower::new(
-                node.store.clone(),
-                node.applied(),
-                watermark,
-                INDEX_BATCH_ENTRIES,
-            ),
+            log: node
+                .log_follower(watermark)
+                .with_max_entries(INDEX_BATCH_ENTRIES),
             indexed: indexed_tx,
             wanted: wanted_rx,
             commit_interval: Duration::from_millis(config.commit_interval_ms),

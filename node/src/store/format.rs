@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 3;
+pub const CURRENT_FORMAT: u32 = 4;
 const FORMAT_FILE: &str = "FORMAT";
 const MAGIC: &str = "nexus-data-format";
 
@@ -37,7 +37,83 @@ pub const MIGRATIONS: &[Migration] = &[
                format-2 build cannot decode",
         run: |_| Ok(()),
     },
+    Migration {
+        from: 3,
+        describe: "format 4: Raft groups. The log (raft_log), Raft's metadata (raft_meta) \
+               and the applied watermark and membership (sm_meta) are keyed by a group id; \
+               the single group of earlier formats becomes group 0. Every log key is \
+               rewritten (in batches, each key's move atomic, so an interrupted migration \
+               resumes)",
+        run: |dir| {
+            let db = dir.join("db");
+            if !db.exists() {
+                return Ok(());
+            }
+            let store = super::Store::open(&db).map_err(std::io::Error::other)?;
+            let moved = to_groups(&store).map_err(std::io::Error::other)?;
+            tracing::info!(log_entries = moved, "moved the log and metadata to group 0");
+            Ok(())
+        },
+    },
 ];
+
+/// Moves format 3's single-group keys to group 0's (format 4). Idempotent: only keys of the
+/// old shape are moved, each with its deletion in the same batch.
+pub fn to_groups(store: &super::Store) -> Result<u64, super::StoreError> {
+    use super::keys::{self, raft_meta, sm_meta};
+    use super::{CF_RAFT_LOG, CF_RAFT_META, CF_SM_META};
+    use rocksdb::{IteratorMode, WriteBatch};
+    const BATCH_BYTES: usize = 32 << 20;
+    let cf = store.cf(CF_RAFT_LOG);
+    let mut moved = 0u64;
+    let mut batch = WriteBatch::default();
+    // The iterator reads the log as it was when it was made: the new keys written meanwhile
+    // are not seen again.
+    for item in store.db().iterator_cf(cf, IteratorMode::Start) {
+        let (k, v) = item?;
+        let Some(index) = keys::format3::log_key_index(&k) else {
+            continue;
+        };
+        batch.put_cf(cf, keys::log_key(0, index), &v);
+        batch.delete_cf(cf, &k);
+        moved += 1;
+        if batch.size_in_bytes() >= BATCH_BYTES {
+            store.db().write(std::mem::take(&mut batch))?;
+        }
+    }
+    type KeyOf = fn(keys::GroupId, &[u8]) -> Vec<u8>;
+    let metadata: [(&str, KeyOf, [&[u8]; 3]); 2] = [
+        (
+            CF_RAFT_META,
+            raft_meta::key,
+            [
+                raft_meta::VOTE,
+                raft_meta::COMMITTED,
+                raft_meta::LAST_PURGED,
+            ],
+        ),
+        (
+            CF_SM_META,
+            sm_meta::key,
+            [
+                sm_meta::LAST_APPLIED,
+                sm_meta::MEMBERSHIP,
+                sm_meta::INSTALLING,
+            ],
+        ),
+    ];
+    for (family, key_of, names) in metadata {
+        for name in names {
+            if let Some(v) = store.get(family, name)? {
+                batch.put_cf(store.cf(family), key_of(0, name), v);
+                batch.delete_cf(store.cf(family), name);
+            }
+        }
+    }
+    store.db().write(batch)?;
+    store.db().flush_wal(true)?;
+    Ok(moved)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -198,5 +274,62 @@ mod tests {
             prepare_with(dir.path(), 2, &[]),
             Err(FormatError::NoMigration { found: 1, .. })
         ));
+    }
+
+    #[test]
+    fn format_4_moves_the_single_group_to_group_0_and_can_resume() {
+        use crate::store::keys::{self, raft_meta, sm_meta};
+        use crate::store::{Store, CF_RAFT_LOG, CF_RAFT_META, CF_SM_META};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = store.db();
+        for index in 1..=300u64 {
+            db.put_cf(
+                store.cf(CF_RAFT_LOG),
+                index.to_be_bytes(),
+                index.to_string(),
+            )
+            .unwrap();
+        }
+        db.put_cf(store.cf(CF_RAFT_META), raft_meta::VOTE, b"vote")
+            .unwrap();
+        db.put_cf(store.cf(CF_SM_META), sm_meta::LAST_APPLIED, b"applied")
+            .unwrap();
+        // As if a first run stopped after one key: it was moved already.
+        db.delete_cf(store.cf(CF_RAFT_LOG), 1u64.to_be_bytes())
+            .unwrap();
+        db.put_cf(store.cf(CF_RAFT_LOG), keys::log_key(0, 1), b"1")
+            .unwrap();
+
+        assert_eq!(to_groups(&store).unwrap(), 299);
+        assert_eq!(to_groups(&store).unwrap(), 0, "nothing left to move");
+        let log: Vec<(u32, u64, String)> = db
+            .iterator_cf(store.cf(CF_RAFT_LOG), rocksdb::IteratorMode::Start)
+            .map(|r| {
+                let (k, v) = r.unwrap();
+                let (g, i) = keys::parse_log_key(&k).expect("every key has the new shape");
+                (g, i, String::from_utf8(v.to_vec()).unwrap())
+            })
+            .collect();
+        assert_eq!(log.len(), 300);
+        assert!(log
+            .iter()
+            .enumerate()
+            .all(|(n, (g, i, v))| *g == 0 && *i == n as u64 + 1 && *v == i.to_string()));
+        assert_eq!(
+            store
+                .get(CF_RAFT_META, &raft_meta::key(0, raft_meta::VOTE))
+                .unwrap()
+                .as_deref(),
+            Some(b"vote".as_slice())
+        );
+        assert_eq!(store.get(CF_RAFT_META, raft_meta::VOTE).unwrap(), None);
+        assert_eq!(
+            store
+                .get(CF_SM_META, &sm_meta::key(0, sm_meta::LAST_APPLIED))
+                .unwrap()
+                .as_deref(),
+            Some(b"applied".as_slice())
+        );
     }
 }

@@ -167,29 +167,72 @@ pub fn message_vector_id_key(tenant: &str, message_id: &str) -> Vec<u8> {
     semantic_id_key(tenant, message_id)
 }
 
-/// Keys of `sm_meta`.
+/// A Raft group's id. Group 0 replicates the whole state today; tenants placed on other
+/// groups come next. The log, Raft's metadata and the applied watermark of each group are
+/// keyed by it (data format 4).
+pub type GroupId = u32;
+
+/// `group`'s key of a metadata `name` (of `raft_meta` or `sm_meta`).
+fn group_key(group: GroupId, name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + name.len());
+    out.extend_from_slice(&group.to_be_bytes());
+    out.extend_from_slice(name);
+    out
+}
+
+/// Keys of `sm_meta`, per group: `group (u32 BE) ++ name`.
 pub mod sm_meta {
+    use super::GroupId;
+
     pub const LAST_APPLIED: &[u8] = b"last_applied";
     pub const MEMBERSHIP: &[u8] = b"membership";
     /// Set while a snapshot is being installed: the path of its file (see
     /// `cluster::snapshot::install`).
     pub const INSTALLING: &[u8] = b"installing";
+
+    /// The key of `name` for `group`.
+    pub fn key(group: GroupId, name: &[u8]) -> Vec<u8> {
+        super::group_key(group, name)
+    }
 }
 
-/// Keys of `raft_meta`.
+/// Keys of `raft_meta`, per group: `group (u32 BE) ++ name`.
 pub mod raft_meta {
+    use super::GroupId;
+
     pub const VOTE: &[u8] = b"vote";
     pub const COMMITTED: &[u8] = b"committed";
     pub const LAST_PURGED: &[u8] = b"last_purged";
+
+    /// The key of `name` for `group`.
+    pub fn key(group: GroupId, name: &[u8]) -> Vec<u8> {
+        super::group_key(group, name)
+    }
 }
 
-/// Key of a log entry in `raft_log`.
-pub fn log_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+/// Key of a log entry in `raft_log`: the group (u32 BE), then the index (u64 BE), so that a
+/// group's log is one contiguous range in index order.
+pub fn log_key(group: GroupId, index: u64) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..4].copy_from_slice(&group.to_be_bytes());
+    out[4..].copy_from_slice(&index.to_be_bytes());
+    out
 }
 
-pub fn log_key_index(raw: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(raw.try_into().ok()?))
+/// The group and index of a `raft_log` key.
+pub fn parse_log_key(raw: &[u8]) -> Option<(GroupId, u64)> {
+    let raw: &[u8; 12] = raw.try_into().ok()?;
+    let group = GroupId::from_be_bytes(raw[..4].try_into().ok()?);
+    let index = u64::from_be_bytes(raw[4..].try_into().ok()?);
+    Some((group, index))
+}
+
+/// Format 3's keys, before groups: what the format-4 migration rewrites.
+pub mod format3 {
+    /// A `raft_log` key was the index alone (u64 BE).
+    pub fn log_key_index(raw: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(raw.try_into().ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -229,5 +272,18 @@ mod tests {
         let b = ttl_key("t", 1_000, "a", "a");
         assert!(a < b);
         assert_eq!(parse_ttl_key(&a), Some((5, "ns".into(), "k".into())));
+    }
+
+    #[test]
+    fn log_keys_order_by_group_then_index() {
+        assert_eq!(parse_log_key(&log_key(7, 42)), Some((7, 42)));
+        assert!(log_key(0, u64::MAX) < log_key(1, 0));
+        assert!(log_key(1, 255) < log_key(1, 256));
+        assert_eq!(parse_log_key(&42u64.to_be_bytes()), None, "a format-3 key");
+        assert!(sm_meta::key(0, sm_meta::LAST_APPLIED).as_slice() < KEYSPACE_END);
+        assert_ne!(
+            raft_meta::key(0, raft_meta::VOTE),
+            raft_meta::key(1, raft_meta::VOTE)
+        );
     }
 }

@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cluster::follower::{LogFollower, Next};
-use crate::cluster::state_machine::AppliedState;
 use crate::command::{Nexus, Op};
 use crate::error::NexusError;
 use crate::iam::IamOp;
@@ -314,10 +313,10 @@ pub struct VectorIndexer {
 impl VectorIndexer {
     /// Starts the indexer thread. It resumes from the index's durable watermark, read by the
     /// thread itself, so that a remote index that is down does not hold up the node's start.
+    /// `log` follows the group whose state the index reflects (`ClusterNode::log_follower`).
     pub fn start(
         index: Arc<dyn VectorIndex>,
-        store: Store,
-        applied: watch::Receiver<AppliedState>,
+        log: LogFollower<Nexus>,
         persist_interval: Duration,
         wait_timeout: Duration,
     ) -> Result<Arc<Self>, VectorError> {
@@ -325,8 +324,8 @@ impl VectorIndexer {
         let stop = Arc::new(AtomicBool::new(false));
         let mut feeder = Feeder {
             index: index.clone(),
-            log: LogFollower::new(store.clone(), applied, 0, BATCH_ENTRIES),
-            store,
+            store: log.store().clone(),
+            log: log.with_max_entries(BATCH_ENTRIES),
             opened: false,
             indexed: indexed_tx,
             persist_interval,
