@@ -491,3 +491,125 @@ impl<M: Machine> ClusterNode<M> {
             .ok_or_else(|| NexusError::internal("leader vanished"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::network::PeerService;
+    use super::types::test_machine::{Put, Puts};
+    use super::*;
+    use crate::store::{keys, CF_KV, CF_RAFT_LOG};
+
+    /// Admits every forwarded command (the test machine has no principals).
+    struct OpenGate;
+
+    #[tonic::async_trait]
+    impl ForwardGate<Puts> for OpenGate {
+        async fn admit(&self, forwarded: Forwarded<Puts>) -> Result<Put, NexusError> {
+            Ok(forwarded.command)
+        }
+
+        async fn admit_cluster_change(&self, _: Option<String>) -> Result<(), NexusError> {
+            Ok(())
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Two nodes, each a member of groups 0 and 1 over one peer port: each group elects its
+    /// own leader, replicates its own log (keyed by group in the shared RocksDB), and a write
+    /// to either group from either node (forwarded to that group's leader) reaches both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_node_runs_two_groups_over_the_same_peer_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = [free_port(), free_port()];
+        let initial = format!("1=127.0.0.1:{},2=127.0.0.1:{}", ports[0], ports[1]);
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = Config {
+                node_id: id,
+                data_dir: dir.path().join(format!("n{id}")),
+                peer_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+                initial_cluster: Some(initial.clone()),
+                ..Config::default()
+            };
+            let store = Store::open(&config.data_dir.join("db")).unwrap();
+            let groups = Groups::<Puts>::new(&config, None);
+            let mut members = Vec::new();
+            for group in [0, 1] {
+                let node = groups.start(&config, store.clone(), group).await.unwrap();
+                node.set_forward_gate(Arc::new(OpenGate));
+                members.push(node);
+            }
+            let listener = tokio::net::TcpListener::bind(config.peer_addr)
+                .await
+                .unwrap();
+            let service = nexus_proto::raft::v1::raft_service_server::RaftServiceServer::new(
+                PeerService::new(groups.clone()),
+            );
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            nodes.push((store, members));
+        }
+        for (_, members) in &nodes {
+            for m in members {
+                m.wait_for_leader(Duration::from_secs(20)).await.unwrap();
+            }
+        }
+        // Each group through each node; node 2's writes to a group it does not lead are
+        // forwarded to that group's leader, naming the group.
+        for (n, (_, members)) in nodes.iter().enumerate() {
+            for (g, member) in members.iter().enumerate() {
+                let put = Put {
+                    key: format!("g{g}-from-n{}", n + 1),
+                    value: format!("{g}"),
+                };
+                assert_eq!(member.propose(put, None).await.unwrap(), None);
+            }
+        }
+        for (store, members) in &nodes {
+            for m in members {
+                let target = m.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                let mut applied = m.applied();
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    applied.wait_for(|a| a.index >= target),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            }
+            for g in 0..2 {
+                for n in 1..=2 {
+                    let key = format!("g{g}-from-n{n}");
+                    assert_eq!(
+                        store.get_decoded::<String>(CF_KV, key.as_bytes()).unwrap(),
+                        Some(g.to_string()),
+                        "{key}"
+                    );
+                }
+            }
+            // Both groups' logs, apart, in the one database.
+            let groups_in_log: std::collections::BTreeSet<u32> = store
+                .db()
+                .iterator_cf(store.cf(CF_RAFT_LOG), rocksdb::IteratorMode::Start)
+                .map(|r| keys::parse_log_key(&r.unwrap().0).unwrap().0)
+                .collect();
+            assert_eq!(groups_in_log, [0, 1].into());
+        }
+        for (_, members) in nodes {
+            for m in members {
+                m.raft.shutdown().await.unwrap();
+            }
+        }
+    }
+}
