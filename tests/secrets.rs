@@ -4,7 +4,8 @@
 //!   files, Raft log, snapshots, indexes) or log: the test searches every byte.
 //! - master-key rotation with rolling restarts: secrets stay readable throughout, and after
 //!   the rotation the old key is no longer needed.
-//! - `nexus secrets` from the command line; permissions; bad input.
+//! - `nexusctl secrets` from the command line, and its alias `nexus secrets`; permissions;
+//!   bad input.
 
 mod common;
 #[allow(dead_code)] // the vector-index helpers are not used here
@@ -169,7 +170,8 @@ async fn no_plaintext_reaches_any_nodes_disk_or_logs() {
             "a listing carries no values"
         );
     }
-    let out = Command::new(nexus_bin())
+    let nexusctl = nexus_bin().with_file_name("nexusctl");
+    let out = Command::new(&nexusctl)
         .args(["secrets", "get", "FROM_CLI"])
         .env("NEXUS_ENDPOINT", nodes[2].endpoint())
         .output()
@@ -178,7 +180,7 @@ async fn no_plaintext_reaches_any_nodes_disk_or_logs() {
         String::from_utf8_lossy(&out.stdout),
         format!("{cli_value}\n")
     );
-    let out = Command::new(nexus_bin())
+    let out = Command::new(&nexusctl)
         .args(["secrets", "list", "-o", "json"])
         .env("NEXUS_ENDPOINT", nodes[0].endpoint())
         .output()

@@ -13,6 +13,7 @@
 
 pub mod recall_eval;
 pub mod report;
+pub mod secrets_cli;
 
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub enum ClientError {
     Token(String),
     #[error(transparent)]
     Status(#[from] tonic::Status),
+    /// Reading what a command sends (a file, standard input) or writing what it prints.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Adds `authorization: Bearer <token>` to every request when a token is set.
@@ -181,7 +185,7 @@ pub fn is_retryable(e: &ClientError, idempotent: bool) -> bool {
     match e {
         ClientError::Connect { .. } => true,
         ClientError::Status(s) => idempotent && s.code() == tonic::Code::Unavailable,
-        ClientError::Endpoint { .. } | ClientError::Token(_) => false,
+        ClientError::Endpoint { .. } | ClientError::Token(_) | ClientError::Input(_) => false,
     }
 }
 

@@ -186,12 +186,9 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Runs a node until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    crate::observe::metrics::init();
-    check_exposure(&config)?;
-    let peer_tls = PeerTls::load(&config.peer_tls)?;
-    let embedder = crate::embed::from_config(&config.embedding)
-        .context("loading the embedding model ([embedding])")?;
+/// The data directory, opened: its format checked (and migrated), RocksDB, each tenant's
+/// usage figures, and the secrets master keys.
+fn open_data(config: &Config) -> anyhow::Result<(Store, Arc<MasterKeys>)> {
     let found = format::prepare(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
     let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
@@ -210,8 +207,175 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         master_key_id = master_keys.current_id(),
         "secrets master key loaded"
     );
+    Ok((store, master_keys))
+}
 
-    // Listen before starting Raft so that a taken port fails fast and clearly.
+/// The node's parts that the API serves: the Raft group, the derived indexes and the services.
+struct Parts {
+    node: Arc<Cluster>,
+    index: Arc<FullTextIndex>,
+    vectors: Option<Arc<VectorIndexer>>,
+    kv: Arc<KvService>,
+    semantic: Arc<SemanticService>,
+    conversations: Arc<ConversationService>,
+    recaller: Arc<Recaller>,
+    secrets: Arc<SecretsService>,
+    iam: Arc<IamService>,
+}
+
+impl Parts {
+    /// Opens the derived indexes of `node`'s state and builds the services on them.
+    fn assemble(
+        config: &Config,
+        node: Arc<Cluster>,
+        embedder: Option<Arc<dyn crate::embed::Embedder>>,
+        master_keys: Arc<MasterKeys>,
+    ) -> anyhow::Result<Parts> {
+        let index = FullTextIndex::open(
+            &config.data_dir.join("search"),
+            node.clone(),
+            config.search.clone(),
+            config.limits.max_page_size,
+        )?;
+        let vectors = match &embedder {
+            Some(e) => Some(start_vector_index(config, e.dimensions(), &node)?),
+            None => None,
+        };
+        let limits = &config.limits;
+        Ok(Parts {
+            kv: Arc::new(KvService::new(node.clone(), limits.clone())),
+            semantic: Arc::new(SemanticService::new(
+                node.clone(),
+                limits.clone(),
+                embedder.clone(),
+            )),
+            conversations: Arc::new(ConversationService::new(
+                node.clone(),
+                limits.clone(),
+                embedder.clone(),
+            )),
+            recaller: Arc::new(Recaller::new(
+                node.clone(),
+                index.clone(),
+                vectors.clone(),
+                embedder,
+                limits.clone(),
+                &config.search,
+            )),
+            secrets: Arc::new(SecretsService::new(node.clone(), master_keys)),
+            iam: Arc::new(IamService::new(node.clone())),
+            node,
+            index,
+            vectors,
+        })
+    }
+
+    /// The public gRPC API: health, reflection (v1 and v1alpha), and every service behind the
+    /// authenticator (`api::grpc::handle` refuses a request that did not pass it), with
+    /// bounded messages, a deadline per request and bounded streams per connection.
+    fn grpc(
+        &self,
+        config: &Config,
+        auth: &Arc<Authenticator>,
+        health_service: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
+    ) -> anyhow::Result<tonic::transport::server::Router> {
+        // Reflection in both versions: v1, and v1alpha, the only one the official Python
+        // client (grpcio-reflection), older grpcurl and Postman speak.
+        let reflection = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+        let max = config.limits.max_request_bytes;
+        // A reply holds at most a page's byte budget, or one whole item larger than it.
+        let reply_max = config
+            .limits
+            .max_reply_bytes
+            .max(config.limits.max_value_bytes)
+            .max(config.limits.max_message_bytes)
+            + (1 << 20);
+        let memory_svc = InterceptedService::new(
+            MemoryServiceServer::new(MemoryApi {
+                kv: self.kv.clone(),
+                semantic: self.semantic.clone(),
+                recaller: self.recaller.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
+        let conversation_svc = InterceptedService::new(
+            ConversationServiceServer::new(ConversationApi {
+                conversations: self.conversations.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
+        let search_svc = InterceptedService::new(
+            SearchServiceServer::new(SearchApi {
+                recaller: self.recaller.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
+        let cluster_svc = InterceptedService::new(
+            ClusterServiceServer::new(ClusterApi {
+                node: self.node.clone(),
+                index: self.index.clone(),
+            }),
+            auth.interceptor(),
+        );
+        let audit_svc = InterceptedService::new(
+            AuditServiceServer::new(AuditApi {
+                node: self.node.clone(),
+                max_page_size: config.limits.max_page_size,
+            }),
+            auth.interceptor(),
+        );
+        let secrets_svc = InterceptedService::new(
+            SecretsServiceServer::new(SecretsApi {
+                secrets: self.secrets.clone(),
+            }),
+            auth.interceptor(),
+        );
+        let iam_svc = InterceptedService::new(
+            IamServiceServer::new(IamApi {
+                iam: self.iam.clone(),
+            }),
+            auth.interceptor(),
+        );
+        Ok(tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(config.limits.request_timeout_ms))
+            .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
+            .add_service(memory_svc)
+            .add_service(conversation_svc)
+            .add_service(search_svc)
+            .add_service(cluster_svc)
+            .add_service(iam_svc)
+            .add_service(secrets_svc)
+            .add_service(audit_svc))
+    }
+}
+
+/// Runs a node until `shutdown` resolves. The start-up order: refuse an exposed node without
+/// TLS; open the data directory; bind every port (a taken port fails fast, before Raft
+/// starts); start the Raft group; open the derived indexes and build the services; serve the
+/// API, the peer port and HTTP; report healthy once a leader is known. At shutdown: stop
+/// listening, stop Raft, the indexers, and sync the WAL.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::observe::metrics::init();
+    check_exposure(&config)?;
+    let peer_tls = PeerTls::load(&config.peer_tls)?;
+    let embedder = crate::embed::from_config(&config.embedding)
+        .context("loading the embedding model ([embedding])")?;
+    let (store, master_keys) = open_data(&config)?;
+
     let grpc_listener = bind(config.grpc_addr, "gRPC").await?;
     let peer_listener = bind(config.peer_addr, "the Raft peer port").await?;
     let http_listener = bind(config.http_addr, "HTTP").await?;
@@ -219,128 +383,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Group 0 holds the whole state; tenants placed on more groups come next (docs/design.md).
     let groups = Groups::<Nexus>::new(&config, peer_tls.clone());
     let node: Arc<Cluster> = groups.start(&config, store, 0).await?;
-    let index = FullTextIndex::open(
-        &config.data_dir.join("search"),
-        node.clone(),
-        config.search.clone(),
-        config.limits.max_page_size,
-    )?;
-    let vectors = match &embedder {
-        Some(e) => Some(start_vector_index(&config, e.dimensions(), &node)?),
-        None => None,
-    };
-    let kv = Arc::new(KvService::new(node.clone(), config.limits.clone()));
-    let semantic = Arc::new(SemanticService::new(
-        node.clone(),
-        config.limits.clone(),
-        embedder.clone(),
-    ));
-    let recaller = Arc::new(Recaller::new(
-        node.clone(),
-        index.clone(),
-        vectors.clone(),
-        embedder.clone(),
-        config.limits.clone(),
-        &config.search,
-    ));
-    let conversations = Arc::new(ConversationService::new(
-        node.clone(),
-        config.limits.clone(),
-        embedder.clone(),
-    ));
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    // Server reflection in both versions: v1, and v1alpha, the only one the official Python
-    // client (grpcio-reflection), older grpcurl and Postman speak.
-    let reflection = reflection_builder().build_v1()?;
-    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
-    let max = config.limits.max_request_bytes;
-    // A reply holds at most a page's byte budget, or one whole item larger than it.
-    let reply_max = config
-        .limits
-        .max_reply_bytes
-        .max(config.limits.max_value_bytes)
-        .max(config.limits.max_message_bytes)
-        + (1 << 20);
+    let parts = Parts::assemble(&config, node.clone(), embedder, master_keys)?;
     let auth = Authenticator::from_config(&config.auth, &config.quotas, node.clone())?;
     node.set_forward_gate(auth.clone());
     if auth.enabled() {
         tracing::info!("authentication: on (root key or API keys)");
     }
-    // Every public service is behind the authenticator; `api::grpc::handle` refuses a
-    // request that did not pass it.
-    let memory_svc = InterceptedService::new(
-        MemoryServiceServer::new(MemoryApi {
-            kv: kv.clone(),
-            semantic,
-            recaller: recaller.clone(),
-        })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(reply_max),
-        auth.interceptor(),
-    );
-    let conversation_svc = InterceptedService::new(
-        ConversationServiceServer::new(ConversationApi { conversations })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(reply_max),
-        auth.interceptor(),
-    );
-    let search_svc = InterceptedService::new(
-        SearchServiceServer::new(SearchApi { recaller })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(reply_max),
-        auth.interceptor(),
-    );
-    let cluster_svc = InterceptedService::new(
-        ClusterServiceServer::new(ClusterApi {
-            node: node.clone(),
-            index: index.clone(),
-        }),
-        auth.interceptor(),
-    );
-    let audit_svc = InterceptedService::new(
-        AuditServiceServer::new(AuditApi {
-            node: node.clone(),
-            max_page_size: config.limits.max_page_size,
-        }),
-        auth.interceptor(),
-    );
-    let secrets_svc = InterceptedService::new(
-        SecretsServiceServer::new(SecretsApi {
-            secrets: Arc::new(SecretsService::new(node.clone(), master_keys)),
-        }),
-        auth.interceptor(),
-    );
-    let iam_svc = InterceptedService::new(
-        IamServiceServer::new(IamApi {
-            iam: Arc::new(IamService::new(node.clone())),
-        }),
-        auth.interceptor(),
-    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let grpc = parts.grpc(&config, &auth, health_service)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-
     let api_tls = api_tls(&config.tls)?;
-    // Every request has a deadline (the client's grpc-timeout, at most
-    // limits.request_timeout_ms), and a connection a bounded number of requests in flight.
-    let grpc = tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(config.limits.request_timeout_ms))
-        .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(memory_svc)
-        .add_service(conversation_svc)
-        .add_service(search_svc)
-        .add_service(cluster_svc)
-        .add_service(iam_svc)
-        .add_service(secrets_svc)
-        .add_service(audit_svc);
     let grpc_task = match &api_tls {
         Some(tls) => {
             tracing::info!("gRPC API: TLS");
@@ -375,7 +431,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let app = router(HttpState {
         node: node.clone(),
-        index: index.clone(),
+        index: parts.index.clone(),
     });
     // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for
     // a client certificate (kubelet probes have none).
@@ -395,7 +451,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, peer = %config.peer_addr, "nexus is serving");
 
-    let sweeper = tokio::spawn(ttl_sweeper(node.clone(), kv, stop_rx.clone()));
+    let sweeper = tokio::spawn(ttl_sweeper(node.clone(), parts.kv.clone(), stop_rx.clone()));
     {
         let node = node.clone();
         tokio::spawn(async move {
@@ -424,8 +480,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    index.shutdown();
-    if let Some(v) = &vectors {
+    parts.index.shutdown();
+    if let Some(v) = &parts.vectors {
         v.shutdown();
     }
     node.store

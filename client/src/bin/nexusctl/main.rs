@@ -9,6 +9,7 @@ mod iam;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use nexus_client::secrets_cli::SecretsCommand;
 use nexus_client::{pb, Client, ClientError, DEFAULT_ENDPOINT};
 use serde_json::{json, Value};
 
@@ -91,6 +92,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: iam::AuditCommand,
+    },
+    /// Secrets of the tenant: set, get, list, delete; master-key rotation (root key).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
     },
 }
 
@@ -500,6 +506,9 @@ impl Command {
             // Transferring to the node that already leads is a no-op: safe to repeat.
             Command::Cluster { .. } => true,
             Command::Whoami | Command::Audit { .. } => true,
+            Command::Secrets { command } => {
+                matches!(command, SecretsCommand::Get { .. } | SecretsCommand::List)
+            }
             Command::Tenant { command } => matches!(command, iam::TenantCommand::List),
             Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
             Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
@@ -566,6 +575,9 @@ async fn run(
         Command::Binding { command } => iam::binding(&mut c, out, command).await?,
         Command::Whoami => iam::whoami(&mut c, out).await?,
         Command::Audit { command } => iam::audit(&mut c, out, command).await?,
+        Command::Secrets { command } => {
+            nexus_client::secrets_cli::run(&mut c, command, out == Output::Json).await?
+        }
         Command::Status => {
             let s = c.cluster.status(pb::StatusRequest {}).await?.into_inner();
             let members: Vec<Value> = s.members.iter().map(member_json).collect();
