@@ -186,10 +186,11 @@ impl ConversationService {
             None => prefix.clone(),
         };
         self.node.read_barrier(consistency).await?;
-        let rows = self
-            .node
-            .store
-            .scan_prefix(CF_CONVERSATIONS, &prefix, &start, page_size + 1)?;
+        let store = self.node.store.clone();
+        let rows = crate::store::blocking(move || {
+            store.scan_prefix(CF_CONVERSATIONS, &prefix, &start, page_size + 1)
+        })
+        .await?;
         let more = rows.len() > page_size;
         let conversations = rows
             .iter()
@@ -219,59 +220,64 @@ impl ConversationService {
             None => 0,
         };
         self.node.read_barrier(req.consistency).await?;
-        let store = &self.node.store;
-        if read_conversation(store, tenant, &req.conversation_id)?.is_none() {
-            return Err(not_found(&req.conversation_id));
-        }
-        let prefix = keys::message_prefix(tenant, &req.conversation_id);
-        let mut cursor = keys::message_key(tenant, &req.conversation_id, after_seq + 1);
-        let mut out = Vec::with_capacity(page_size.min(64));
-        let mut more = false;
-        // A page also ends at the reply's byte budget (limits.max_reply_bytes).
-        let budget = self.limits.max_reply_bytes;
-        let mut bytes = 0usize;
-        // Messages are in time order, so the scan can stop at the end of the range.
-        'scan: loop {
-            let (rows, truncated) = store.scan_prefix_bytes(
-                CF_MESSAGES,
-                &prefix,
-                &cursor,
-                page_size + 1,
-                budget.saturating_sub(bytes),
-            )?;
-            for (k, v) in &rows {
-                let m: MessageRecord = codec::decode(v).map_err(StoreError::from)?;
-                if m.created_at_ms < req.since_ms {
-                    continue;
-                }
-                if req.until_ms != 0 && m.created_at_ms >= req.until_ms {
-                    break 'scan;
-                }
-                let size = k.len() + v.len();
-                if out.len() == page_size || (!out.is_empty() && bytes + size > budget) {
-                    more = true;
-                    break 'scan;
-                }
-                bytes += size;
-                out.push(m);
+        let store = self.node.store.clone();
+        let tenant = tenant.to_string();
+        let max_reply_bytes = self.limits.max_reply_bytes;
+        crate::store::blocking(move || {
+            if read_conversation(&store, &tenant, &req.conversation_id)?.is_none() {
+                return Err(not_found(&req.conversation_id));
             }
-            match rows.last() {
-                Some(_) if truncated && !out.is_empty() => {
-                    more = true;
-                    break;
+            let prefix = keys::message_prefix(&tenant, &req.conversation_id);
+            let mut cursor = keys::message_key(&tenant, &req.conversation_id, after_seq + 1);
+            let mut out = Vec::with_capacity(page_size.min(64));
+            let mut more = false;
+            // A page also ends at the reply's byte budget (limits.max_reply_bytes).
+            let budget = max_reply_bytes;
+            let mut bytes = 0usize;
+            // Messages are in time order, so the scan can stop at the end of the range.
+            'scan: loop {
+                let (rows, truncated) = store.scan_prefix_bytes(
+                    CF_MESSAGES,
+                    &prefix,
+                    &cursor,
+                    page_size + 1,
+                    budget.saturating_sub(bytes),
+                )?;
+                for (k, v) in &rows {
+                    let m: MessageRecord = codec::decode(v).map_err(StoreError::from)?;
+                    if m.created_at_ms < req.since_ms {
+                        continue;
+                    }
+                    if req.until_ms != 0 && m.created_at_ms >= req.until_ms {
+                        break 'scan;
+                    }
+                    let size = k.len() + v.len();
+                    if out.len() == page_size || (!out.is_empty() && bytes + size > budget) {
+                        more = true;
+                        break 'scan;
+                    }
+                    bytes += size;
+                    out.push(m);
                 }
-                Some((last, _)) if rows.len() > page_size || truncated => {
-                    cursor = last.clone();
-                    cursor.push(0);
+                match rows.last() {
+                    Some(_) if truncated && !out.is_empty() => {
+                        more = true;
+                        break;
+                    }
+                    Some((last, _)) if rows.len() > page_size || truncated => {
+                        cursor = last.clone();
+                        cursor.push(0);
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
-        }
-        let next = match (more, out.last()) {
-            (true, Some(m)) => validate::encode_page_token(&m.seq.to_be_bytes()),
-            _ => String::new(),
-        };
-        Ok((out, next))
+            let next = match (more, out.last()) {
+                (true, Some(m)) => validate::encode_page_token(&m.seq.to_be_bytes()),
+                _ => String::new(),
+            };
+            Ok((out, next))
+        })
+        .await
     }
 
     pub async fn delete(&self, scope: &Scope, id: &str) -> Result<u64, NexusError> {

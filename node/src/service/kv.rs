@@ -129,64 +129,69 @@ impl KvService {
             None => prefix.clone(),
         };
         self.node.read_barrier(req.consistency).await?;
-        let now = now_ms();
-        let mut items = Vec::with_capacity(page_size.min(64));
-        let mut cursor = start;
-        let mut more = false;
-        // A page also ends at the reply's byte budget (limits.max_reply_bytes).
-        let budget = self.limits.max_reply_bytes;
-        let mut bytes = 0usize;
-        // Expired memories are skipped, so a page may need more than one scan.
-        'scan: loop {
-            let (batch, truncated) = self.node.store.scan_prefix_bytes(
-                CF_KV,
-                &prefix,
-                &cursor,
-                page_size + 1,
-                budget.saturating_sub(bytes),
-            )?;
-            let exhausted = batch.len() <= page_size && !truncated;
-            for (k, v) in &batch {
-                let record: MemoryRecord =
-                    crate::store::codec::decode(v).map_err(StoreError::from)?;
-                if record.is_expired(now) {
-                    continue;
+        let store = self.node.store.clone();
+        let max_reply_bytes = self.limits.max_reply_bytes;
+        crate::store::blocking(move || {
+            let now = now_ms();
+            let mut items = Vec::with_capacity(page_size.min(64));
+            let mut cursor = start;
+            let mut more = false;
+            // A page also ends at the reply's byte budget (limits.max_reply_bytes).
+            let budget = max_reply_bytes;
+            let mut bytes = 0usize;
+            // Expired memories are skipped, so a page may need more than one scan.
+            'scan: loop {
+                let (batch, truncated) = store.scan_prefix_bytes(
+                    CF_KV,
+                    &prefix,
+                    &cursor,
+                    page_size + 1,
+                    budget.saturating_sub(bytes),
+                )?;
+                let exhausted = batch.len() <= page_size && !truncated;
+                for (k, v) in &batch {
+                    let record: MemoryRecord =
+                        crate::store::codec::decode(v).map_err(StoreError::from)?;
+                    if record.is_expired(now) {
+                        continue;
+                    }
+                    let size = k.len() + v.len();
+                    if items.len() == page_size || (!items.is_empty() && bytes + size > budget) {
+                        more = true;
+                        break 'scan;
+                    }
+                    bytes += size;
+                    let (_, namespace, key) = keys::parse_kv_key(k)
+                        .ok_or_else(|| NexusError::internal("malformed kv key in store"))?;
+                    items.push(MemoryItem {
+                        namespace,
+                        key,
+                        record,
+                    });
                 }
-                let size = k.len() + v.len();
-                if items.len() == page_size || (!items.is_empty() && bytes + size > budget) {
-                    more = true;
-                    break 'scan;
+                match batch.last() {
+                    Some(_) if truncated && !items.is_empty() => {
+                        more = true;
+                        break;
+                    }
+                    Some((k, _)) if !exhausted => {
+                        cursor = k.clone();
+                        cursor.push(0);
+                    }
+                    _ => break,
                 }
-                bytes += size;
-                let (_, namespace, key) = keys::parse_kv_key(k)
-                    .ok_or_else(|| NexusError::internal("malformed kv key in store"))?;
-                items.push(MemoryItem {
-                    namespace,
-                    key,
-                    record,
-                });
             }
-            match batch.last() {
-                Some(_) if truncated && !items.is_empty() => {
-                    more = true;
-                    break;
-                }
-                Some((k, _)) if !exhausted => {
-                    cursor = k.clone();
-                    cursor.push(0);
-                }
-                _ => break,
-            }
-        }
-        let next = if more {
-            items
-                .last()
-                .map(|i| validate::encode_page_token(i.key.as_bytes()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((items, next))
+            let next = if more {
+                items
+                    .last()
+                    .map(|i| validate::encode_page_token(i.key.as_bytes()))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok((items, next))
+        })
+        .await
     }
 
     async fn propose(&self, scope: &Scope, op: KvOp) -> Result<KvReply, NexusError> {

@@ -115,6 +115,21 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Runs `f` (RocksDB reads and scans, which block on the disk) on tokio's blocking pool, so
+/// that a long scan (a list page, the audit chain) does not hold up an async worker. Point
+/// reads stay inline: they hit the block cache, and the hand-off costs more than they do.
+pub async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        E::from(StoreError::Io(std::io::Error::other(format!(
+            "a read task failed: {e}"
+        ))))
+    })?
+}
+
 /// The node's RocksDB database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {

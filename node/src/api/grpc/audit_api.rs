@@ -43,12 +43,17 @@ impl AuditService for AuditApi {
                 .read_barrier(ReadConsistency::Linearizable)
                 .await?;
             // Root sees every tenant's records (and those of unauthenticated callers).
-            let tenant = (!p.grants.is_root()).then_some(p.tenant.as_str());
-            let records = if r.after_seq == 0 {
-                audit::tail(&self.node.store, limit, tenant)?
-            } else {
-                audit::read(&self.node.store, r.after_seq, limit, tenant)?
-            };
+            let tenant = (!p.grants.is_root()).then(|| p.tenant.clone());
+            let store = self.node.store.clone();
+            let records = crate::store::blocking(move || {
+                let tenant = tenant.as_deref();
+                if r.after_seq == 0 {
+                    audit::tail(&store, limit, tenant)
+                } else {
+                    audit::read(&store, r.after_seq, limit, tenant)
+                }
+            })
+            .await?;
             Ok(pb::AuditTailResponse {
                 records: records.into_iter().map(record).collect(),
             })
@@ -64,7 +69,9 @@ impl AuditService for AuditApi {
             self.node
                 .read_barrier(ReadConsistency::Linearizable)
                 .await?;
-            let v = audit::verify(&self.node.store)?;
+            // The whole chain is read and hashed: off the async workers.
+            let store = self.node.store.clone();
+            let v = crate::store::blocking(move || audit::verify(&store)).await?;
             let (broken_at, problem) = v.problem.unwrap_or((0, String::new()));
             Ok(pb::AuditVerifyResponse {
                 intact: problem.is_empty(),
