@@ -344,21 +344,27 @@ impl<M: Machine> ClusterNode<M> {
     ) -> Result<(), NexusError> {
         let leader = self.raft.metrics().borrow().current_leader;
         match leader {
-            Some(l) if l != self.id => {
-                let addr = self.member_peer_addr(l).ok_or_else(|| {
-                    self.unavailable("the leader's address is unknown", Some(l), None)
-                })?;
-                match self
-                    .peers
-                    .forward(&addr, self.group, &request, timeout)
-                    .await?
-                {
-                    network::ForwardReply::Done => Ok(()),
-                    other => Err(NexusError::internal(format!("leader answered {other:?}"))),
-                }
-            }
+            Some(l) if l != self.id => match self.forward_to_leader(l, &request, timeout).await? {
+                network::ForwardReply::Done => Ok(()),
+                other => Err(NexusError::internal(format!("leader answered {other:?}"))),
+            },
             _ => here.await,
         }
+    }
+
+    /// Sends `request` to the peer port of `leader`, for this node's group.
+    async fn forward_to_leader(
+        &self,
+        leader: NodeId,
+        request: &network::ForwardRequest<M>,
+        timeout: Duration,
+    ) -> Result<network::ForwardReply<M>, NexusError> {
+        let addr = self.member_peer_addr(leader).ok_or_else(|| {
+            self.unavailable("the leader's address is unknown", Some(leader), None)
+        })?;
+        self.peers
+            .forward(&addr, self.group, request, timeout)
+            .await
     }
 
     fn member_peer_addr(&self, id: NodeId) -> Option<String> {

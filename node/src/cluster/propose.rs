@@ -53,19 +53,8 @@ impl<M: Machine> ClusterNode<M> {
         let leader = self.raft.metrics().borrow().current_leader;
         match leader {
             Some(l) if l != self.id => {
-                let addr = self.member_peer_addr(l).ok_or_else(|| {
-                    self.unavailable("the leader's address is unknown", Some(l), None)
-                })?;
-                match self
-                    .peers
-                    .forward(
-                        &addr,
-                        self.group,
-                        &network::ForwardRequest::ProposeChecked(items),
-                        FORWARD_TIMEOUT,
-                    )
-                    .await?
-                {
+                let request = network::ForwardRequest::ProposeChecked(items);
+                match self.forward_to_leader(l, &request, FORWARD_TIMEOUT).await? {
                     network::ForwardReply::Responses(r) => Ok(r),
                     other => Err(NexusError::internal(format!("leader answered {other:?}"))),
                 }

@@ -67,19 +67,8 @@ impl<M: Machine> ClusterNode<M> {
         match leader {
             Some(l) if l == self.id => self.read_index_local().await,
             Some(l) => {
-                let addr = self.member_peer_addr(l).ok_or_else(|| {
-                    self.unavailable("the leader's address is unknown", Some(l), None)
-                })?;
-                match self
-                    .peers
-                    .forward(
-                        &addr,
-                        self.group,
-                        &network::ForwardRequest::<M>::ReadIndex,
-                        FORWARD_TIMEOUT,
-                    )
-                    .await?
-                {
+                let request = network::ForwardRequest::<M>::ReadIndex;
+                match self.forward_to_leader(l, &request, FORWARD_TIMEOUT).await? {
                     network::ForwardReply::ReadIndex(i) => Ok(i),
                     other => Err(NexusError::internal(format!("leader answered {other:?}"))),
                 }
