@@ -34,8 +34,6 @@ pub enum RebuildReason {
     SnapshotInstalled,
     /// The log no longer holds the entry after the watermark.
     LogCompacted,
-    /// The index asked for it (a new index, or one it found damaged).
-    Requested,
 }
 
 impl std::fmt::Display for RebuildReason {
@@ -45,7 +43,6 @@ impl std::fmt::Display for RebuildReason {
             RebuildReason::LogCompacted => {
                 "the log no longer holds the entries after the index's watermark"
             }
-            RebuildReason::Requested => "a rebuild was requested",
         })
     }
 }
@@ -147,11 +144,6 @@ impl<M: Machine> LogFollower<M> {
         self.watermark = index;
     }
 
-    /// Asks for a rebuild at the next step.
-    pub fn request_rebuild(&mut self) {
-        self.rebuild = Some(RebuildReason::Requested);
-    }
-
     /// The view to rebuild from: a snapshot of the database and the applied index it holds.
     pub fn rebuild_view(&self) -> Result<RebuildView<'_>, StoreError> {
         let snapshot = self.store.db().snapshot();
@@ -185,4 +177,12 @@ impl<M: Machine> LogFollower<M> {
     pub fn applied(&self) -> watch::Receiver<AppliedState> {
         self.applied.clone()
     }
+}
+
+/// The commands of `entries`, in log order (blank and membership entries carry none).
+pub fn commands<M: Machine>(entries: &[Entry<M>]) -> impl Iterator<Item = &M::Command> {
+    entries.iter().flat_map(|entry| match &entry.payload {
+        openraft::EntryPayload::Normal(proposal) => proposal.commands.as_slice(),
+        _ => &[],
+    })
 }

@@ -238,9 +238,7 @@ impl<M: Machine> ClusterNode<M> {
         store: Store,
         peer_tls: Option<network::PeerTls>,
     ) -> anyhow::Result<Arc<Self>> {
-        let peers =
-            network::PeerChannels::new(network::PeerTransport::new(config.peer_addr, peer_tls));
-        Self::start_group(config, store, peers, 0).await
+        Groups::new(config, peer_tls).start(config, store, 0).await
     }
 
     /// Opens `group`'s log and state machine on `store` and starts its Raft, reaching peers
@@ -604,13 +602,23 @@ mod tests {
                     );
                 }
             }
-            // Both groups' logs, apart, in the one database.
+            // Each group's log, apart in the one database, holds its own writes and only
+            // those: a forwarded write went to the leader of the group it was made for.
             let groups_in_log: std::collections::BTreeSet<u32> = store
                 .db()
                 .iterator_cf(store.cf(CF_RAFT_LOG), rocksdb::IteratorMode::Start)
                 .map(|r| keys::parse_log_key(&r.unwrap().0).unwrap().0)
                 .collect();
             assert_eq!(groups_in_log, [0, 1].into());
+            for g in 0..2u32 {
+                let entries =
+                    log_store::LogStore::<Puts>::read_range(store, g, 0, u64::MAX).unwrap();
+                let mut put: Vec<String> = follower::commands(&entries)
+                    .map(|p| p.key.clone())
+                    .collect();
+                put.sort();
+                assert_eq!(put, [format!("g{g}-from-n1"), format!("g{g}-from-n2")]);
+            }
         }
         for (_, members) in nodes {
             for m in members {

@@ -2,8 +2,8 @@
 //!
 //! `cluster/` replicates commands it does not understand: what a command is, what applying it
 //! does and on whose behalf it is made belong to a [`Machine`], implemented on the domain side
-//! (`crate::command`). The layer asks of a command only its size (to bound batches), its name
-//! (for logs) and how to apply it into one RocksDB write batch.
+//! (`crate::command`). The layer asks of a command only its size (to bound batches), how it is
+//! proposed on someone's behalf, and how to apply it into one RocksDB write batch.
 
 use std::fmt::{Debug, Display};
 use std::marker::PhantomData;

@@ -108,53 +108,48 @@ impl Indexer {
         let mut messages: Vec<(String, String)> = Vec::new();
         let mut semantics: Vec<(String, u64)> = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
-        for entry in entries {
-            let EntryPayload::Normal(proposal) = &entry.payload else {
-                continue;
-            };
-            for cmd in &proposal.commands {
-                let tenant = &cmd.tenant;
-                match cmd.op.inner() {
-                    Op::Iam(IamOp::DeleteTenant) => {
-                        // Deletions first, like a conversation's: the tenant's every document.
-                        self.writer
-                            .delete_term(Term::from_field_text(f.tenant, tenant));
-                    }
-                    Op::Iam(_) | Op::Secret(_) | Op::Audit(_) | Op::Audited { .. } => {}
-                    Op::Kv(op) => {
-                        for (ns, key) in op.touched() {
-                            let id = memory_doc_id(tenant, ns, key);
-                            if seen.insert(id) {
-                                memories.push((tenant.clone(), ns.to_string(), key.to_string()));
-                            }
+        for cmd in crate::cluster::follower::commands(entries) {
+            let tenant = &cmd.tenant;
+            match cmd.op.inner() {
+                Op::Iam(IamOp::DeleteTenant) => {
+                    // Deletions first, like a conversation's: the tenant's every document.
+                    self.writer
+                        .delete_term(Term::from_field_text(f.tenant, tenant));
+                }
+                Op::Iam(_) | Op::Secret(_) | Op::Audit(_) | Op::Audited { .. } => {}
+                Op::Kv(op) => {
+                    for (ns, key) in op.touched() {
+                        let id = memory_doc_id(tenant, ns, key);
+                        if seen.insert(id) {
+                            memories.push((tenant.clone(), ns.to_string(), key.to_string()));
                         }
                     }
-                    Op::Conversation(ConversationOp::Delete { id }) => {
-                        // Deletions first: every addition below reflects the current state.
-                        self.writer.delete_term(Term::from_field_text(
-                            f.conversation_scope,
-                            &conversation_scope(tenant, id),
-                        ));
-                    }
-                    Op::Conversation(op) => {
-                        for m in op.appended() {
-                            if seen.insert(message_doc_id(tenant, &m.id)) {
-                                messages.push((tenant.clone(), m.id.clone()));
-                            }
+                }
+                Op::Conversation(ConversationOp::Delete { id }) => {
+                    // Deletions first: every addition below reflects the current state.
+                    self.writer.delete_term(Term::from_field_text(
+                        f.conversation_scope,
+                        &conversation_scope(tenant, id),
+                    ));
+                }
+                Op::Conversation(op) => {
+                    for m in op.appended() {
+                        if seen.insert(message_doc_id(tenant, &m.id)) {
+                            messages.push((tenant.clone(), m.id.clone()));
                         }
                     }
-                    Op::Semantic(SemanticOp::Remember { id, .. }) => {
-                        // Gone since: a later Forget in the log removes it.
-                        if let Some(seq) = semantic::seq_of(&self.store, tenant, id)? {
-                            if seen.insert(semantic_doc_id(tenant, seq)) {
-                                semantics.push((tenant.clone(), seq));
-                            }
+                }
+                Op::Semantic(SemanticOp::Remember { id, .. }) => {
+                    // Gone since: a later Forget in the log removes it.
+                    if let Some(seq) = semantic::seq_of(&self.store, tenant, id)? {
+                        if seen.insert(semantic_doc_id(tenant, seq)) {
+                            semantics.push((tenant.clone(), seq));
                         }
                     }
-                    Op::Semantic(SemanticOp::Forget { seq, .. }) => {
-                        if seen.insert(semantic_doc_id(tenant, *seq)) {
-                            semantics.push((tenant.clone(), *seq));
-                        }
+                }
+                Op::Semantic(SemanticOp::Forget { seq, .. }) => {
+                    if seen.insert(semantic_doc_id(tenant, *seq)) {
+                        semantics.push((tenant.clone(), *seq));
                     }
                 }
             }

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -237,65 +236,60 @@ pub fn changes_of(
             }
         }
     };
-    for entry in entries {
-        let EntryPayload::Normal(proposal) = &entry.payload else {
-            continue;
-        };
-        for cmd in &proposal.commands {
-            let tenant = &cmd.tenant;
-            match cmd.op.inner() {
-                Op::Semantic(SemanticOp::Remember { id, .. }) => {
-                    // Gone since (forgotten later): the later Forget removes it.
-                    let Some(seq) = semantic::seq_of(store, tenant, id)? else {
-                        continue;
-                    };
-                    match semantic::read(store, tenant, seq)? {
-                        Some(r) if !r.embedding.is_empty() => push(
-                            VectorChange::Upsert(VectorPoint::of_memory(tenant, &r)),
-                            &mut out,
-                        ),
-                        _ => {}
-                    }
+    for cmd in crate::cluster::follower::commands(entries) {
+        let tenant = &cmd.tenant;
+        match cmd.op.inner() {
+            Op::Semantic(SemanticOp::Remember { id, .. }) => {
+                // Gone since (forgotten later): the later Forget removes it.
+                let Some(seq) = semantic::seq_of(store, tenant, id)? else {
+                    continue;
+                };
+                match semantic::read(store, tenant, seq)? {
+                    Some(r) if !r.embedding.is_empty() => push(
+                        VectorChange::Upsert(VectorPoint::of_memory(tenant, &r)),
+                        &mut out,
+                    ),
+                    _ => {}
                 }
-                Op::Semantic(SemanticOp::Forget { seq, .. }) => push(
-                    VectorChange::Delete {
-                        tenant: tenant.clone(),
-                        seq: *seq,
-                    },
-                    &mut out,
-                ),
-                Op::Conversation(ConversationOp::AppendWithVectors { messages, .. }) => {
-                    for m in messages {
-                        // Gone since (conversation deleted later): that deletion removes it.
-                        if let Some(v) = conversations::read_vector_of(store, tenant, &m.id)? {
-                            push(
-                                VectorChange::Upsert(VectorPoint::of_message(tenant, &v)),
-                                &mut out,
-                            );
-                        }
-                    }
-                }
-                Op::Conversation(ConversationOp::Delete { id }) => push(
-                    VectorChange::DeleteScope {
-                        tenant: tenant.clone(),
-                        kind: PointKind::Message,
-                        scope: id.clone(),
-                    },
-                    &mut out,
-                ),
-                Op::Iam(IamOp::DeleteTenant) => push(
-                    VectorChange::DeleteTenant {
-                        tenant: tenant.clone(),
-                    },
-                    &mut out,
-                ),
-                Op::Conversation(_)
-                | Op::Kv(_)
-                | Op::Iam(_)
-                | Op::Secret(_)
-                | Op::Audit(_)
-                | Op::Audited { .. } => {}
             }
+            Op::Semantic(SemanticOp::Forget { seq, .. }) => push(
+                VectorChange::Delete {
+                    tenant: tenant.clone(),
+                    seq: *seq,
+                },
+                &mut out,
+            ),
+            Op::Conversation(ConversationOp::AppendWithVectors { messages, .. }) => {
+                for m in messages {
+                    // Gone since (conversation deleted later): that deletion removes it.
+                    if let Some(v) = conversations::read_vector_of(store, tenant, &m.id)? {
+                        push(
+                            VectorChange::Upsert(VectorPoint::of_message(tenant, &v)),
+                            &mut out,
+                        );
+                    }
+                }
+            }
+            Op::Conversation(ConversationOp::Delete { id }) => push(
+                VectorChange::DeleteScope {
+                    tenant: tenant.clone(),
+                    kind: PointKind::Message,
+                    scope: id.clone(),
+                },
+                &mut out,
+            ),
+            Op::Iam(IamOp::DeleteTenant) => push(
+                VectorChange::DeleteTenant {
+                    tenant: tenant.clone(),
+                },
+                &mut out,
+            ),
+            Op::Conversation(_)
+            | Op::Kv(_)
+            | Op::Iam(_)
+            | Op::Secret(_)
+            | Op::Audit(_)
+            | Op::Audited { .. } => {}
         }
     }
     Ok(out)
