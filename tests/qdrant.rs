@@ -52,6 +52,8 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
             vector: v.to_vec(),
         })
     };
+    // The indexer's calls block (they run on its own thread); a search is async.
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         assert_eq!(index.durable_watermark().unwrap(), 0);
         index
@@ -66,9 +68,13 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
             .unwrap();
         assert_eq!(index.durable_watermark().unwrap(), 10);
         let q = [1.0, 0.0, 0.0, 0.0];
-        let a = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        let a = rt
+            .block_on(index.search("a", &q, 10, &VectorFilter::default()))
+            .unwrap();
         assert_eq!(a.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![1, 2]);
-        let b = index.search("b", &q, 10, &VectorFilter::default()).unwrap();
+        let b = rt
+            .block_on(index.search("b", &q, 10, &VectorFilter::default()))
+            .unwrap();
         assert_eq!(b.len(), 1);
         index
             .apply(
@@ -79,13 +85,20 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
                 11,
             )
             .unwrap();
-        let a = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        let a = rt
+            .block_on(index.search("a", &q, 10, &VectorFilter::default()))
+            .unwrap();
         assert_eq!(a.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![2]);
         let since = VectorFilter {
             since_ms: 2,
             ..Default::default()
         };
-        assert_eq!(index.search("a", &q, 10, &since).unwrap().len(), 1);
+        assert_eq!(
+            rt.block_on(index.search("a", &q, 10, &since))
+                .unwrap()
+                .len(),
+            1
+        );
         // Messages of a conversation: found by kind and scope, deleted together.
         let message = |seq: u64, conversation: &str| {
             VectorChange::Upsert(VectorPoint {
@@ -105,7 +118,7 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
             scope: Some("c1".into()),
             ..Default::default()
         };
-        let hits = index.search("a", &q, 10, &in_c1).unwrap();
+        let hits = rt.block_on(index.search("a", &q, 10, &in_c1)).unwrap();
         assert_eq!(hits.len(), 2);
         assert!(hits.iter().all(|h| h.kind == PointKind::Message));
         index
@@ -118,8 +131,13 @@ async fn the_qdrant_index_keeps_tenants_apart_and_its_watermark() {
                 13,
             )
             .unwrap();
-        assert!(index.search("a", &q, 10, &in_c1).unwrap().is_empty());
-        let all = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        assert!(rt
+            .block_on(index.search("a", &q, 10, &in_c1))
+            .unwrap()
+            .is_empty());
+        let all = rt
+            .block_on(index.search("a", &q, 10, &VectorFilter::default()))
+            .unwrap();
         assert_eq!(all.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![5, 2]);
         index.clear().unwrap();
         assert_eq!(index.durable_watermark().unwrap(), 0);

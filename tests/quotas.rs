@@ -86,7 +86,13 @@ async fn stored_items_and_bytes_are_counted_alike_on_every_node_and_limited() {
     assert!(five.bytes > 5 * 12, "keys and values are counted: {five:?}");
     // Overwriting with a value of the same size changes nothing; a longer one adds its bytes.
     bot.memory.put(put("k0", "\"9876543210\"")).await.unwrap();
-    assert_eq!(usage(&mut acme, "").await, five);
+    let same = usage(&mut acme, "").await;
+    assert_eq!((same.items, same.bytes), (five.items, five.bytes));
+    // The tenant's audit records are counted apart (each write has one), not in `bytes`.
+    assert!(
+        same.audit_records == five.audit_records + 1 && same.audit_bytes > five.audit_bytes,
+        "{five:?} -> {same:?}"
+    );
     bot.memory.put(put("k0", "\"98765432100\"")).await.unwrap();
     let grown = usage(&mut acme, "").await;
     assert_eq!((grown.items, grown.bytes), (5, five.bytes + 1));
@@ -175,7 +181,10 @@ async fn stored_items_and_bytes_are_counted_alike_on_every_node_and_limited() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::NotFound, "the refused write left nothing");
-    assert_eq!(usage(&mut acme, "").await, full);
+    let after = usage(&mut acme, "").await;
+    assert_eq!((after.items, after.bytes), (full.items, full.bytes));
+    // Its refusal is on record, and the record is not in the data's bytes.
+    assert_eq!(after.audit_records, full.audit_records + 1);
     // A conversation and its messages are items too.
     let s = bot
         .conversations

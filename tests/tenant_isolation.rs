@@ -118,6 +118,7 @@ async fn tenants_never_see_each_others_memories() {
         // The vector index alone.
         let near = local
             .search(tenant, &own.embedding, 10, &VectorFilter::default())
+            .await
             .unwrap();
         let own_count = if tenant == "tenant-a" { 2 } else { 1 };
         assert_eq!(near.len(), own_count);
@@ -224,6 +225,7 @@ async fn tenants_never_see_each_others_memories() {
     assert_eq!(
         local
             .search("tenant-a", &b.embedding, 10, &messages_only)
+            .await
             .unwrap()
             .len(),
         0
@@ -231,6 +233,7 @@ async fn tenants_never_see_each_others_memories() {
     assert_eq!(
         local
             .search("tenant-b", &b.embedding, 10, &messages_only)
+            .await
             .unwrap()
             .len(),
         1
@@ -253,6 +256,7 @@ async fn tenants_never_see_each_others_memories() {
     assert!(gone.is_empty(), "{gone:?}");
     assert!(local
         .search("tenant-b", &b.embedding, 10, &VectorFilter::default())
+        .await
         .unwrap()
         .is_empty());
     let words = fulltext

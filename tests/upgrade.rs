@@ -46,9 +46,15 @@ async fn a_data_directory_of_the_previous_release_serves_every_item() {
         ],
     )
     .await;
-    // Migrated to the current format (4: the log and Raft's metadata keyed by group).
+    // Migrated to the current format (4: the log and Raft's metadata keyed by group; 5: the
+    // audit log as one chain per tenant, re-chained on open).
     let format = std::fs::read_to_string(dir.path().join("data/FORMAT")).unwrap();
-    assert_eq!(format.trim(), "nexus-data-format 4");
+    assert_eq!(format.trim(), "nexus-data-format 5");
+    assert!(
+        node.log_text()
+            .contains("the format-4 audit chain verifies; re-chaining it per tenant"),
+        "the old chain is verified before it is re-chained"
+    );
     assert!(
         node.log_text().contains("migrating data directory"),
         "the migration is logged"
@@ -222,6 +228,7 @@ async fn a_data_directory_of_the_previous_release_serves_every_item() {
         .tail(pb::AuditTailRequest {
             limit: 5,
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -232,4 +239,15 @@ async fn a_data_directory_of_the_previous_release_serves_every_item() {
             .any(|r| r.action == "memory.put" && r.principal == "sa:bot"),
         "{tail:?}"
     );
+    // The old records kept their sequence numbers and went to their tenants' chains: an
+    // existing tenant's records are its first incarnation's.
+    assert!(
+        tail.iter()
+            .filter(|r| r.tenant == "acme")
+            .all(|r| r.incarnation == 1),
+        "{tail:?}"
+    );
+    for pair in tail.windows(2) {
+        assert!(pair[1].seq > pair[0].seq, "{tail:?}");
+    }
 }

@@ -46,6 +46,7 @@ impl Flaky {
     }
 }
 
+#[tonic::async_trait]
 impl VectorIndex for Flaky {
     fn backend(&self) -> &'static str {
         "flaky"
@@ -70,7 +71,7 @@ impl VectorIndex for Flaky {
         self.check()?;
         self.inner.clear()
     }
-    fn search(
+    async fn search(
         &self,
         tenant: &str,
         query: &[f32],
@@ -78,7 +79,7 @@ impl VectorIndex for Flaky {
         filter: &VectorFilter,
     ) -> Result<Vec<VectorHit>, VectorError> {
         self.check()?;
-        self.inner.search(tenant, query, k, filter)
+        self.inner.search(tenant, query, k, filter).await
     }
 }
 
@@ -193,6 +194,7 @@ async fn the_indexer_rides_out_a_failing_index_and_catches_up() {
     for m in &memories {
         let near = flaky
             .search("t", &m.embedding, 1, &VectorFilter::default())
+            .await
             .unwrap();
         assert_eq!(near[0].seq, m.seq);
     }
@@ -296,6 +298,7 @@ async fn a_new_index_is_rebuilt_from_the_state_machine_when_the_log_is_compacted
     // 4 live memories and the 2 non-empty messages of the kept conversation.
     let all = index
         .search("t", &memories[1].embedding, 100, &VectorFilter::default())
+        .await
         .unwrap();
     let count = |kind| all.iter().filter(|h| h.kind == kind).count();
     assert_eq!(

@@ -147,7 +147,7 @@ fn run_size(size: usize, efs: &[usize], config: &VectorConfig) -> anyhow::Result
         let mut found = 0usize;
         for (q, truth) in queries.iter().zip(&exact) {
             let t = Instant::now();
-            let hits = index.search(TENANT, q, K, &VectorFilter::default())?;
+            let hits = index.search_blocking(TENANT, q, K, &VectorFilter::default())?;
             lat.push(t.elapsed().as_micros() as u64);
             found += hits
                 .iter()

@@ -192,13 +192,7 @@ fn open_data(config: &Config) -> anyhow::Result<(Store, Arc<MasterKeys>)> {
     let found = format::prepare(&config.data_dir)?;
     tracing::info!(data_dir = %config.data_dir.display(), format = found, node_id = config.node_id, "opening data directory");
     let store = Store::open(&config.data_dir.join("db")).context("opening RocksDB")?;
-    if crate::store::usage::missing(&store)? {
-        let tenants = crate::store::usage::recompute(&store)?;
-        tracing::info!(
-            tenants,
-            "computed each tenant's stored items and bytes (kept from now on)"
-        );
-    }
+    crate::command::bring_up_to_date(&store)?;
     let master_keys = Arc::new(
         MasterKeys::load(&config.secrets, &config.data_dir)
             .context("loading the secrets master key ([secrets])")?,
@@ -433,25 +427,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         node: node.clone(),
         index: parts.index.clone(),
     });
+    let http_bounds = crate::api::http::HttpBounds::from_config(&config.limits);
     // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for
     // a client certificate (kubelet probes have none).
     let http_task = match api_tls.as_ref().filter(|_| config.tls.http) {
         Some(tls) => {
             let tls = tls.derive("HTTP", false, &[b"http/1.1"])?;
             let listener = crate::tls::AxumTlsListener::new(&tls, http_listener)?;
-            let http = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-            tokio::spawn(async move { http.await })
+            tokio::spawn(crate::api::http::serve(
+                listener,
+                app,
+                http_bounds,
+                stop_rx.clone(),
+            ))
         }
-        None => {
-            let http =
-                axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-            tokio::spawn(async move { http.await })
-        }
+        None => tokio::spawn(crate::api::http::serve(
+            http_listener,
+            app,
+            http_bounds,
+            stop_rx.clone(),
+        )),
     };
 
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, peer = %config.peer_addr, "nexus is serving");
 
-    let sweeper = tokio::spawn(ttl_sweeper(node.clone(), parts.kv.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(ttl_sweeper(
+        node.clone(),
+        parts.kv.clone(),
+        config.auth.enabled,
+        stop_rx.clone(),
+    ));
+    let retention = tokio::spawn(audit_retention(
+        node.clone(),
+        crate::service::audit_retention::Retention::from_config(&config.audit, &config.data_dir),
+        stop_rx.clone(),
+    ));
     {
         let node = node.clone();
         tokio::spawn(async move {
@@ -477,6 +487,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = stop_tx.send(true);
     sweeper.abort();
+    retention.abort();
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
@@ -518,10 +529,12 @@ fn start_vector_index(
     )?)
 }
 
-/// On the leader, removes expired memories now and then through Raft.
+/// On the leader, removes expired memories now and then through Raft (audited when
+/// authentication is on, as everything else is).
 async fn ttl_sweeper(
     node: Arc<Cluster>,
     kv: Arc<KvService>,
+    audited: bool,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(TTL_SWEEP_INTERVAL);
@@ -531,10 +544,31 @@ async fn ttl_sweeper(
         if node.status().role != "leader" {
             continue;
         }
-        match kv.purge_expired(TTL_SWEEP_BATCH).await {
+        match kv.purge_expired(TTL_SWEEP_BATCH, audited).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "removed expired memories"),
             Err(e) => tracing::debug!(error = %e, "TTL sweep"),
+        }
+    }
+}
+
+/// On the leader, applies the audit log's retention now and then (`[audit]`).
+async fn audit_retention(
+    node: Arc<Cluster>,
+    retention: crate::service::audit_retention::Retention,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(retention.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !*stop.borrow() {
+        tick.tick().await;
+        if node.status().role != "leader" {
+            continue;
+        }
+        match retention.run_once(&node, crate::memory::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "audit retention removed records"),
+            Err(e) => tracing::warn!(error = %e, "audit retention (records kept; retried)"),
         }
     }
 }

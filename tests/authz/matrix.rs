@@ -425,6 +425,7 @@ pub(crate) async fn call(
             .tail(pb::AuditTailRequest {
                 limit: 1000,
                 after_seq: 0,
+                ..Default::default()
             })
             .await?),
         "audit.verify" => dbg(&c.audit.verify(pb::AuditVerifyRequest {}).await?),

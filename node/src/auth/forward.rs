@@ -59,7 +59,7 @@ impl ForwardGate<Nexus> for Authenticator {
             ));
         }
         if !self.enabled {
-            if matches!(command.op, Op::Audit(_)) {
+            if matches!(command.op, Op::Audit(_) | Op::AuditTrim(_)) {
                 return Err(refused("nothing is audited without authentication"));
             }
             return Ok(command);

@@ -38,7 +38,7 @@ fn acceptable_url(url: &str) -> bool {
 
 /// A verification key, and the algorithm it is for when the JWKS names one.
 #[derive(Clone)]
-struct VerifyingKey {
+pub(crate) struct VerifyingKey {
     key: DecodingKey,
     alg: Option<Algorithm>,
 }
@@ -168,42 +168,7 @@ impl Issuer {
             .json()
             .await
             .map_err(|e| unavailable("JWKS document", &e))?;
-        let mut by_kid = HashMap::new();
-        for jwk in &set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else {
-                continue;
-            };
-            // Only signing keys, for an algorithm this issuer is allowed.
-            if jwk
-                .common
-                .public_key_use
-                .as_ref()
-                .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
-            {
-                tracing::warn!(issuer = %self.config.issuer, kid, "skipping a JWKS key that is not for signatures (use)");
-                continue;
-            }
-            let alg = match jwk
-                .common
-                .key_algorithm
-                .map(|a| a.to_string().parse::<Algorithm>())
-            {
-                None => None,
-                Some(Ok(a)) if self.algorithms.contains(&a) => Some(a),
-                Some(_) => {
-                    tracing::warn!(issuer = %self.config.issuer, kid, "skipping a JWKS key for an algorithm not in auth.oidc.algorithms");
-                    continue;
-                }
-            };
-            match DecodingKey::from_jwk(jwk) {
-                Ok(key) => {
-                    by_kid.insert(kid, VerifyingKey { key, alg });
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %self.config.issuer, kid, error = %e, "skipping a JWKS key")
-                }
-            }
-        }
+        let by_kid = signing_keys(&self.config.issuer, &self.algorithms, &set);
         tracing::info!(issuer = %self.config.issuer, keys = by_kid.len(), "fetched the issuer's keys");
         *self.keys.write().await = Keys {
             by_kid,
@@ -328,6 +293,53 @@ impl Issuer {
             roles,
         })
     }
+}
+
+/// The keys of a JWKS that may verify this issuer's tokens, by key id: signing keys only
+/// (`use`), for an algorithm the issuer is allowed (`alg`), that decode. Others are skipped
+/// with a warning.
+pub(crate) fn signing_keys(
+    issuer: &str,
+    algorithms: &[Algorithm],
+    set: &JwkSet,
+) -> HashMap<String, VerifyingKey> {
+    let mut by_kid = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        // Only signing keys, for an algorithm this issuer is allowed.
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
+        {
+            tracing::warn!(issuer = %issuer, kid, "skipping a JWKS key that is not for signatures (use)");
+            continue;
+        }
+        let alg = match jwk
+            .common
+            .key_algorithm
+            .map(|a| a.to_string().parse::<Algorithm>())
+        {
+            None => None,
+            Some(Ok(a)) if algorithms.contains(&a) => Some(a),
+            Some(_) => {
+                tracing::warn!(issuer = %issuer, kid, "skipping a JWKS key for an algorithm not in auth.oidc.algorithms");
+                continue;
+            }
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                by_kid.insert(kid, VerifyingKey { key, alg });
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %issuer, kid, error = %e, "skipping a JWKS key")
+            }
+        }
+    }
+    by_kid
 }
 
 /// The unverified `iss` claim of a JWT, to pick the issuer that verifies it.

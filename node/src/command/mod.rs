@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{self, AuditContext, AuditRecordOp};
+use crate::audit::{self, AuditContext, AuditRecordOp, AuditTrimOp};
 use crate::cluster::{ClusterNode, Machine};
 use crate::error::NexusError;
 use crate::iam::{self, IamOp, IamReply};
@@ -52,13 +52,17 @@ impl Machine for Nexus {
     /// Audited with the caller's context (an `Op::Audit` record carries its own).
     fn local(command: Command, behalf: Option<OnBehalf>) -> Command {
         match behalf {
-            Some(OnBehalf { context, .. }) if !matches!(command.op, Op::Audit(_)) => Command {
-                tenant: command.tenant,
-                op: Op::Audited {
-                    context,
-                    op: Box::new(command.op),
-                },
-            },
+            Some(OnBehalf { context, .. })
+                if !matches!(command.op, Op::Audit(_) | Op::AuditTrim(_)) =>
+            {
+                Command {
+                    tenant: command.tenant,
+                    op: Op::Audited {
+                        context,
+                        op: Box::new(command.op),
+                    },
+                }
+            }
             _ => command,
         }
     }
@@ -74,13 +78,40 @@ impl Machine for Nexus {
     }
 
     fn replaced(store: &Store) -> Result<(), StoreError> {
-        // A snapshot from a node that kept no usage figures (an older build): compute them.
-        if crate::store::usage::missing(store)? {
-            crate::store::usage::recompute(store)?;
-        }
+        // A snapshot from an older build.
+        bring_up_to_date(store)?;
         store.identities_changed();
         Ok(())
     }
+}
+
+/// What an older build's state lacks, made on open and after a snapshot install: each
+/// tenant's usage figures (format 3) and the audit log's chain per tenant (format 5).
+pub fn bring_up_to_date(store: &Store) -> Result<(), StoreError> {
+    if crate::store::usage::missing(store)? {
+        let tenants = crate::store::usage::recompute(store)?;
+        tracing::info!(
+            tenants,
+            "computed each tenant's stored items and bytes (kept from now on)"
+        );
+    }
+    if audit::needs_migration(store)? {
+        match audit::format4::verify(store)? {
+            None => tracing::info!("the format-4 audit chain verifies; re-chaining it per tenant"),
+            Some(problem) => tracing::warn!(
+                %problem,
+                "the format-4 audit chain does NOT verify; re-chaining it per tenant anyway (keep a copy of this data directory as evidence)"
+            ),
+        }
+        let tenants: Vec<String> = iam::tenants(store)?
+            .into_iter()
+            .map(|t| t.id)
+            .filter(|t| t != crate::iam::principal::DEFAULT_TENANT)
+            .collect();
+        let moved = audit::migrate_to_chains(store, &tenants)?;
+        tracing::info!(records = moved, "audit records re-chained per tenant");
+    }
+    Ok(())
 }
 
 /// On whose behalf a command is proposed: the request's audit context, and the bearer
@@ -164,6 +195,9 @@ pub enum Op {
     },
     /// An audit record of something that changed nothing (a denial, a secret read).
     Audit(AuditRecordOp),
+    /// Retention: removes the oldest records of the command's tenant's audit chain (the
+    /// leader's `service::audit_retention`, never forwarded by a member).
+    AuditTrim(AuditTrimOp),
 }
 
 impl Op {
@@ -184,6 +218,7 @@ impl Op {
             Op::Secret(op) => op.name(),
             Op::Audited { op, .. } => op.name(),
             Op::Audit(_) => "audit.record",
+            Op::AuditTrim(_) => "audit.trim",
         }
     }
 
@@ -197,6 +232,7 @@ impl Op {
             Op::Secret(op) => op.approx_size(),
             Op::Audited { op, context } => op.approx_size() + context.approx_size(),
             Op::Audit(r) => r.resource.len() + r.result.len() + 128,
+            Op::AuditTrim(_) => 24,
         }
     }
 
@@ -210,7 +246,19 @@ impl Op {
             Op::Kv(K::Put { namespace, key, .. } | K::Delete { namespace, key, .. }) => {
                 format!("memory/{namespace}/{key}")
             }
-            Op::Kv(K::PurgeExpired { items, .. }) => format!("memory/{} expired", items.len()),
+            Op::Kv(K::PurgeExpired { items, .. }) => {
+                // The first few by name, bounded: a sweep removes up to a thousand.
+                let names: Vec<String> = items
+                    .iter()
+                    .take(8)
+                    .map(|(namespace, key, _)| format!("memory/{namespace}/{key}"))
+                    .collect();
+                let more = items.len().saturating_sub(names.len());
+                match more {
+                    0 => format!("{} expired", names.join(", ")),
+                    n => format!("{} and {n} more expired", names.join(", ")),
+                }
+            }
             Op::Conversation(C::Create { id, .. } | C::Delete { id }) => {
                 format!("conversation/{id}")
             }
@@ -258,6 +306,7 @@ impl Op {
             Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => "data key".into(),
             Op::Audited { op, .. } => op.resource(tenant),
             Op::Audit(r) => r.resource.clone(),
+            Op::AuditTrim(t) => format!("audit/{tenant} through {}", t.through_seq),
         }
     }
 }
@@ -286,6 +335,10 @@ pub enum Reply {
     Secret(SecretReply),
     /// An audit record was appended.
     Audited,
+    /// Retention removed this many audit records.
+    AuditTrimmed {
+        removed: u64,
+    },
 }
 
 /// Applies one command in this step: its change and, when audited, its audit record.
@@ -303,6 +356,10 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
         Op::Audit(r) => {
             audit::append(ctx, &r.context, r.resource.clone(), r.result.clone())?;
             return Ok(Ok(Reply::Audited));
+        }
+        Op::AuditTrim(t) => {
+            let removed = audit::trim(ctx, tenant, t)?;
+            return Ok(Ok(Reply::AuditTrimmed { removed }));
         }
         _ => {}
     }
@@ -369,6 +426,6 @@ fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response,
         Op::Semantic(op) => semantic::apply(ctx, tenant, op)?.map(Reply::Semantic),
         Op::Iam(op) => iam::apply(ctx, tenant, op)?.map(Reply::Iam),
         Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
-        Op::Audited { .. } | Op::Audit(_) => unreachable!("handled above"),
+        Op::Audited { .. } | Op::Audit(_) | Op::AuditTrim(_) => unreachable!("handled above"),
     })
 }

@@ -43,6 +43,38 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub quotas: QuotaConfig,
     pub tls: ApiTlsConfig,
+    pub audit: AuditConfig,
+}
+
+/// Retention of the audit log, applied by the leader to every tenant's chain: the oldest
+/// records past the age or the count are exported (JSON lines) and then removed through Raft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Records older than this many seconds are removed (0 = kept whatever their age).
+    pub max_age_secs: u64,
+    /// A tenant's chain keeps at most this many records (0 = no limit).
+    pub max_records_per_tenant: u64,
+    /// Export records before removing them. Off only where the records are shipped elsewhere
+    /// already (nexusctl audit tail -o json into a SIEM).
+    pub export: bool,
+    /// Where the leader writes the removed records, one file per removal:
+    /// `<tenant>/<incarnation>/<first seq>-<last seq>.jsonl`. Empty: `<data-dir>/audit-export`.
+    pub export_dir: PathBuf,
+    /// How often the leader applies retention.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_age_secs: 90 * 24 * 3600,
+            max_records_per_tenant: 1_000_000,
+            export: true,
+            export_dir: PathBuf::new(),
+            retention_interval_secs: 60,
+        }
+    }
 }
 
 /// TLS on the public gRPC API: `cert_file` and `key_file` (PEM) together, or neither
@@ -304,6 +336,11 @@ pub struct Limits {
     /// Most linearizable reads waiting for a read index on this node; past it,
     /// RESOURCE_EXHAUSTED.
     pub max_pending_reads: usize,
+    /// The HTTP port (probes, metrics): a request's headers must arrive within this long,
+    /// and an idle keep-alive connection is closed after it.
+    pub http_header_timeout_ms: u64,
+    /// Most connections the HTTP port holds at once; more are closed at once.
+    pub http_max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -377,6 +414,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             quotas: QuotaConfig::default(),
             tls: ApiTlsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -430,6 +468,8 @@ impl Default for Limits {
             request_timeout_ms: 60_000,
             max_pending_writes: 8_192,
             max_pending_reads: 8_192,
+            http_header_timeout_ms: 10_000,
+            http_max_connections: 1_024,
         }
     }
 }

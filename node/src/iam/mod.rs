@@ -263,6 +263,8 @@ pub fn apply(
                 created_at_ms: *now_ms,
             };
             ctx.put(CF_IAM, &tenant_key(tenant), &record);
+            // A tenant created again under an old name gets an audit chain of its own.
+            crate::audit::begin_incarnation(ctx, tenant)?;
             Ok(Ok(IamReply::Tenant(record)))
         }
         IamOp::SetTenantState { state } => {

@@ -255,6 +255,26 @@ pub static RAFT_SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static AUDIT_RECORDS_REMOVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "audit_records_removed_total",
+            "audit records removed by retention on this node as leader (after their export)",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static AUDIT_EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "audit_export_failures_total",
+            "audit exports that failed; the records were kept (retention retries later)",
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Forces registration of every metric so that `/metrics` lists them before first use.
 pub fn init() {
     LazyLock::force(&GRPC_REQUESTS);
@@ -281,6 +301,8 @@ pub fn init() {
     LazyLock::force(&DENIALS);
     LazyLock::force(&SHED);
     LazyLock::force(&READ_INDEX_BATCH_READS);
+    LazyLock::force(&AUDIT_RECORDS_REMOVED);
+    LazyLock::force(&AUDIT_EXPORT_FAILURES);
 }
 
 /// The text exposition of every metric.

@@ -248,11 +248,10 @@ impl Recaller {
         if let Some(index) = wait_for {
             vectors.wait_for(index).await?;
         }
-        let index = vectors.index().clone();
-        let (tenant, query, filter) = (tenant.to_string(), query.to_vec(), filter.clone());
-        tokio::task::spawn_blocking(move || index.search(&tenant, &query, fetch, &filter))
+        vectors
+            .index()
+            .search(tenant, query, fetch, filter)
             .await
-            .map_err(NexusError::internal)?
             .map_err(NexusError::from)
     }
 

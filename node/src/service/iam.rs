@@ -173,6 +173,18 @@ impl IamService {
         Ok((t, u, l))
     }
 
+    /// The tenant's audit records and their bytes (its current incarnation's chain), read
+    /// locally: bounded by the node's retention, not by the tenant's quotas.
+    pub fn audit_usage(&self, tenant: &str) -> Result<(u64, u64), NexusError> {
+        let store = &self.node.store;
+        let chain = crate::audit::Chain {
+            tenant: tenant.to_string(),
+            incarnation: crate::audit::incarnation(store, tenant)?,
+        };
+        let head = crate::audit::head(store, &chain)?;
+        Ok((head.records, head.bytes))
+    }
+
     pub async fn delete_tenant(&self, p: &Caller, id: &str) -> Result<(), NexusError> {
         validate_tenant_id("id", id)?;
         self.propose(p, id, IamOp::DeleteTenant).await.map(|_| ())

@@ -234,16 +234,28 @@ impl KvService {
         Ok(out)
     }
 
-    /// Proposes the removal of expired memories; run by the leader's sweeper.
-    pub async fn purge_expired(&self, limit: usize) -> Result<u64, NexusError> {
+    /// Proposes the removal of expired memories; run by the leader's sweeper. `audited`
+    /// (with authentication on): each removal is on the tenant's audit record, by principal
+    /// `system:ttl`.
+    pub async fn purge_expired(&self, limit: usize, audited: bool) -> Result<u64, NexusError> {
         let now = now_ms();
         let mut purged = 0;
         for (tenant, items) in self.expired(now, limit)? {
+            let mut scope = Scope::system(&tenant);
+            if audited {
+                scope.on_behalf = Some(command::OnBehalf {
+                    context: crate::audit::AuditContext {
+                        request_id: String::new(),
+                        principal: "system:ttl".into(),
+                        tenant: tenant.clone(),
+                        action: "memory.expire".into(),
+                        at_ms: now,
+                    },
+                    credential: None,
+                });
+            }
             if let KvReply::Purged { count } = self
-                .propose(
-                    &Scope::system(&tenant),
-                    KvOp::PurgeExpired { items, now_ms: now },
-                )
+                .propose(&scope, KvOp::PurgeExpired { items, now_ms: now })
                 .await?
             {
                 purged += count;

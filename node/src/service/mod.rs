@@ -7,6 +7,7 @@
 //! depends on it (`node/src/module_graph.rs`).
 
 pub mod audit;
+pub mod audit_retention;
 pub mod conversations;
 pub mod denials;
 pub mod iam;

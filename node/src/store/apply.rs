@@ -76,6 +76,20 @@ impl<'a> ApplyCtx<'a> {
             .any(|(c, s, e)| *c == cf && key >= s.as_slice() && key < e.as_slice())
     }
 
+    /// The store under this step (what was committed before it).
+    pub fn store(&self) -> &'a Store {
+        self.store
+    }
+
+    /// A value's stored bytes as this step sees it.
+    pub fn get_raw_value(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_raw(cf, key)
+    }
+
     fn get_raw(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.overlay.get(&(cf, key.to_vec())) {
             return Ok(v.clone());
@@ -158,7 +172,11 @@ impl<'a> ApplyCtx<'a> {
     }
 
     pub fn put<T: Serialize + ?Sized>(&mut self, cf: &'static str, key: &[u8], value: &T) {
-        let bytes = codec::encode(value);
+        self.put_encoded(cf, key, codec::encode(value));
+    }
+
+    /// Like [`put`](Self::put), with the value already encoded.
+    pub fn put_encoded(&mut self, cf: &'static str, key: &[u8], bytes: Vec<u8>) {
         let old = self.old_len(cf, key);
         self.meter(cf, key, old, Some(bytes.len()));
         self.writes

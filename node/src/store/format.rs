@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 4;
+pub const CURRENT_FORMAT: u32 = 5;
 const FORMAT_FILE: &str = "FORMAT";
 const MAGIC: &str = "nexus-data-format";
 
@@ -54,6 +54,16 @@ pub const MIGRATIONS: &[Migration] = &[
             tracing::info!(log_entries = moved, "moved the log and metadata to group 0");
             Ok(())
         },
+    },
+    Migration {
+        from: 4,
+        describe: "format 5: the audit log as one hash chain per tenant and incarnation \
+               (tenant-first keys, retention by age and count). Format 4's single chain is \
+               verified and re-chained on open (`command::bring_up_to_date`, which also runs \
+               after installing a snapshot from an older build): records keep their sequence \
+               numbers and fields and get new links and hashes; the log may hold \
+               Op::AuditTrim, which a format-4 build cannot decode",
+        run: |_| Ok(()),
     },
 ];
 

@@ -167,6 +167,73 @@ pub fn message_vector_id_key(tenant: &str, message_id: &str) -> Vec<u8> {
     semantic_id_key(tenant, message_id)
 }
 
+/// Keys of the `audit` family (data format 5): one hash chain per tenant and incarnation,
+/// tenant-first like every other family. The empty tenant holds the records of
+/// unauthenticated requests, and the global sequence counter.
+pub mod audit {
+    use super::{split_component, tenant_prefix, tenant_tagged};
+
+    const TAG_CHAIN: u8 = b'C';
+    const TAG_HEAD: u8 = b'H';
+    const TAG_INCARNATION: u8 = b'I';
+    const TAG_SEQUENCE: u8 = b'S';
+
+    /// The last sequence number given to any record (all tenants share one sequence, so
+    /// records order globally).
+    pub fn sequence() -> Vec<u8> {
+        tenant_tagged("", TAG_SEQUENCE, &[])
+    }
+
+    /// A tenant's current incarnation (absent: 0, the default tenant and the empty one).
+    pub fn incarnation(tenant: &str) -> Vec<u8> {
+        tenant_tagged(tenant, TAG_INCARNATION, &[])
+    }
+
+    /// The head of a chain: where it starts and ends.
+    pub fn head(tenant: &str, incarnation: u64) -> Vec<u8> {
+        tenant_tagged(tenant, TAG_HEAD, &incarnation.to_be_bytes())
+    }
+
+    /// The prefix of every head of a tenant.
+    pub fn heads_prefix(tenant: &str) -> Vec<u8> {
+        tenant_tagged(tenant, TAG_HEAD, &[])
+    }
+
+    /// The prefix of a chain's records, which sort by sequence number.
+    pub fn chain_prefix(tenant: &str, incarnation: u64) -> Vec<u8> {
+        tenant_tagged(tenant, TAG_CHAIN, &incarnation.to_be_bytes())
+    }
+
+    pub fn record(tenant: &str, incarnation: u64, seq: u64) -> Vec<u8> {
+        let mut k = chain_prefix(tenant, incarnation);
+        k.extend_from_slice(&seq.to_be_bytes());
+        k
+    }
+
+    /// The incarnation of a head key of `tenant`.
+    pub fn parse_head(tenant: &str, raw: &[u8]) -> Option<u64> {
+        let rest = raw.strip_prefix(heads_prefix(tenant).as_slice())?;
+        Some(u64::from_be_bytes(rest.try_into().ok()?))
+    }
+
+    /// The sequence number at the end of a record key.
+    pub fn parse_record_seq(raw: &[u8]) -> Option<u64> {
+        let (_, rest) = split_component(raw)?;
+        let rest = rest.strip_prefix(&[TAG_CHAIN])?;
+        Some(u64::from_be_bytes(rest.get(8..16)?.try_into().ok()?))
+    }
+
+    /// Whether a key is one of format 4's (one chain: `r<seq>` and `head`).
+    pub fn is_format4(raw: &[u8]) -> bool {
+        raw == b"head" || (raw.len() == 9 && raw[0] == b'r')
+    }
+
+    /// `tenant_prefix` again, for scans that skip from tenant to tenant.
+    pub fn tenant(tenant: &str) -> Vec<u8> {
+        tenant_prefix(tenant)
+    }
+}
+
 /// A Raft group's id. Group 0 replicates the whole state today; tenants placed on other
 /// groups come next. The log, Raft's metadata and the applied watermark of each group are
 /// keyed by it (data format 4).
@@ -272,6 +339,20 @@ mod tests {
         let b = ttl_key("t", 1_000, "a", "a");
         assert!(a < b);
         assert_eq!(parse_ttl_key(&a), Some((5, "ns".into(), "k".into())));
+    }
+
+    #[test]
+    fn audit_keys_stay_in_their_tenant_and_chain() {
+        let r = audit::record("acme", 2, 300);
+        assert!(r.starts_with(&audit::chain_prefix("acme", 2)));
+        assert!(r.starts_with(&tenant_prefix("acme")));
+        assert!(audit::record("acme", 2, 299) < r && r < audit::record("acme", 3, 0));
+        assert_eq!(audit::parse_record_seq(&r), Some(300));
+        assert_eq!(audit::parse_head("acme", &audit::head("acme", 7)), Some(7));
+        assert_eq!(audit::parse_head("acm", &audit::head("acme", 7)), None);
+        assert!(!audit::is_format4(&r) && audit::is_format4(b"head"));
+        assert!(!audit::is_format4(&audit::sequence()));
+        assert!(r.as_slice() < KEYSPACE_END);
     }
 
     #[test]

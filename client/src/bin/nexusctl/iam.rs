@@ -72,6 +72,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 fn usage_json(u: &pb::TenantUsage) -> Value {
     let l = u.limits.unwrap_or_default();
     json!({"tenant": u.tenant, "items": u.items, "bytes": u.bytes,
+           "audit_records": u.audit_records, "audit_bytes": u.audit_bytes,
            "limits": {"max_items": l.max_items, "max_bytes": l.max_bytes,
                       "requests_per_second": l.requests_per_second, "burst": l.burst}})
 }
@@ -91,6 +92,8 @@ fn print_usage(u: &pb::TenantUsage, out: Output) {
         "MAX BYTES",
         "REQ/S",
         "BURST",
+        "AUDIT RECORDS",
+        "AUDIT BYTES",
     ]);
     t.add_row(vec![
         u.tenant.clone(),
@@ -103,6 +106,8 @@ fn print_usage(u: &pb::TenantUsage, out: Output) {
             l.requests_per_second > 0.0,
         ),
         limit(l.burst.to_string(), l.burst > 0),
+        u.audit_records.to_string(),
+        u.audit_bytes.to_string(),
     ]);
     println!("{t}");
 }
@@ -536,7 +541,7 @@ pub async fn whoami(c: &mut Client, out: Output) -> Result<(), ClientError> {
 
 #[derive(Subcommand, Clone)]
 pub enum AuditCommand {
-    /// The latest records (your tenant's; all for the root key).
+    /// The latest records (your tenant's; every tenant's for the root key).
     Tail {
         /// How many.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -544,19 +549,27 @@ pub enum AuditCommand {
         /// Only records after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// Root only: this tenant's records (every incarnation of it).
+        #[arg(long, default_value = "")]
+        tenant: String,
     },
-    /// Check the hash chain; exit 1 naming the first changed or removed record.
+    /// Check the hash chains; exit 1 naming the first changed or removed record.
     Verify,
 }
 
 pub async fn audit(c: &mut Client, out: Output, cmd: AuditCommand) -> Result<(), ClientError> {
     match cmd {
-        AuditCommand::Tail { limit, after } => {
+        AuditCommand::Tail {
+            limit,
+            after,
+            tenant,
+        } => {
             let records = c
                 .audit
                 .tail(pb::AuditTailRequest {
                     limit,
                     after_seq: after,
+                    tenant,
                 })
                 .await?
                 .into_inner()
@@ -566,7 +579,8 @@ pub async fn audit(c: &mut Client, out: Output, cmd: AuditCommand) -> Result<(),
                     .iter()
                     .map(|r| {
                         json!({"seq": r.seq, "at_ms": r.at_ms, "request_id": r.request_id,
-                               "principal": r.principal, "tenant": r.tenant, "action": r.action,
+                               "principal": r.principal, "tenant": r.tenant,
+                               "incarnation": r.incarnation, "action": r.action,
                                "resource": r.resource, "result": r.result,
                                "hash": r.hash.iter().map(|b| format!("{b:02x}")).collect::<String>()})
                     })
@@ -603,10 +617,15 @@ pub async fn audit(c: &mut Client, out: Output, cmd: AuditCommand) -> Result<(),
                 .await?
                 .into_inner();
             if out == Output::Json {
-                print_json(&json!({"intact": v.intact, "records": v.records,
-                                   "broken_at": v.broken_at, "problem": v.problem}));
+                print_json(
+                    &json!({"intact": v.intact, "chains": v.chains, "records": v.records,
+                                   "broken_at": v.broken_at, "problem": v.problem}),
+                );
             } else if v.intact {
-                println!("intact: {} records, every hash and link checked", v.records);
+                println!(
+                    "intact: {} records in {} chains, every hash and link checked",
+                    v.records, v.chains
+                );
             } else {
                 println!("BROKEN at record {}: {}", v.broken_at, v.problem);
             }

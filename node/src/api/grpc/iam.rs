@@ -12,11 +12,13 @@ use crate::iam::{ApiKeyRecord, BindingRecord, TenantLimits, TenantRecord, Tenant
 use crate::service::iam::{IamService, RoleView};
 use crate::store::usage::Usage;
 
-fn usage(tenant: String, u: Usage, l: TenantLimits) -> pb::TenantUsage {
+fn usage(tenant: String, u: Usage, l: TenantLimits, audit: (u64, u64)) -> pb::TenantUsage {
     pb::TenantUsage {
         tenant,
         items: u.items,
         bytes: u.bytes,
+        audit_records: audit.0,
+        audit_bytes: audit.1,
         limits: Some(pb::TenantLimits {
             max_items: l.max_items,
             max_bytes: l.max_bytes,
@@ -150,7 +152,8 @@ impl IamGrpc for IamApi {
                 burst: l.burst,
             };
             let (u, l) = self.iam.set_tenant_limits(&p, &r.id, limits).await?;
-            Ok(usage(r.id, u, l))
+            let audit = self.iam.audit_usage(&r.id)?;
+            Ok(usage(r.id, u, l, audit))
         })
         .await
     }
@@ -161,7 +164,8 @@ impl IamGrpc for IamApi {
     ) -> Result<Response<pb::TenantUsage>, Status> {
         handle("iam.get_usage", request, |p, r| async move {
             let (t, u, l) = self.iam.usage(&p, &r.tenant).await?;
-            Ok(usage(t, u, l))
+            let audit = self.iam.audit_usage(&t)?;
+            Ok(usage(t, u, l, audit))
         })
         .await
     }

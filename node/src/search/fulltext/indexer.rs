@@ -116,7 +116,11 @@ impl Indexer {
                     self.writer
                         .delete_term(Term::from_field_text(f.tenant, tenant));
                 }
-                Op::Iam(_) | Op::Secret(_) | Op::Audit(_) | Op::Audited { .. } => {}
+                Op::Iam(_)
+                | Op::Secret(_)
+                | Op::Audit(_)
+                | Op::AuditTrim(_)
+                | Op::Audited { .. } => {}
                 Op::Kv(op) => {
                     for (ns, key) in op.touched() {
                         let id = memory_doc_id(tenant, ns, key);

@@ -379,6 +379,7 @@ impl LocalIndex {
     }
 }
 
+#[tonic::async_trait]
 impl VectorIndex for LocalIndex {
     fn backend(&self) -> &'static str {
         "local"
@@ -500,13 +501,45 @@ impl VectorIndex for LocalIndex {
         Ok(())
     }
 
-    fn search(
+    /// Searches on the blocking pool: an HNSW search is CPU work.
+    async fn search(
         &self,
         tenant: &str,
         query: &[f32],
         k: usize,
         filter: &VectorFilter,
     ) -> Result<Vec<VectorHit>, VectorError> {
+        let Some(g) = self.checked_graph(tenant, query)? else {
+            return Ok(Vec::new());
+        };
+        let (query, filter) = (query.to_vec(), filter.clone());
+        tokio::task::spawn_blocking(move || search_graph(&g, &query, k, &filter))
+            .await
+            .map_err(failed)?
+    }
+}
+
+impl LocalIndex {
+    /// `search`, on the calling thread.
+    pub fn search_blocking(
+        &self,
+        tenant: &str,
+        query: &[f32],
+        k: usize,
+        filter: &VectorFilter,
+    ) -> Result<Vec<VectorHit>, VectorError> {
+        match self.checked_graph(tenant, query)? {
+            Some(g) => search_graph(&g, query, k, filter),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The tenant's graph, once the query's length is checked.
+    fn checked_graph(
+        &self,
+        tenant: &str,
+        query: &[f32],
+    ) -> Result<Option<Arc<RwLock<TenantGraph>>>, VectorError> {
         if query.len() != self.params.dimensions {
             return Err(failed(format!(
                 "query has {} dimensions; the index holds {}",
@@ -514,22 +547,28 @@ impl VectorIndex for LocalIndex {
                 self.params.dimensions
             )));
         }
-        let Some(g) = self.graph(tenant) else {
-            return Ok(Vec::new());
-        };
-        let g = g.read().unwrap();
-        let m = if filter.is_empty() {
-            g.graph.search(query, k)
-        } else {
-            g.graph.filtered_search(query, k, |key| {
-                g.attrs
-                    .get(&key)
-                    .is_some_and(|a| filter.accepts(a.kind, &a.scope, a.created_at_ms))
-            })
-        }
-        .map_err(failed)?;
-        Ok(g.hits(m))
+        Ok(self.graph(tenant))
     }
+}
+
+fn search_graph(
+    g: &RwLock<TenantGraph>,
+    query: &[f32],
+    k: usize,
+    filter: &VectorFilter,
+) -> Result<Vec<VectorHit>, VectorError> {
+    let g = g.read().unwrap();
+    let m = if filter.is_empty() {
+        g.graph.search(query, k)
+    } else {
+        g.graph.filtered_search(query, k, |key| {
+            g.attrs
+                .get(&key)
+                .is_some_and(|a| filter.accepts(a.kind, &a.scope, a.created_at_ms))
+        })
+    }
+    .map_err(failed)?;
+    Ok(g.hits(m))
 }
 
 #[cfg(test)]
@@ -573,13 +612,17 @@ mod tests {
             )
             .unwrap();
         let q = [1.0, 0.0, 0.0, 0.0];
-        let a = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        let a = index
+            .search_blocking("a", &q, 10, &VectorFilter::default())
+            .unwrap();
         assert_eq!(a.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert!((a[0].similarity - 1.0).abs() < 1e-5);
-        let b = index.search("b", &q, 10, &VectorFilter::default()).unwrap();
+        let b = index
+            .search_blocking("b", &q, 10, &VectorFilter::default())
+            .unwrap();
         assert_eq!(b.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![1, 7]);
         assert!(index
-            .search("c", &q, 10, &VectorFilter::default())
+            .search_blocking("c", &q, 10, &VectorFilter::default())
             .unwrap()
             .is_empty());
         let only_n2 = VectorFilter {
@@ -587,13 +630,16 @@ mod tests {
             scope: Some("n2".into()),
             ..Default::default()
         };
-        let hits = index.search("a", &q, 10, &only_n2).unwrap();
+        let hits = index.search_blocking("a", &q, 10, &only_n2).unwrap();
         assert_eq!(hits.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![2]);
         let recent = VectorFilter {
             since_ms: 20,
             ..Default::default()
         };
-        assert_eq!(index.search("a", &q, 10, &recent).unwrap().len(), 1);
+        assert_eq!(
+            index.search_blocking("a", &q, 10, &recent).unwrap().len(),
+            1
+        );
     }
 
     #[test]
@@ -629,14 +675,16 @@ mod tests {
             ..Default::default()
         };
         let mut found: Vec<u64> = index
-            .search("a", &q, 10, &in_c1)
+            .search_blocking("a", &q, 10, &in_c1)
             .unwrap()
             .iter()
             .map(|h| h.seq)
             .collect();
         found.sort();
         assert_eq!(found, vec![2, 3]);
-        let all = index.search("a", &q, 10, &VectorFilter::default()).unwrap();
+        let all = index
+            .search_blocking("a", &q, 10, &VectorFilter::default())
+            .unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(
             all.iter().filter(|h| h.kind == PointKind::Memory).count(),
@@ -651,7 +699,7 @@ mod tests {
         // Idempotent, and a scope of another tenant is a no-op.
         index.apply(&[delete_c1], 2).unwrap();
         let mut left: Vec<(u64, PointKind)> = index
-            .search("a", &q, 10, &VectorFilter::default())
+            .search_blocking("a", &q, 10, &VectorFilter::default())
             .unwrap()
             .iter()
             .map(|h| (h.seq, h.kind))
@@ -666,7 +714,7 @@ mod tests {
             kind: Some(PointKind::Message),
             ..Default::default()
         };
-        let hits = index.search("a", &q, 10, &only_messages).unwrap();
+        let hits = index.search_blocking("a", &q, 10, &only_messages).unwrap();
         assert_eq!(hits.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![4]);
     }
 
@@ -713,7 +761,7 @@ mod tests {
             .apply(&[point("a", 2, "n", [0.0, 0.0, 1.0, 0.0])], 5)
             .unwrap();
         let hits = index
-            .search("a", &[0.0, 0.0, 1.0, 0.0], 5, &VectorFilter::default())
+            .search_blocking("a", &[0.0, 0.0, 1.0, 0.0], 5, &VectorFilter::default())
             .unwrap();
         assert_eq!(hits.len(), 1);
         assert!((hits[0].similarity - 1.0).abs() < 1e-5);

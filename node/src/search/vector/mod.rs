@@ -187,6 +187,12 @@ impl From<VectorError> for NexusError {
 }
 
 /// A vector index of every tenant's semantic memories. Every search is scoped to one tenant.
+///
+/// `search` is what requests call: async, so a remote backend (Qdrant) awaits its client on
+/// the request's task and a local one runs its CPU-bound search on the blocking pool. The
+/// rest is the indexer's (`VectorIndexer`), which runs on a thread of its own and may block
+/// it (a remote backend waits there for its server, within its timeout).
+#[tonic::async_trait]
 pub trait VectorIndex: Send + Sync {
     /// `local` or `qdrant`.
     fn backend(&self) -> &'static str;
@@ -201,7 +207,7 @@ pub trait VectorIndex: Send + Sync {
     /// machine.
     fn clear(&self) -> Result<(), VectorError>;
     /// The `k` nearest vectors of `tenant` to `query` (unit length) that pass `filter`.
-    fn search(
+    async fn search(
         &self,
         tenant: &str,
         query: &[f32],
@@ -289,6 +295,7 @@ pub fn changes_of(
             | Op::Iam(_)
             | Op::Secret(_)
             | Op::Audit(_)
+            | Op::AuditTrim(_)
             | Op::Audited { .. } => {}
         }
     }

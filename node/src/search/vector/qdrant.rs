@@ -90,6 +90,8 @@ impl QdrantIndex {
         })
     }
 
+    /// For the indexer's calls, on its own thread (never an async worker): waits for the
+    /// server there, within the client's timeout.
     fn block_on<T>(
         &self,
         f: impl std::future::Future<Output = Result<T, VectorError>>,
@@ -198,6 +200,7 @@ impl QdrantIndex {
     }
 }
 
+#[tonic::async_trait]
 impl VectorIndex for QdrantIndex {
     fn backend(&self) -> &'static str {
         "qdrant"
@@ -327,14 +330,15 @@ impl VectorIndex for QdrantIndex {
         })
     }
 
-    fn search(
+    /// Awaits the client on the request's task: no thread is held while Qdrant answers.
+    async fn search(
         &self,
         tenant: &str,
         query: &[f32],
         k: usize,
         filter: &VectorFilter,
     ) -> Result<Vec<VectorHit>, VectorError> {
-        self.block_on(async {
+        {
             self.ensure().await?;
             let mut must = vec![Condition::matches("tenant", tenant.to_string())];
             if let Some(kind) = filter.kind {
@@ -377,7 +381,7 @@ impl VectorIndex for QdrantIndex {
                     })
                 })
                 .collect())
-        })
+        }
     }
 }
 
