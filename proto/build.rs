@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "nexus/v1/iam.proto",
     "nexus/v1/secrets.proto",
     "nexus/v1/audit.proto",
+    "nexus/v1/tools.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

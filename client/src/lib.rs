@@ -14,6 +14,7 @@
 pub mod recall_eval;
 pub mod report;
 pub mod secrets_cli;
+pub mod tools_cli;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use pb::iam_service_client::IamServiceClient;
 use pb::memory_service_client::MemoryServiceClient;
 use pb::search_service_client::SearchServiceClient;
 use pb::secrets_service_client::SecretsServiceClient;
+use pb::tool_service_client::ToolServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -100,6 +102,7 @@ pub struct Client {
     pub iam: IamServiceClient<Transport>,
     pub secrets: SecretsServiceClient<Transport>,
     pub audit: AuditServiceClient<Transport>,
+    pub tools: ToolServiceClient<Transport>,
 }
 
 impl Client {
@@ -164,7 +167,8 @@ impl Client {
             cluster: ClusterServiceClient::new(t.clone()),
             iam: IamServiceClient::new(t.clone()),
             secrets: SecretsServiceClient::new(t.clone()),
-            audit: AuditServiceClient::new(t),
+            audit: AuditServiceClient::new(t.clone()),
+            tools: ToolServiceClient::new(t),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod tools;
 
 #[cfg(test)]
 mod module_graph;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+mod run_cli;
 mod secrets_cli;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     },
     /// The secrets manager of a running node: set, get, list, delete, rotate-master-key.
     Secrets(secrets_cli::SecretsArgs),
+    /// Call a tool on a running node: `nexus run echo --args '{"text":"hi"}'`.
+    Run(run_cli::RunArgs),
 }
 
 #[derive(Subcommand)]
@@ -166,6 +169,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Secrets(args) => secrets_cli::run(args),
+        Command::Run(args) => run_cli::run(args),
         Command::Serve(args) => {
             let config = load(args)?;
             nexus_node::observe::init_tracing(&config.log.level, &config.log.format);

@@ -14,12 +14,13 @@ use nexus_proto::v1::iam_service_server::IamServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
 use nexus_proto::v1::search_service_server::SearchServiceServer;
 use nexus_proto::v1::secrets_service_server::SecretsServiceServer;
+use nexus_proto::v1::tool_service_server::ToolServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc::{
-    AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi,
+    AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi, ToolsApi,
 };
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, is_loopback_host, Authenticator};
@@ -38,6 +39,7 @@ use crate::service::iam::IamService;
 use crate::service::kv::KvService;
 use crate::service::secrets::SecretsService;
 use crate::service::semantic::SemanticService;
+use crate::service::tools::{Builtins, ToolService};
 use crate::store::{format, Store};
 
 /// How often the leader looks for expired memories.
@@ -173,6 +175,7 @@ const PUBLIC_SERVICES: &[&str] = &[
     "nexus.v1.IamService",
     "nexus.v1.SecretsService",
     "nexus.v1.AuditService",
+    "nexus.v1.ToolService",
 ];
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -215,6 +218,7 @@ struct Parts {
     recaller: Arc<Recaller>,
     secrets: Arc<SecretsService>,
     iam: Arc<IamService>,
+    tools: Arc<ToolService>,
 }
 
 impl Parts {
@@ -236,28 +240,45 @@ impl Parts {
             None => None,
         };
         let limits = &config.limits;
+        let kv = Arc::new(KvService::new(node.clone(), limits.clone()));
+        let semantic = Arc::new(SemanticService::new(
+            node.clone(),
+            limits.clone(),
+            embedder.clone(),
+        ));
+        let conversations = Arc::new(ConversationService::new(
+            node.clone(),
+            limits.clone(),
+            embedder.clone(),
+        ));
+        let recaller = Arc::new(Recaller::new(
+            node.clone(),
+            index.clone(),
+            vectors.clone(),
+            embedder,
+            limits.clone(),
+            &config.search,
+        ));
+        let secrets = Arc::new(SecretsService::new(node.clone(), master_keys));
+        let tools = Arc::new(ToolService::new(
+            node.clone(),
+            Builtins {
+                node: node.clone(),
+                kv: kv.clone(),
+                semantic: semantic.clone(),
+                conversations: conversations.clone(),
+                recaller: recaller.clone(),
+                secrets: secrets.clone(),
+            },
+        ));
         Ok(Parts {
-            kv: Arc::new(KvService::new(node.clone(), limits.clone())),
-            semantic: Arc::new(SemanticService::new(
-                node.clone(),
-                limits.clone(),
-                embedder.clone(),
-            )),
-            conversations: Arc::new(ConversationService::new(
-                node.clone(),
-                limits.clone(),
-                embedder.clone(),
-            )),
-            recaller: Arc::new(Recaller::new(
-                node.clone(),
-                index.clone(),
-                vectors.clone(),
-                embedder,
-                limits.clone(),
-                &config.search,
-            )),
-            secrets: Arc::new(SecretsService::new(node.clone(), master_keys)),
+            kv,
+            semantic,
+            conversations,
+            recaller,
+            secrets,
             iam: Arc::new(IamService::new(node.clone())),
+            tools,
             node,
             index,
             vectors,
@@ -339,6 +360,14 @@ impl Parts {
             }),
             auth.interceptor(),
         );
+        let tools_svc = InterceptedService::new(
+            ToolServiceServer::new(ToolsApi {
+                tools: self.tools.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
         Ok(tonic::transport::Server::builder()
             .timeout(Duration::from_millis(config.limits.request_timeout_ms))
             .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
@@ -353,7 +382,8 @@ impl Parts {
             .add_service(cluster_svc)
             .add_service(iam_svc)
             .add_service(secrets_svc)
-            .add_service(audit_svc))
+            .add_service(audit_svc)
+            .add_service(tools_svc))
     }
 }
 

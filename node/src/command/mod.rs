@@ -22,6 +22,7 @@ use crate::memory::kv::{self, KvOp, KvReply};
 use crate::memory::semantic::{self, SemanticOp, SemanticReply};
 use crate::secrets::{self, SecretOp, SecretReply};
 use crate::store::{ApplyCtx, Store, StoreError, SM_FAMILIES};
+use crate::tools::{self, ToolOp, ToolReply};
 
 /// The state machine Nexus replicates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -198,6 +199,8 @@ pub enum Op {
     /// Retention: removes the oldest records of the command's tenant's audit chain (the
     /// leader's `service::audit_retention`, never forwarded by a member).
     AuditTrim(AuditTrimOp),
+    /// The tool registry (`tools`).
+    Tool(ToolOp),
 }
 
 impl Op {
@@ -219,6 +222,7 @@ impl Op {
             Op::Audited { op, .. } => op.name(),
             Op::Audit(_) => "audit.record",
             Op::AuditTrim(_) => "audit.trim",
+            Op::Tool(op) => op.name(),
         }
     }
 
@@ -233,6 +237,7 @@ impl Op {
             Op::Audited { op, context } => op.approx_size() + context.approx_size(),
             Op::Audit(r) => r.resource.len() + r.result.len() + 128,
             Op::AuditTrim(_) => 24,
+            Op::Tool(op) => op.approx_size(),
         }
     }
 
@@ -307,6 +312,7 @@ impl Op {
             Op::Audited { op, .. } => op.resource(tenant),
             Op::Audit(r) => r.resource.clone(),
             Op::AuditTrim(t) => format!("audit/{tenant} through {}", t.through_seq),
+            Op::Tool(op) => op.resource(),
         }
     }
 }
@@ -339,6 +345,7 @@ pub enum Reply {
     AuditTrimmed {
         removed: u64,
     },
+    Tool(ToolReply),
 }
 
 /// Applies one command in this step: its change and, when audited, its audit record.
@@ -426,6 +433,7 @@ fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response,
         Op::Semantic(op) => semantic::apply(ctx, tenant, op)?.map(Reply::Semantic),
         Op::Iam(op) => iam::apply(ctx, tenant, op)?.map(Reply::Iam),
         Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
+        Op::Tool(op) => tools::apply(ctx, tenant, op)?.map(Reply::Tool),
         Op::Audited { .. } | Op::Audit(_) | Op::AuditTrim(_) => unreachable!("handled above"),
     })
 }

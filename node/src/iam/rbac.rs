@@ -207,6 +207,10 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         "secrets.list" => "secrets:list",
         "secrets.rotate_master_key" => "cluster:admin",
         "audit.tail" | "audit.verify" => "audit:read",
+        "tools.list" | "tools.describe" | "tools.stats" | "tools.get_http_policy" => "tools:read",
+        "tools.register" | "tools.delete" | "tools.set_http_policy" => "tools:write",
+        // With the tool's name: tools:call:NAME (`api::grpc::authorize`).
+        "tools.call" => "tools:call",
         "iam.whoami" => return Ok(None),
         other => {
             return Err(NexusError::internal(format!(
@@ -214,6 +218,24 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
             )))
         }
     }))
+}
+
+/// Whether `principal` may call API method `method` (on `target`, for a method whose
+/// permission names one: `tools.call` on a tool needs `tools:call:NAME`, which `tools:call`
+/// grants for every NAME). `api::grpc::authorize` checks every request with it, and the tool
+/// runner each step of a composite.
+pub fn authorize(
+    method: &str,
+    target: &str,
+    principal: &super::Principal,
+) -> Result<(), NexusError> {
+    match permission_for(method)? {
+        Some("tools:call") if !target.is_empty() => principal
+            .grants
+            .require(&principal.subject, &format!("tools:call:{target}")),
+        Some(permission) => principal.grants.require(&principal.subject, permission),
+        None => Ok(()),
+    }
 }
 
 /// The permission a replicated command needs, by its name (`Op::name`), for the leader's
@@ -227,6 +249,7 @@ pub fn permission_for_command(command: &str) -> Result<Option<&'static str>, Nex
         ("kv" | "conversation" | "semantic", _) => "memory:write",
         (_, "secrets.set" | "secrets.delete") => "secrets:write",
         (_, "secrets.rewrap") => "cluster:admin",
+        ("tools", _) => "tools:write",
         ("iam", _) => match permission_for(command)? {
             Some(p) => p,
             None => {

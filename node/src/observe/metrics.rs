@@ -275,6 +275,30 @@ pub static AUDIT_EXPORT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static TOOL_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "tool_calls_total",
+                "tool calls served by this node, by tenant, tool and outcome (a gRPC code name)",
+            ),
+            &["tenant", "tool", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static TOOL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new("tool_call_seconds", "tool call latency, by tenant and tool")
+                .buckets(latency_buckets()),
+            &["tenant", "tool"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Forces registration of every metric so that `/metrics` lists them before first use.
 pub fn init() {
     LazyLock::force(&GRPC_REQUESTS);
@@ -303,6 +327,8 @@ pub fn init() {
     LazyLock::force(&READ_INDEX_BATCH_READS);
     LazyLock::force(&AUDIT_RECORDS_REMOVED);
     LazyLock::force(&AUDIT_EXPORT_FAILURES);
+    LazyLock::force(&TOOL_CALLS);
+    LazyLock::force(&TOOL_SECONDS);
 }
 
 /// The text exposition of every metric.

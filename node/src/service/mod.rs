@@ -14,6 +14,7 @@ pub mod iam;
 pub mod kv;
 pub mod secrets;
 pub mod semantic;
+pub mod tools;
 
 use crate::command::{OnBehalf, Scope};
 use crate::iam::Principal;

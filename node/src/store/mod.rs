@@ -58,10 +58,12 @@ pub const CF_IAM: &str = "iam";
 pub const CF_API_KEY_IDS: &str = "api_key_ids";
 /// Secrets (sealed) and each tenant's wrapped data key (see `secrets`).
 pub const CF_SECRETS: &str = "secrets";
-/// The audit log's hash chain (see `audit`); not keyed by tenant.
+/// The audit log: one hash chain per tenant and incarnation (see `audit`).
 pub const CF_AUDIT: &str = "audit";
 /// Each tenant's stored items and bytes (see [`usage`]), keyed by the tenant prefix.
 pub const CF_USAGE: &str = "usage";
+/// Each tenant's registered tools and `http.request` policy (see `tools`).
+pub const CF_TOOLS: &str = "tools";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -81,6 +83,7 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_SECRETS,
     CF_AUDIT,
     CF_USAGE,
+    CF_TOOLS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -101,6 +104,7 @@ const ALL_FAMILIES: &[&str] = &[
     CF_SECRETS,
     CF_AUDIT,
     CF_USAGE,
+    CF_TOOLS,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //!
 //! - **Bytes** are the key and value bytes of everything the tenant stores in a metered
 //!   family, as written (before RocksDB's compression): memories, conversations, messages,
-//!   vectors, the TTL and id indexes, secrets. Identities (`iam`) and the audit log are not
+//!   vectors, the TTL and id indexes, secrets, registered tools. Identities (`iam`) and the audit log are not
 //!   the tenant's data and are not counted.
 //! - **Items** are memories (key-value and semantic), conversations and messages.
 //!
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{codec, keys, Store, StoreError};
 use super::{
     CF_CONVERSATIONS, CF_KV, CF_MESSAGES, CF_MESSAGE_IDS, CF_MESSAGE_VECTORS,
-    CF_MESSAGE_VECTOR_IDS, CF_SECRETS, CF_SEMANTIC, CF_SEMANTIC_IDS, CF_TTL, CF_USAGE,
+    CF_MESSAGE_VECTOR_IDS, CF_SECRETS, CF_SEMANTIC, CF_SEMANTIC_IDS, CF_TOOLS, CF_TTL, CF_USAGE,
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +38,7 @@ const METERED: &[(&str, bool)] = &[
     (CF_MESSAGE_VECTORS, false),
     (CF_MESSAGE_VECTOR_IDS, false),
     (CF_SECRETS, false),
+    (CF_TOOLS, false),
 ];
 
 /// `Some(is an item)` for a metered family.

@@ -19,6 +19,7 @@ use search::SearchArgs;
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use nexus_client::secrets_cli::SecretsCommand;
+use nexus_client::tools_cli::ToolsCommand;
 use nexus_client::{pb, Client, ClientError, DEFAULT_ENDPOINT};
 use serde_json::Value;
 
@@ -107,6 +108,12 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Tools: list, describe, register, delete, call, stats, http-policy.
+    #[command(alias = "tool")]
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -190,6 +197,10 @@ impl Command {
                 matches!(command, SecretsCommand::Get { .. } | SecretsCommand::List)
             }
             Command::Tenant { command } => matches!(command, iam::TenantCommand::List),
+            Command::Tools { command } => matches!(
+                command,
+                ToolsCommand::List | ToolsCommand::Describe { .. } | ToolsCommand::Stats
+            ),
             Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
             Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
             Command::Binding { command } => {
@@ -266,6 +277,9 @@ async fn run(
             command: ClusterCommand::TransferLeader { id },
         } => cluster::transfer_leader(&mut c, out, id).await?,
         Command::Search(a) => search::run(&mut c, out, a).await?,
+        Command::Tools { command } => {
+            nexus_client::tools_cli::run(&mut c, command, out == Output::Json).await?
+        }
     }
     Ok(())
 }

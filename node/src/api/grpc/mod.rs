@@ -5,6 +5,7 @@ mod convert;
 mod iam;
 mod secrets;
 mod services;
+mod tools_api;
 
 use std::future::Future;
 use std::time::Instant;
@@ -13,6 +14,7 @@ pub use audit_api::AuditApi;
 pub use iam::IamApi;
 pub use secrets::SecretsApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
+pub use tools_api::ToolsApi;
 
 use crate::audit::{self, AuditContext};
 use crate::auth::{AuthHandle, Principal};
@@ -71,17 +73,17 @@ pub fn consistency(value: i32) -> Result<ReadConsistency, NexusError> {
 /// Metadata key of the request id on every reply (also in the audit log).
 pub const REQUEST_ID_METADATA: &str = "x-request-id";
 
-/// The principal the authentication interceptor stored, if it may call `method`: the one
-/// place where permissions are checked. A request that reached a handler without passing
-/// the interceptor is refused (fail closed).
-fn authorize(
+/// The principal the authentication interceptor stored, if it may call `method` (on
+/// `target`, for a method whose permission names one: `tools:call:NAME`): the one place
+/// where permissions are checked. A request that reached a handler without passing the
+/// interceptor is refused (fail closed).
+pub fn authorize(
     method: &str,
+    target: &str,
     principal: &Result<Principal, NexusError>,
 ) -> Result<Principal, NexusError> {
     let principal = principal.clone()?;
-    if let Some(permission) = rbac::permission_for(method)? {
-        principal.grants.require(&principal.subject, permission)?;
-    }
+    rbac::authorize(method, target, &principal)?;
     Ok(principal)
 }
 
@@ -90,6 +92,21 @@ fn authorize(
 /// counts it, and maps its error. Every reply carries the request id.
 pub async fn handle<Req, Resp, F, Fut>(
     method: &'static str,
+    request: tonic::Request<Req>,
+    f: F,
+) -> Result<tonic::Response<Resp>, tonic::Status>
+where
+    F: FnOnce(Caller, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, NexusError>>,
+{
+    handle_on(method, String::new(), request, f).await
+}
+
+/// [`handle`] for a method whose permission names what it acts on (`tools.call` on a tool:
+/// `tools:call:NAME`).
+pub async fn handle_on<Req, Resp, F, Fut>(
+    method: &'static str,
+    target: String,
     request: tonic::Request<Req>,
     f: F,
 ) -> Result<tonic::Response<Resp>, tonic::Status>
@@ -120,7 +137,7 @@ where
             "the request was not authenticated".into(),
         )),
     };
-    let mut authorized = authorize(method, &principal);
+    let mut authorized = authorize(method, &target, &principal);
     // Identities are read from this node's state machine, which may not yet hold a key,
     // role or binding just made through another node. Before refusing, catch up with the
     // leader's commit index (a read index) and look again: a client may use a key at once
@@ -135,7 +152,7 @@ where
                 .await;
             if caught_up.is_ok() {
                 principal = c.auth.authenticate(request.metadata()).await;
-                authorized = authorize(method, &principal);
+                authorized = authorize(method, &target, &principal);
             }
         }
     }

@@ -120,6 +120,7 @@ impl Indexer {
                 | Op::Secret(_)
                 | Op::Audit(_)
                 | Op::AuditTrim(_)
+                | Op::Tool(_)
                 | Op::Audited { .. } => {}
                 Op::Kv(op) => {
                     for (ns, key) in op.touched() {

@@ -296,6 +296,7 @@ pub fn changes_of(
             | Op::Secret(_)
             | Op::Audit(_)
             | Op::AuditTrim(_)
+            | Op::Tool(_)
             | Op::Audited { .. } => {}
         }
     }

@@ -1,0 +1,285 @@
+//! `nexusctl tools` and `nexus run`: tools from the command line, over the gRPC API.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde_json::{json, Value};
+
+use crate::{pb, Client, ClientError};
+
+#[derive(Subcommand, Clone)]
+pub enum ToolsCommand {
+    /// Every tool you can call: built-ins, then your tenant's.
+    List,
+    /// A tool's description and schemas.
+    Describe { name: String },
+    /// Register (or replace) a composite tool from a JSON file: {"name", "version",
+    /// "description", "input_schema", "output_schema", "steps", "output"}.
+    Register { file: PathBuf },
+    /// Delete a registered tool.
+    Delete { name: String },
+    /// Call a tool with JSON arguments (progress on stderr with --stream).
+    Call {
+        name: String,
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Stream progress and partial output while the tool runs.
+        #[arg(long)]
+        stream: bool,
+    },
+    /// Calls, errors, p50/p99 latency and the last error per tool (this node).
+    Stats,
+    /// The tenant's http.request policy; with --allow, replace it.
+    HttpPolicy {
+        /// Hosts to allow (exact, or *.domain); repeat. Replaces the list.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// Also loopback and private addresses.
+        #[arg(long)]
+        allow_private: bool,
+        /// Set an empty list (no host allowed).
+        #[arg(long, conflicts_with = "allow")]
+        clear: bool,
+    },
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a JSON value serializes")
+    );
+}
+
+fn schema(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::String(text.to_string()))
+}
+
+fn tool_json(t: &pb::Tool) -> Value {
+    json!({"name": t.name, "version": t.version, "kind": t.kind, "description": t.description,
+           "input_schema": schema(&t.input_schema), "output_schema": schema(&t.output_schema),
+           "config": schema(&t.config)})
+}
+
+fn bad_usage(message: String) -> ClientError {
+    ClientError::Input(message)
+}
+
+/// Calls `name` with `args` and prints the output (JSON either way: a tool's output is JSON).
+pub async fn call(
+    c: &mut Client,
+    name: &str,
+    args: &str,
+    stream: bool,
+    json_out: bool,
+) -> Result<(), ClientError> {
+    serde_json::from_str::<Value>(args)
+        .map_err(|e| bad_usage(format!("--args is not JSON: {e}")))?;
+    let request = pb::CallToolRequest {
+        name: name.to_string(),
+        args: args.to_string(),
+    };
+    let result = if stream {
+        let mut events = c.tools.call_tool_stream(request).await?.into_inner();
+        let mut result = None;
+        while let Some(event) = events.message().await? {
+            match event.event {
+                Some(pb::call_tool_event::Event::Progress(p)) => eprintln!("… {p}"),
+                Some(pb::call_tool_event::Event::Partial(p)) => eprintln!("… partial: {p}"),
+                Some(pb::call_tool_event::Event::Result(r)) => result = Some(r),
+                None => {}
+            }
+        }
+        result.ok_or_else(|| bad_usage("the stream ended without a result".into()))?
+    } else {
+        c.tools.call_tool(request).await?.into_inner()
+    };
+    let output: Value =
+        serde_json::from_str(&result.output).unwrap_or(Value::String(result.output));
+    if json_out {
+        print_json(&json!({"tool": name, "version": result.version,
+                           "duration_us": result.duration_us, "output": output}));
+    } else {
+        print_json(&output);
+        eprintln!(
+            "({name} {}, {:.1} ms)",
+            result.version,
+            result.duration_us as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Runs one tools command on `c`; with `json_out`, prints JSON for scripts.
+pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Result<(), ClientError> {
+    match command {
+        ToolsCommand::List => {
+            let tools = c
+                .tools
+                .list_tools(pb::ListToolsRequest {})
+                .await?
+                .into_inner()
+                .tools;
+            if json_out {
+                print_json(&Value::Array(tools.iter().map(tool_json).collect()));
+            } else {
+                let mut t = table(&["NAME", "VERSION", "KIND", "DESCRIPTION"]);
+                for tool in &tools {
+                    let mut description = tool.description.clone();
+                    if description.chars().count() > 70 {
+                        description =
+                            format!("{}…", description.chars().take(70).collect::<String>());
+                    }
+                    t.add_row(vec![
+                        tool.name.clone(),
+                        tool.version.clone(),
+                        tool.kind.clone(),
+                        description,
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        ToolsCommand::Describe { name } => {
+            let tool = c
+                .tools
+                .describe_tool(pb::DescribeToolRequest { name })
+                .await?
+                .into_inner();
+            if json_out {
+                print_json(&tool_json(&tool));
+            } else {
+                println!(
+                    "{} {} ({})\n{}\n",
+                    tool.name, tool.version, tool.kind, tool.description
+                );
+                println!("input:");
+                print_json(&schema(&tool.input_schema));
+                println!("output:");
+                print_json(&schema(&tool.output_schema));
+            }
+        }
+        ToolsCommand::Register { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| bad_usage(format!("{}: {e}", file.display())))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| bad_usage(format!("{}: not JSON: {e}", file.display())))?;
+            let text_of = |key: &str| match &v[key] {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let config = json!({"steps": v["steps"], "output": v.get("output")});
+            let tool = c
+                .tools
+                .register_tool(pb::RegisterToolRequest {
+                    tool: Some(pb::Tool {
+                        name: text_of("name"),
+                        version: text_of("version"),
+                        description: text_of("description"),
+                        input_schema: text_of("input_schema"),
+                        output_schema: text_of("output_schema"),
+                        kind: "composite".into(),
+                        config: config.to_string(),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                print_json(&tool_json(&tool));
+            } else {
+                println!("registered {} {}", tool.name, tool.version);
+            }
+        }
+        ToolsCommand::Delete { name } => {
+            c.tools
+                .delete_tool(pb::DeleteToolRequest { name: name.clone() })
+                .await?;
+            if json_out {
+                print_json(&json!({"deleted": name}));
+            } else {
+                println!("deleted {name}");
+            }
+        }
+        ToolsCommand::Call { name, args, stream } => {
+            call(c, &name, &args, stream, json_out).await?
+        }
+        ToolsCommand::Stats => {
+            let stats = c
+                .tools
+                .tool_stats(pb::ToolStatsRequest {})
+                .await?
+                .into_inner()
+                .stats;
+            if json_out {
+                print_json(&Value::Array(
+                    stats
+                        .iter()
+                        .map(|s| json!({"tool": s.tool, "calls": s.calls, "errors": s.errors,
+                                        "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "last_error": s.last_error}))
+                        .collect(),
+                ));
+            } else {
+                let mut t = table(&["TOOL", "CALLS", "ERRORS", "P50 MS", "P99 MS", "LAST ERROR"]);
+                for s in &stats {
+                    t.add_row(vec![
+                        s.tool.clone(),
+                        s.calls.to_string(),
+                        s.errors.to_string(),
+                        format!("{:.2}", s.p50_ms),
+                        format!("{:.2}", s.p99_ms),
+                        s.last_error.chars().take(60).collect(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        ToolsCommand::HttpPolicy {
+            allow,
+            allow_private,
+            clear,
+        } => {
+            let policy = if allow.is_empty() && !clear && !allow_private {
+                c.tools
+                    .get_http_policy(pb::GetHttpPolicyRequest {})
+                    .await?
+                    .into_inner()
+            } else {
+                c.tools
+                    .set_http_policy(pb::HttpPolicy {
+                        allow_hosts: allow,
+                        allow_private,
+                    })
+                    .await?
+                    .into_inner()
+            };
+            if json_out {
+                print_json(
+                    &json!({"allow_hosts": policy.allow_hosts, "allow_private": policy.allow_private}),
+                );
+            } else {
+                println!(
+                    "allowed hosts: {}\nprivate addresses: {}",
+                    if policy.allow_hosts.is_empty() {
+                        "none".into()
+                    } else {
+                        policy.allow_hosts.join(", ")
+                    },
+                    if policy.allow_private {
+                        "allowed"
+                    } else {
+                        "refused"
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! ToolService over gRPC.
+
+use std::sync::Arc;
+
+use nexus_proto::v1 as pb;
+use nexus_proto::v1::tool_service_server::ToolService as ToolServiceRpc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{handle, handle_on, to_status};
+use crate::cluster::ReadConsistency;
+use crate::error::NexusError;
+use crate::service::tools::{stats::ToolStat, CallOutput, Progress, Reporter, ToolService};
+use crate::tools::{HttpPolicy, ToolKind, ToolRecord};
+
+pub struct ToolsApi {
+    pub tools: Arc<ToolService>,
+}
+
+fn tool(r: ToolRecord) -> pb::Tool {
+    pb::Tool {
+        name: r.name,
+        version: r.version,
+        description: r.description,
+        input_schema: r.input_schema,
+        output_schema: r.output_schema,
+        kind: r.kind.name().into(),
+        config: r.config,
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
+
+fn result(out: CallOutput) -> pb::CallToolResponse {
+    pb::CallToolResponse {
+        output: out.output.to_string(),
+        version: out.version,
+        duration_us: out.duration.as_micros() as u64,
+    }
+}
+
+fn stat(s: ToolStat) -> pb::ToolStat {
+    pb::ToolStat {
+        tool: s.tool,
+        calls: s.calls,
+        errors: s.errors,
+        p50_ms: s.p50_ms,
+        p99_ms: s.p99_ms,
+        last_error: s.last_error,
+    }
+}
+
+fn policy(p: HttpPolicy) -> pb::HttpPolicy {
+    pb::HttpPolicy {
+        allow_hosts: p.allow_hosts,
+        allow_private: p.allow_private,
+    }
+}
+
+type EventStream = ReceiverStream<Result<pb::CallToolEvent, Status>>;
+
+#[tonic::async_trait]
+impl ToolServiceRpc for ToolsApi {
+    async fn list_tools(
+        &self,
+        request: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
+        handle("tools.list", request, |p, _| async move {
+            let tools = self.tools.list(&p.tenant).await?;
+            Ok(pb::ListToolsResponse {
+                tools: tools.into_iter().map(tool).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn describe_tool(
+        &self,
+        request: Request<pb::DescribeToolRequest>,
+    ) -> Result<Response<pb::Tool>, Status> {
+        handle("tools.describe", request, |p, r| async move {
+            let t = self
+                .tools
+                .describe(&p.tenant, &r.name, ReadConsistency::Linearizable)
+                .await?;
+            Ok(tool(t))
+        })
+        .await
+    }
+
+    async fn register_tool(
+        &self,
+        request: Request<pb::RegisterToolRequest>,
+    ) -> Result<Response<pb::Tool>, Status> {
+        handle("tools.register", request, |p, r| async move {
+            let t = r
+                .tool
+                .ok_or_else(|| NexusError::invalid("tool", "is required"))?;
+            let kind = match t.kind.as_str() {
+                "composite" => ToolKind::Composite,
+                other => {
+                    return Err(NexusError::invalid(
+                        "tool.kind",
+                        format!("{other:?}: only composite tools can be registered"),
+                    ))
+                }
+            };
+            let output_schema = if t.output_schema.is_empty() {
+                "{}".to_string()
+            } else {
+                t.output_schema
+            };
+            let input_schema = if t.input_schema.is_empty() {
+                r#"{"type": "object"}"#.to_string()
+            } else {
+                t.input_schema
+            };
+            let registered = self
+                .tools
+                .register(
+                    &p,
+                    ToolRecord {
+                        name: t.name,
+                        version: t.version,
+                        description: t.description,
+                        input_schema,
+                        output_schema,
+                        kind,
+                        config: t.config,
+                        created_at_ms: 0,
+                        updated_at_ms: 0,
+                    },
+                )
+                .await?;
+            Ok(tool(registered))
+        })
+        .await
+    }
+
+    async fn delete_tool(
+        &self,
+        request: Request<pb::DeleteToolRequest>,
+    ) -> Result<Response<pb::DeleteToolResponse>, Status> {
+        handle("tools.delete", request, |p, r| async move {
+            self.tools.delete(&p, &r.name).await?;
+            Ok(pb::DeleteToolResponse {})
+        })
+        .await
+    }
+
+    async fn call_tool(
+        &self,
+        request: Request<pb::CallToolRequest>,
+    ) -> Result<Response<pb::CallToolResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        handle_on("tools.call", name, request, |p, r| async move {
+            let out = self
+                .tools
+                .call(&p, &r.name, &r.args, Reporter::default())
+                .await?;
+            Ok(result(out))
+        })
+        .await
+    }
+
+    type CallToolStreamStream = EventStream;
+
+    async fn call_tool_stream(
+        &self,
+        request: Request<pb::CallToolRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let name = request.get_ref().name.clone();
+        handle_on("tools.call", name, request, |p, r| async move {
+            // Bounded: a reader that falls behind loses progress messages (never the result),
+            // and the tool never waits for it.
+            let (events, rx) = tokio::sync::mpsc::channel(64);
+            let (progress, mut progress_rx) = tokio::sync::mpsc::channel::<Progress>(64);
+            let tools = self.tools.clone();
+            let forward = events.clone();
+            let forwarder = tokio::spawn(async move {
+                while let Some(p) = progress_rx.recv().await {
+                    let event = match p {
+                        Progress::Message(m) => pb::call_tool_event::Event::Progress(m),
+                        Progress::Partial(v) => pb::call_tool_event::Event::Partial(v.to_string()),
+                    };
+                    let _ = forward.try_send(Ok(pb::CallToolEvent { event: Some(event) }));
+                }
+            });
+            tokio::spawn(async move {
+                let outcome = tools
+                    .call(&p, &r.name, &r.args, Reporter::new(progress))
+                    .await;
+                // Progress first, then the result.
+                let _ = forwarder.await;
+                let last = match outcome {
+                    Ok(out) => Ok(pb::CallToolEvent {
+                        event: Some(pb::call_tool_event::Event::Result(result(out))),
+                    }),
+                    Err(e) => Err(to_status(e)),
+                };
+                let _ = events.send(last).await;
+            });
+            Ok(ReceiverStream::new(rx))
+        })
+        .await
+    }
+
+    async fn tool_stats(
+        &self,
+        request: Request<pb::ToolStatsRequest>,
+    ) -> Result<Response<pb::ToolStatsResponse>, Status> {
+        handle("tools.stats", request, |p, _| async move {
+            Ok(pb::ToolStatsResponse {
+                stats: self
+                    .tools
+                    .stats
+                    .of(&p.tenant)
+                    .into_iter()
+                    .map(stat)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn set_http_policy(
+        &self,
+        request: Request<pb::HttpPolicy>,
+    ) -> Result<Response<pb::HttpPolicy>, Status> {
+        handle("tools.set_http_policy", request, |p, r| async move {
+            let set = self
+                .tools
+                .set_http_policy(
+                    &p,
+                    HttpPolicy {
+                        allow_hosts: r.allow_hosts,
+                        allow_private: r.allow_private,
+                    },
+                )
+                .await?;
+            Ok(policy(set))
+        })
+        .await
+    }
+
+    async fn get_http_policy(
+        &self,
+        request: Request<pb::GetHttpPolicyRequest>,
+    ) -> Result<Response<pb::HttpPolicy>, Status> {
+        handle("tools.get_http_policy", request, |p, _| async move {
+            Ok(policy(self.tools.http_policy(&p.tenant).await?))
+        })
+        .await
+    }
+}

@@ -1,0 +1,547 @@
+//! The tool runner: lists, describes, registers and calls tools for a caller.
+//!
+//! A call, in order: the tool is found (a built-in, or one the tenant registered); the
+//! caller's permission `tools:call:NAME` was checked by the API layer (`api::grpc::authorize`,
+//! the one place); the permissions the tool itself uses are checked (`memory.put` needs
+//! `memory:write` too: a tool never does what its caller could not); the arguments are
+//! validated against the input schema (INVALID_ARGUMENT naming the first wrong field's path);
+//! `${secrets.NAME}` placeholders are resolved right before the tool runs; the tool runs
+//! within its deadline; every resolved value is removed from the output, the error and the
+//! progress messages ([`Redactor`]); the call is audited (tool, version, principal, result,
+//! duration: never the arguments) and counted per tenant and tool ([`stats`]).
+
+pub mod builtin;
+pub mod http;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::cluster::ReadConsistency;
+use crate::command::{self, Cluster, Op, Reply};
+use crate::error::NexusError;
+use crate::memory::now_ms;
+use crate::secrets::placeholders::Redactor;
+use crate::service::Caller;
+use crate::tools::{self, composite, HttpPolicy, ToolKind, ToolOp, ToolRecord, ToolReply};
+
+pub use builtin::Builtins;
+
+/// Longest a call may run (a composite's steps together).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest arguments or output, JSON text.
+pub const MAX_ARGS_BYTES: usize = 1 << 20;
+
+/// What a call returned.
+#[derive(Debug, Clone)]
+pub struct CallOutput {
+    pub output: Value,
+    pub version: String,
+    pub duration: Duration,
+}
+
+/// Progress of a streaming call.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Message(String),
+    Partial(Value),
+}
+
+/// Where a call reports progress (a streaming call's channel; nothing for a unary one).
+#[derive(Clone, Default)]
+pub struct Reporter {
+    tx: Option<mpsc::Sender<Progress>>,
+    redactor: Option<Arc<Redactor>>,
+}
+
+impl Reporter {
+    pub fn new(tx: mpsc::Sender<Progress>) -> Self {
+        Reporter {
+            tx: Some(tx),
+            redactor: None,
+        }
+    }
+
+    fn with_redactor(&self, redactor: Arc<Redactor>) -> Self {
+        Reporter {
+            tx: self.tx.clone(),
+            redactor: Some(redactor),
+        }
+    }
+
+    /// Sends a progress message, redacted; a slow reader loses messages, never blocks a tool.
+    pub fn message(&self, text: impl Into<String>) {
+        if let Some(tx) = &self.tx {
+            let text = text.into();
+            let text = match &self.redactor {
+                Some(r) => r.redact(&text),
+                None => text,
+            };
+            let _ = tx.try_send(Progress::Message(text));
+        }
+    }
+
+    pub fn partial(&self, value: &Value) {
+        if let Some(tx) = &self.tx {
+            let value = match &self.redactor {
+                Some(r) => redact_value(r, value),
+                None => value.clone(),
+            };
+            let _ = tx.try_send(Progress::Partial(value));
+        }
+    }
+}
+
+fn redact_value(r: &Redactor, v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(r.redact(s)),
+        Value::Array(items) => Value::Array(items.iter().map(|x| redact_value(r, x)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, x)| (r.redact(k), redact_value(r, x)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A call in progress: its output and the tool's version (boxed: composites recurse).
+type CallFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Value, String), NexusError>> + Send + 'a>,
+>;
+
+/// A compiled input schema, cached by tenant, tool and version.
+type Compiled = Arc<jsonschema::Validator>;
+
+pub struct ToolService {
+    node: Arc<Cluster>,
+    builtins: Builtins,
+    validators: Mutex<HashMap<(String, String, String), Compiled>>,
+    pub stats: stats::Stats,
+}
+
+/// The JSON Schema of `schema_text`, compiled; INVALID_ARGUMENT naming `field` otherwise.
+pub fn compile_schema(field: &str, schema_text: &str) -> Result<jsonschema::Validator, NexusError> {
+    let schema: Value = serde_json::from_str(schema_text)
+        .map_err(|e| NexusError::invalid(field, format!("is not JSON: {e}")))?;
+    jsonschema::validator_for(&schema)
+        .map_err(|e| NexusError::invalid(field, format!("is not a valid JSON Schema: {e}")))
+}
+
+/// `args.a.b[0]` for the JSON pointer `/a/b/0`.
+fn field_path(pointer: &str) -> String {
+    let mut out = String::from("args");
+    for part in pointer.split('/').skip(1) {
+        let part = part.replace("~1", "/").replace("~0", "~");
+        if part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            out.push('.');
+            out.push_str(&part);
+        }
+    }
+    out
+}
+
+/// Checks `args` against a compiled schema: INVALID_ARGUMENT naming the first wrong field.
+pub fn check_args(validator: &jsonschema::Validator, args: &Value) -> Result<(), NexusError> {
+    match validator.iter_errors(args).next() {
+        None => Ok(()),
+        Some(e) => Err(NexusError::invalid(
+            field_path(e.instance_path().as_str()),
+            e.to_string(),
+        )),
+    }
+}
+
+impl ToolService {
+    pub fn new(node: Arc<Cluster>, builtins: Builtins) -> Self {
+        ToolService {
+            node,
+            builtins,
+            validators: Mutex::new(HashMap::new()),
+            stats: stats::Stats::default(),
+        }
+    }
+
+    /// Every tool the tenant can call: built-ins, then its registered tools.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<ToolRecord>, NexusError> {
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let mut out = self.builtins.records();
+        out.extend(tools::list(&self.node.store, tenant)?);
+        Ok(out)
+    }
+
+    /// One tool (read locally after `consistency`'s barrier).
+    pub async fn describe(
+        &self,
+        tenant: &str,
+        name: &str,
+        consistency: ReadConsistency,
+    ) -> Result<ToolRecord, NexusError> {
+        if name.is_empty() {
+            return Err(NexusError::invalid("name", "is required"));
+        }
+        if let Some(b) = self.builtins.record(name) {
+            return Ok(b);
+        }
+        tools::validate_name("name", name)?;
+        self.node.read_barrier(consistency).await?;
+        tools::read(&self.node.store, tenant, name)?
+            .ok_or_else(|| NexusError::NotFound(format!("tool {name} not found")))
+    }
+
+    async fn propose(&self, caller: &Caller, op: ToolOp) -> Result<ToolReply, NexusError> {
+        match command::propose(&self.node, &caller.scope(), Op::Tool(op)).await? {
+            Reply::Tool(r) => Ok(r),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Registers a composite tool of the caller's tenant (or replaces it).
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        tool: ToolRecord,
+    ) -> Result<ToolRecord, NexusError> {
+        tools::validate_name("tool.name", &tool.name)?;
+        if self.builtins.record(&tool.name).is_some() || tool.name.starts_with("nexus.") {
+            return Err(NexusError::invalid(
+                "tool.name",
+                format!("{} is a built-in tool's name", tool.name),
+            ));
+        }
+        tools::validate_version("tool.version", &tool.version)?;
+        if tool.kind != ToolKind::Composite {
+            return Err(NexusError::invalid(
+                "tool.kind",
+                "only composite tools can be registered (WebAssembly and MCP tools come later)",
+            ));
+        }
+        for (field, text) in [
+            ("tool.description", &tool.description),
+            ("tool.input_schema", &tool.input_schema),
+            ("tool.output_schema", &tool.output_schema),
+            ("tool.config", &tool.config),
+        ] {
+            if text.len() > tools::MAX_DEFINITION_BYTES {
+                return Err(NexusError::invalid(
+                    field,
+                    format!(
+                        "is {} bytes; at most {}",
+                        text.len(),
+                        tools::MAX_DEFINITION_BYTES
+                    ),
+                ));
+            }
+        }
+        compile_schema("tool.input_schema", &tool.input_schema)?;
+        compile_schema("tool.output_schema", &tool.output_schema)?;
+        composite::parse("tool.config", &tool.config)?;
+        let now = now_ms();
+        let tool = ToolRecord {
+            created_at_ms: now,
+            updated_at_ms: now,
+            ..tool
+        };
+        match self.propose(caller, ToolOp::Register { tool }).await? {
+            ToolReply::Tool(t) => Ok(t),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn delete(&self, caller: &Caller, name: &str) -> Result<(), NexusError> {
+        if self.builtins.record(name).is_some() {
+            return Err(NexusError::invalid(
+                "name",
+                format!("{name} is a built-in tool; it cannot be deleted"),
+            ));
+        }
+        tools::validate_name("name", name)?;
+        self.propose(caller, ToolOp::Delete { name: name.into() })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn set_http_policy(
+        &self,
+        caller: &Caller,
+        policy: HttpPolicy,
+    ) -> Result<HttpPolicy, NexusError> {
+        http::validate_policy(&policy)?;
+        match self
+            .propose(caller, ToolOp::SetHttpPolicy { policy })
+            .await?
+        {
+            ToolReply::HttpPolicy(p) => Ok(p),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn http_policy(&self, tenant: &str) -> Result<HttpPolicy, NexusError> {
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        Ok(tools::http_policy(&self.node.store, tenant)?)
+    }
+
+    fn validator(&self, tenant: &str, tool: &ToolRecord) -> Result<Compiled, NexusError> {
+        let key = (tenant.to_string(), tool.name.clone(), tool.version.clone());
+        if let Some(v) = self.validators.lock().unwrap().get(&key) {
+            return Ok(v.clone());
+        }
+        let compiled = Arc::new(compile_schema("input_schema", &tool.input_schema)?);
+        let mut cache = self.validators.lock().unwrap();
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Calls tool `name` with `args` (a JSON object, text) for `caller`, reporting progress
+    /// to `reporter`. Audited and counted whatever the outcome.
+    pub async fn call(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        args: &str,
+        reporter: Reporter,
+    ) -> Result<CallOutput, NexusError> {
+        let started = Instant::now();
+        let tenant = caller.tenant.clone();
+        let result = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.call_inner(caller, name, args, reporter, 0),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(NexusError::unavailable(format!(
+                "tool {name} did not finish within {} s",
+                CALL_TIMEOUT.as_secs()
+            )))
+        });
+        let duration = started.elapsed();
+        let version = result.as_ref().map(|(_, v)| v.clone()).unwrap_or_default();
+        self.stats
+            .record(&tenant, name, duration, result.as_ref().err());
+        // On record: which tool, which version, who, the outcome and how long; never the
+        // arguments or the output.
+        if let Some(on_behalf) = caller.on_behalf.clone() {
+            let mut on_behalf = on_behalf;
+            on_behalf.context.action = "tools.call".into();
+            let resource = format!(
+                "tool/{name}@{} {} us",
+                if version.is_empty() { "?" } else { &version },
+                duration.as_micros()
+            );
+            let outcome = crate::audit::result_text(&result);
+            if let Err(e) =
+                crate::service::audit::record(&self.node, &tenant, on_behalf, resource, outcome)
+                    .await
+            {
+                tracing::warn!(error = %e, tool = name, "recording a tool call in the audit log");
+            }
+        }
+        let (output, version) = result?;
+        Ok(CallOutput {
+            output,
+            version,
+            duration,
+        })
+    }
+
+    /// The call without its audit and statistics; `depth` counts composite nesting.
+    fn call_inner<'a>(
+        self: &'a Arc<Self>,
+        caller: &'a Caller,
+        name: &'a str,
+        args: &'a str,
+        reporter: Reporter,
+        depth: usize,
+    ) -> CallFuture<'a> {
+        Box::pin(async move {
+            if args.len() > MAX_ARGS_BYTES {
+                return Err(NexusError::invalid(
+                    "args",
+                    format!("is {} bytes; at most {MAX_ARGS_BYTES}", args.len()),
+                ));
+            }
+            let tool = self
+                .describe(&caller.tenant, name, ReadConsistency::Stale)
+                .await?;
+            let args_text = if args.trim().is_empty() { "{}" } else { args };
+            // Placeholders first: the schema sees the values (a secret may have to be a
+            // number), and nothing but the tool sees them.
+            let (resolved, redactor) = if args_text.contains("${secrets.") {
+                let (text, redactor) = self
+                    .builtins
+                    .secrets
+                    .resolve_placeholders(&caller.scope(), "args", args_text)
+                    .await?;
+                (Some(text), Arc::new(redactor))
+            } else {
+                (None, Arc::new(Redactor::default()))
+            };
+            let text: &str = resolved.as_ref().map_or(args_text, |t| t.as_str());
+            let redact_err = |e: NexusError| -> NexusError { redact_error(&redactor, e) };
+            let parsed: Value = serde_json::from_str(text).map_err(|e| {
+                redact_err(NexusError::invalid("args", format!("is not JSON: {e}")))
+            })?;
+            if !parsed.is_object() {
+                return Err(NexusError::invalid("args", "must be a JSON object"));
+            }
+            let validator = self.validator(&caller.tenant, &tool)?;
+            check_args(&validator, &parsed).map_err(redact_err)?;
+            let reporter = reporter.with_redactor(redactor.clone());
+            let output = match tool.kind {
+                ToolKind::Builtin => {
+                    self.builtins
+                        .run(caller, &tool.name, parsed, &reporter)
+                        .await
+                }
+                ToolKind::Composite => {
+                    self.run_composite(caller, &tool, parsed, &reporter, depth)
+                        .await
+                }
+            }
+            .map_err(redact_err)?;
+            Ok((redact_value(&redactor, &output), tool.version))
+        })
+    }
+
+    async fn run_composite(
+        self: &Arc<Self>,
+        caller: &Caller,
+        tool: &ToolRecord,
+        input: Value,
+        reporter: &Reporter,
+        depth: usize,
+    ) -> Result<Value, NexusError> {
+        if depth >= composite::MAX_DEPTH {
+            return Err(NexusError::precondition(
+                "tool",
+                format!(
+                    "{}: composites call composites at most {} deep",
+                    tool.name,
+                    composite::MAX_DEPTH
+                ),
+            ));
+        }
+        let def = composite::parse("config", &tool.config)?;
+        let mut scope = serde_json::json!({"input": input, "steps": {}});
+        let mut last = Value::Null;
+        for (i, step) in def.steps.iter().enumerate() {
+            let failing = |why: String| {
+                NexusError::precondition(
+                    "tool",
+                    format!(
+                        "{}: step {i} ({}, {}) failed: {why}",
+                        tool.name, step.id, step.tool
+                    ),
+                )
+            };
+            reporter.message(format!(
+                "step {} of {}: {} ({})",
+                i + 1,
+                def.steps.len(),
+                step.id,
+                step.tool
+            ));
+            let args = composite::evaluate(&step.args, &scope).map_err(&failing)?;
+            // Each step is authorized like a call of its own.
+            crate::iam::rbac::authorize("tools.call", &step.tool, &caller.principal)
+                .map_err(|e| failing(e.to_string()))?;
+            let (output, _) = self
+                .call_inner(
+                    caller,
+                    &step.tool,
+                    &args.to_string(),
+                    reporter.clone(),
+                    depth + 1,
+                )
+                .await
+                .map_err(|e| match e {
+                    NexusError::InvalidArgument { field, message } => NexusError::invalid(
+                        format!("{}.steps[{i}].{field}", tool.name),
+                        format!("step {} ({}): {message}", step.id, step.tool),
+                    ),
+                    other => failing(other.to_string()),
+                })?;
+            reporter.partial(&serde_json::json!({"step": step.id, "output": output}));
+            scope["steps"][&step.id] = output.clone();
+            last = output;
+        }
+        match &def.output {
+            Some(template) => composite::evaluate(template, &scope).map_err(|e| {
+                NexusError::precondition("tool", format!("{}: output: {e}", tool.name))
+            }),
+            None => Ok(last),
+        }
+    }
+}
+
+/// An error with every resolved secret value replaced by its placeholder.
+fn redact_error(r: &Redactor, e: NexusError) -> NexusError {
+    match e {
+        NexusError::InvalidArgument { field, message } => NexusError::InvalidArgument {
+            field,
+            message: r.redact(&message),
+        },
+        NexusError::NotFound(m) => NexusError::NotFound(r.redact(&m)),
+        NexusError::PermissionDenied(m) => NexusError::PermissionDenied(r.redact(&m)),
+        NexusError::FailedPrecondition { field, message } => NexusError::FailedPrecondition {
+            field,
+            message: r.redact(&message),
+        },
+        NexusError::Unavailable {
+            message,
+            leader_id,
+            leader_addr,
+        } => NexusError::Unavailable {
+            message: r.redact(&message),
+            leader_id,
+            leader_addr,
+        },
+        NexusError::ResourceExhausted { limit, message } => NexusError::ResourceExhausted {
+            limit,
+            message: r.redact(&message),
+        },
+        NexusError::AlreadyExists(m) => NexusError::AlreadyExists(r.redact(&m)),
+        NexusError::Unauthenticated(m) => NexusError::Unauthenticated(r.redact(&m)),
+        NexusError::Internal(m) => NexusError::Internal(r.redact(&m)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_wrong_field_is_named_by_its_path() {
+        let v = compile_schema(
+            "s",
+            r#"{"type": "object", "required": ["messages"], "properties": {"messages": {"type": "array",
+                 "items": {"type": "object", "properties": {"role": {"enum": ["user", "assistant"]}}}}}}"#,
+        )
+        .unwrap();
+        let e = check_args(
+            &v,
+            &serde_json::json!({"messages": [{"role": "user"}, {"role": "robot"}]}),
+        )
+        .unwrap_err();
+        match e {
+            NexusError::InvalidArgument { field, .. } => assert_eq!(field, "args.messages[1].role"),
+            other => panic!("{other:?}"),
+        }
+        assert!(check_args(&v, &serde_json::json!({})).is_err());
+        assert!(compile_schema("s", r#"{"type": 7}"#).is_err());
+        assert!(compile_schema("s", "not json").is_err());
+    }
+}

@@ -1,0 +1,280 @@
+//! The tool registry: each tenant's registered tools and its `http.request` policy, a
+//! state-machine family (`tools`, tenant-first keys) replicated through Raft, so every node
+//! can run every tool. Built-in tools are not stored: every tenant has them
+//! (`service::tools::builtin`). What a call does is the service's (`service::tools`).
+
+pub mod composite;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::NexusError;
+use crate::store::{keys, ApplyCtx, Store, StoreError, CF_TOOLS};
+
+const TAG_TOOL: u8 = b'T';
+const TAG_HTTP_POLICY: u8 = b'P';
+
+/// Longest tool name.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Largest schema or configuration, JSON text.
+pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolKind {
+    Builtin,
+    Composite,
+}
+
+impl ToolKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ToolKind::Builtin => "builtin",
+            ToolKind::Composite => "composite",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// JSON Schema of the arguments (JSON text).
+    pub input_schema: String,
+    /// JSON Schema of the output (JSON text; `{}` when it says nothing).
+    pub output_schema: String,
+    pub kind: ToolKind,
+    /// The kind's definition (JSON text): a composite's steps.
+    pub config: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Which hosts `http.request` may reach for a tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpPolicy {
+    pub allow_hosts: Vec<String>,
+    pub allow_private: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToolOp {
+    /// Stores the tool, replacing one of the same name (keeping its creation time).
+    Register {
+        tool: ToolRecord,
+    },
+    Delete {
+        name: String,
+    },
+    SetHttpPolicy {
+        policy: HttpPolicy,
+    },
+}
+
+impl ToolOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToolOp::Register { .. } => "tools.register",
+            ToolOp::Delete { .. } => "tools.delete",
+            ToolOp::SetHttpPolicy { .. } => "tools.set_http_policy",
+        }
+    }
+
+    pub fn approx_size(&self) -> usize {
+        match self {
+            ToolOp::Register { tool } => {
+                tool.name.len()
+                    + tool.description.len()
+                    + tool.input_schema.len()
+                    + tool.output_schema.len()
+                    + tool.config.len()
+                    + 64
+            }
+            ToolOp::Delete { name } => name.len() + 16,
+            ToolOp::SetHttpPolicy { policy } => {
+                policy
+                    .allow_hosts
+                    .iter()
+                    .map(|h| h.len() + 4)
+                    .sum::<usize>()
+                    + 16
+            }
+        }
+    }
+
+    /// What the op acts on, for the audit log.
+    pub fn resource(&self) -> String {
+        match self {
+            ToolOp::Register { tool } => format!("tool/{}@{}", tool.name, tool.version),
+            ToolOp::Delete { name } => format!("tool/{name}"),
+            ToolOp::SetHttpPolicy { .. } => "tools/http-policy".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToolReply {
+    Tool(ToolRecord),
+    Deleted,
+    HttpPolicy(HttpPolicy),
+}
+
+fn tool_key(tenant: &str, name: &str) -> Vec<u8> {
+    keys::tenant_tagged(tenant, TAG_TOOL, name.as_bytes())
+}
+
+fn policy_key(tenant: &str) -> Vec<u8> {
+    keys::tenant_tagged(tenant, TAG_HTTP_POLICY, &[])
+}
+
+pub fn apply(
+    ctx: &mut ApplyCtx<'_>,
+    tenant: &str,
+    op: &ToolOp,
+) -> Result<Result<ToolReply, NexusError>, StoreError> {
+    match op {
+        ToolOp::Register { tool } => {
+            let key = tool_key(tenant, &tool.name);
+            let mut tool = tool.clone();
+            if let Some(old) = ctx.get_decoded::<ToolRecord>(CF_TOOLS, &key)? {
+                tool.created_at_ms = old.created_at_ms;
+            }
+            ctx.put(CF_TOOLS, &key, &tool);
+            Ok(Ok(ToolReply::Tool(tool)))
+        }
+        ToolOp::Delete { name } => {
+            let key = tool_key(tenant, name);
+            if ctx.get_raw_value(CF_TOOLS, &key)?.is_none() {
+                return Ok(Err(NexusError::NotFound(format!("tool {name} not found"))));
+            }
+            ctx.delete(CF_TOOLS, &key);
+            Ok(Ok(ToolReply::Deleted))
+        }
+        ToolOp::SetHttpPolicy { policy } => {
+            ctx.put(CF_TOOLS, &policy_key(tenant), policy);
+            Ok(Ok(ToolReply::HttpPolicy(policy.clone())))
+        }
+    }
+}
+
+/// A registered tool of `tenant`.
+pub fn read(store: &Store, tenant: &str, name: &str) -> Result<Option<ToolRecord>, StoreError> {
+    store.get_decoded(CF_TOOLS, &tool_key(tenant, name))
+}
+
+/// Every registered tool of `tenant`, by name.
+pub fn list(store: &Store, tenant: &str) -> Result<Vec<ToolRecord>, StoreError> {
+    let prefix = keys::tenant_tagged(tenant, TAG_TOOL, &[]);
+    store
+        .scan_prefix(CF_TOOLS, &prefix, &prefix, usize::MAX)?
+        .iter()
+        .map(|(_, v)| crate::store::codec::decode(v).map_err(StoreError::from))
+        .collect()
+}
+
+pub fn http_policy(store: &Store, tenant: &str) -> Result<HttpPolicy, StoreError> {
+    Ok(store
+        .get_decoded(CF_TOOLS, &policy_key(tenant))?
+        .unwrap_or_default())
+}
+
+/// A tool name: dotted segments of `a-z`, `0-9` and `_`, each starting with a letter, at
+/// least two (`acme.summarize`), at most [`MAX_NAME_BYTES`].
+pub fn validate_name(field: &str, name: &str) -> Result<(), NexusError> {
+    let segments: Vec<&str> = name.split('.').collect();
+    let ok = name.len() <= MAX_NAME_BYTES
+        && segments.len() >= 2
+        && segments.iter().all(|s| {
+            s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(NexusError::invalid(
+            field,
+            format!(
+                "{:?} is not a tool name: dotted segments of a-z, 0-9 and _, each starting with a letter (acme.summarize)",
+                crate::error::excerpt(name, 64)
+            ),
+        ))
+    }
+}
+
+/// A semantic version, `MAJOR.MINOR.PATCH` with an optional pre-release or build suffix.
+pub fn validate_version(field: &str, version: &str) -> Result<(), NexusError> {
+    semver::Version::parse(version).map(|_| ()).map_err(|e| {
+        NexusError::invalid(
+            field,
+            format!(
+                "{:?} is not a semantic version (1.2.0): {e}",
+                crate::error::excerpt(version, 64)
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_versions() {
+        for ok in ["acme.summarize", "memory.recall", "a.b_2.c"] {
+            validate_name("name", ok).unwrap();
+        }
+        for bad in ["echo", "Acme.x", "acme..x", "acme.2x", "acme.x-y", ""] {
+            assert!(validate_name("name", bad).is_err(), "{bad}");
+        }
+        validate_version("version", "1.2.0").unwrap();
+        validate_version("version", "0.1.0-beta.1").unwrap();
+        assert!(validate_version("version", "1.2").is_err());
+    }
+
+    #[test]
+    fn registry_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tool = |version: &str, at: i64| ToolRecord {
+            name: "acme.hello".into(),
+            version: version.into(),
+            description: "d".into(),
+            input_schema: "{}".into(),
+            output_schema: "{}".into(),
+            kind: ToolKind::Composite,
+            config: "{}".into(),
+            created_at_ms: at,
+            updated_at_ms: at,
+        };
+        let step = |op: ToolOp| {
+            let mut c = ApplyCtx::new(&store);
+            let r = apply(&mut c, "acme", &op).unwrap();
+            store.db().write(c.finish().unwrap()).unwrap();
+            r
+        };
+        step(ToolOp::Register {
+            tool: tool("1.0.0", 5),
+        })
+        .unwrap();
+        step(ToolOp::Register {
+            tool: tool("1.1.0", 9),
+        })
+        .unwrap();
+        let got = read(&store, "acme", "acme.hello").unwrap().unwrap();
+        assert_eq!(
+            (got.version.as_str(), got.created_at_ms, got.updated_at_ms),
+            ("1.1.0", 5, 9)
+        );
+        assert!(read(&store, "other", "acme.hello").unwrap().is_none());
+        assert_eq!(list(&store, "acme").unwrap().len(), 1);
+        step(ToolOp::Delete {
+            name: "acme.hello".into(),
+        })
+        .unwrap();
+        assert!(step(ToolOp::Delete {
+            name: "acme.hello".into()
+        })
+        .is_err());
+        assert!(list(&store, "acme").unwrap().is_empty());
+    }
+}
