@@ -28,8 +28,8 @@ nexus_install_build_prereqs() {
 
 nexus_install_test_prereqs() {
   nexus_install_build_prereqs
-  if ! python3 -c 'import grpc, grpc_tools, grpc_reflection' 2>/dev/null; then
-    echo "==> installing Python grpcio, grpcio-tools and grpcio-reflection (for the cross-language client test)" >&2
+  if ! python3 -c 'import grpc, grpc_tools, grpc_reflection, mcp, mcp_server_time' 2>/dev/null; then
+    echo "==> installing Python grpcio, grpcio-tools and grpcio-reflection (for the cross-language client tests), and the MCP Python SDK with mcp-server-time" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "${BASH_SOURCE[0]}")/../tests/python/requirements.txt"
   fi
 }

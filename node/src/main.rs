@@ -43,6 +43,9 @@ enum Command {
     Secrets(secrets_cli::SecretsArgs),
     /// Call a tool on a running node: `nexus run echo --args '{"text":"hi"}'`.
     Run(run_cli::RunArgs),
+    /// Serve MCP on stdin/stdout for an MCP client (Claude Desktop, Claude Code, Cursor),
+    /// with the tools of the node at --endpoint.
+    Mcp(run_cli::McpArgs),
 }
 
 #[derive(Subcommand)]
@@ -170,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Secrets(args) => secrets_cli::run(args),
         Command::Run(args) => run_cli::run(args),
+        Command::Mcp(args) => run_cli::mcp(args),
         Command::Serve(args) => {
             let config = load(args)?;
             nexus_node::observe::init_tracing(&config.log.level, &config.log.format);

@@ -453,10 +453,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             peer.serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone())),
         ),
     };
+    let mut mcp_hosts = config.mcp.allowed_hosts.clone();
+    mcp_hosts.push(config.http_addr.ip().to_string());
+    mcp_hosts.push(config.http_addr.to_string());
     let app = router(HttpState {
         node: node.clone(),
         index: parts.index.clone(),
-    });
+    })
+    .merge(crate::api::mcp::router(
+        parts.tools.clone(),
+        crate::api::mcp::McpState {
+            auth: auth.clone(),
+            public_url: config.mcp.public_url.clone(),
+        },
+        mcp_hosts,
+        config.mcp.allowed_origins.clone(),
+    ));
     let http_bounds = crate::api::http::HttpBounds::from_config(&config.limits);
     // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for
     // a client certificate (kubelet probes have none).

@@ -1,6 +1,8 @@
-//! The edges of the node: gRPC services (`grpc`) and the HTTP endpoints (`http`). Handlers
+//! The edges of the node: gRPC services (`grpc`), the HTTP endpoints (`http`) and the MCP
+//! server (`mcp`). Handlers
 //! authenticate the caller (`auth`), convert between wire and domain types, and map domain
 //! errors to statuses in one place.
 
 pub mod grpc;
 pub mod http;
+pub mod mcp;

@@ -188,6 +188,15 @@ impl Authenticator {
         self.enabled
     }
 
+    /// The OIDC issuers whose tokens this node accepts (for the MCP protected-resource
+    /// metadata).
+    pub fn oidc_issuers(&self) -> Vec<String> {
+        self.issuers
+            .iter()
+            .map(|i| i.issuer().to_string())
+            .collect()
+    }
+
     /// Where denied requests are counted (see `service::denials`).
     pub fn denials(&self) -> &crate::service::denials::Denials {
         &self.denials

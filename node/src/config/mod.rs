@@ -44,6 +44,31 @@ pub struct Config {
     pub quotas: QuotaConfig,
     pub tls: ApiTlsConfig,
     pub audit: AuditConfig,
+    pub mcp: McpConfig,
+}
+
+/// The MCP server at `/mcp` on the HTTP port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpConfig {
+    /// Host header values accepted (DNS-rebinding protection): names, or `host:port`. The
+    /// HTTP address's own host is always accepted.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted (`https://app.example.com`); empty: no Origin check.
+    pub allowed_origins: Vec<String>,
+    /// The URL clients reach `/mcp` at, for the protected-resource metadata (empty: from
+    /// the request's Host).
+    pub public_url: String,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: Vec::new(),
+            public_url: String::new(),
+        }
+    }
 }
 
 /// Retention of the audit log, applied by the leader to every tenant's chain: the oldest
@@ -415,6 +440,7 @@ impl Default for Config {
             quotas: QuotaConfig::default(),
             tls: ApiTlsConfig::default(),
             audit: AuditConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }

@@ -207,7 +207,10 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         "secrets.list" => "secrets:list",
         "secrets.rotate_master_key" => "cluster:admin",
         "audit.tail" | "audit.verify" => "audit:read",
-        "tools.list" | "tools.describe" | "tools.stats" | "tools.get_http_policy" => "tools:read",
+        // Listing shows each caller the tools it may call (all of them with tools:read):
+        // `service::tools::ToolService::list`.
+        "tools.list" => return Ok(None),
+        "tools.describe" | "tools.stats" | "tools.get_http_policy" => "tools:read",
         "tools.register" | "tools.delete" | "tools.set_http_policy" => "tools:write",
         // With the tool's name: tools:call:NAME (`api::grpc::authorize`).
         "tools.call" => "tools:call",

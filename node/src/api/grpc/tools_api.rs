@@ -66,7 +66,7 @@ impl ToolServiceRpc for ToolsApi {
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
         handle("tools.list", request, |p, _| async move {
-            let tools = self.tools.list(&p.tenant).await?;
+            let tools = self.tools.list(&p).await?;
             Ok(pb::ListToolsResponse {
                 tools: tools.into_iter().map(tool).collect(),
             })

@@ -168,13 +168,16 @@ impl ToolService {
         }
     }
 
-    /// Every tool the tenant can call: built-ins, then its registered tools.
-    pub async fn list(&self, tenant: &str) -> Result<Vec<ToolRecord>, NexusError> {
+    /// The tools of the caller's tenant it may call (every one with `tools:read`):
+    /// built-ins, then the tenant's registered tools.
+    pub async fn list(&self, caller: &Caller) -> Result<Vec<ToolRecord>, NexusError> {
         self.node
             .read_barrier(ReadConsistency::Linearizable)
             .await?;
         let mut out = self.builtins.records();
-        out.extend(tools::list(&self.node.store, tenant)?);
+        out.extend(tools::list(&self.node.store, &caller.tenant)?);
+        let all = caller.grants.allows("tools:read");
+        out.retain(|t| all || caller.grants.allows(&format!("tools:call:{}", t.name)));
         Ok(out)
     }
 
