@@ -44,6 +44,29 @@ pub enum ToolsCommand {
     },
 }
 
+#[derive(Subcommand, Clone)]
+pub enum McpCommand {
+    /// Mount an external MCP server: `nexusctl mcp mount time -- python3 -m mcp_server_time`.
+    /// Its tools become PREFIX.TOOL. The command must be one the nodes allow
+    /// ([mcp_client] commands).
+    Mount {
+        prefix: String,
+        /// KEY=VALUE for the server's environment; VALUE may hold ${secrets.NAME}. Repeat.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Longest a call may take, in milliseconds (0: the node's default).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Unmount a server (its process stops on every node as it is next used).
+    Unmount { prefix: String },
+    /// The tenant's mounted servers.
+    List,
+}
+
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
@@ -278,6 +301,94 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
                         "refused"
                     }
                 );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mount_json(m: &pb::McpMount) -> Value {
+    json!({"prefix": m.prefix, "command": m.command, "args": m.args, "env": m.env,
+           "timeout_ms": m.timeout_ms, "created_at_ms": m.created_at_ms})
+}
+
+/// Runs one `nexusctl mcp` command.
+pub async fn run_mcp(
+    c: &mut Client,
+    command: McpCommand,
+    json_out: bool,
+) -> Result<(), ClientError> {
+    match command {
+        McpCommand::Mount {
+            prefix,
+            env,
+            timeout_ms,
+            command,
+        } => {
+            let mut vars = std::collections::HashMap::new();
+            for pair in env {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad_usage(format!("--env {pair:?}: use KEY=VALUE")))?;
+                vars.insert(k.to_string(), v.to_string());
+            }
+            let (program, args) = command
+                .split_first()
+                .ok_or_else(|| bad_usage("the command to run comes after --".into()))?;
+            let m = c
+                .tools
+                .mount_mcp_server(pb::McpMount {
+                    prefix,
+                    command: program.clone(),
+                    args: args.to_vec(),
+                    env: vars,
+                    timeout_ms,
+                    created_at_ms: 0,
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                print_json(&mount_json(&m));
+            } else {
+                println!("mounted {} at {}.*", m.command, m.prefix);
+            }
+        }
+        McpCommand::Unmount { prefix } => {
+            c.tools
+                .unmount_mcp_server(pb::UnmountMcpServerRequest {
+                    prefix: prefix.clone(),
+                })
+                .await?;
+            if json_out {
+                print_json(&json!({"unmounted": prefix}));
+            } else {
+                println!("unmounted {prefix}");
+            }
+        }
+        McpCommand::List => {
+            let mounts = c
+                .tools
+                .list_mcp_servers(pb::ListMcpServersRequest {})
+                .await?
+                .into_inner()
+                .mounts;
+            if json_out {
+                print_json(&Value::Array(mounts.iter().map(mount_json).collect()));
+            } else {
+                let mut t = table(&["PREFIX", "COMMAND", "ENV"]);
+                for m in &mounts {
+                    let mut env: Vec<&String> = m.env.keys().collect();
+                    env.sort();
+                    t.add_row(vec![
+                        m.prefix.clone(),
+                        std::iter::once(m.command.clone())
+                            .chain(m.args.iter().cloned())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        env.into_iter().cloned().collect::<Vec<_>>().join(", "),
+                    ]);
+                }
+                println!("{t}");
             }
         }
     }

@@ -270,6 +270,7 @@ impl Parts {
                 recaller: recaller.clone(),
                 secrets: secrets.clone(),
             },
+            crate::service::tools::mcp_client::McpClients::new(&config.mcp_client),
         ));
         Ok(Parts {
             kv,

@@ -2,6 +2,7 @@
 
     mcp_client.py http URL TOKEN OTHER_TOKEN
     mcp_client.py stdio NEXUS_BIN ENDPOINT TOKEN
+    mcp_client.py call URL TOKEN TOOL ARGS_JSON   (prints the tool's output as JSON)
 
 Over either transport: lists the tools, remembers a memory and recalls it by a paraphrase,
 and gets an error (not a crash) for an unknown tool and for invalid arguments. Over HTTP
@@ -97,12 +98,24 @@ async def stdio(nexus_bin, endpoint, token):
         await exercise(client, "stdio")
 
 
+async def call(url, token, tool, args):
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as h:
+        async with mcp.Client(streamable_http_client(url, http_client=h)) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            check(tool in names, f"{tool} is listed")
+            result = await client.call_tool(tool, json.loads(args))
+            check(not result.is_error, f"{tool} answered")
+            print(json.dumps(output_of(result)), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "http":
         asyncio.run(http(*sys.argv[2:5]))
     elif mode == "stdio":
         asyncio.run(stdio(*sys.argv[2:5]))
+    elif mode == "call":
+        asyncio.run(call(*sys.argv[2:6]))
     else:
         sys.exit(f"unknown mode {mode}")
     print("passed", flush=True)

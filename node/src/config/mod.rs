@@ -45,6 +45,33 @@ pub struct Config {
     pub tls: ApiTlsConfig,
     pub audit: AuditConfig,
     pub mcp: McpConfig,
+    pub mcp_client: McpClientConfig,
+}
+
+/// External MCP servers tenants mount (`nexusctl mcp mount`): stdio commands this node
+/// starts for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpClientConfig {
+    /// The commands a tenant may mount (the program's name or path, as given to the mount):
+    /// each runs on this node's host with its rights, so only what the operator lists.
+    /// Empty: no stdio mount is accepted.
+    pub commands: Vec<String>,
+    /// Longest a call to a mounted tool may take, unless its mount says less.
+    pub call_timeout_ms: u64,
+    /// Most mounted servers running at once on this node; the least recently used is
+    /// stopped to start another.
+    pub max_servers: usize,
+}
+
+impl Default for McpClientConfig {
+    fn default() -> Self {
+        McpClientConfig {
+            commands: Vec::new(),
+            call_timeout_ms: 30_000,
+            max_servers: 64,
+        }
+    }
 }
 
 /// The MCP server at `/mcp` on the HTTP port.
@@ -441,6 +468,7 @@ impl Default for Config {
             tls: ApiTlsConfig::default(),
             audit: AuditConfig::default(),
             mcp: McpConfig::default(),
+            mcp_client: McpClientConfig::default(),
         }
     }
 }

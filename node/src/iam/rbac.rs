@@ -210,8 +210,14 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         // Listing shows each caller the tools it may call (all of them with tools:read):
         // `service::tools::ToolService::list`.
         "tools.list" => return Ok(None),
-        "tools.describe" | "tools.stats" | "tools.get_http_policy" => "tools:read",
-        "tools.register" | "tools.delete" | "tools.set_http_policy" => "tools:write",
+        "tools.describe" | "tools.stats" | "tools.get_http_policy" | "tools.list_mounts" => {
+            "tools:read"
+        }
+        "tools.register"
+        | "tools.delete"
+        | "tools.set_http_policy"
+        | "tools.mount"
+        | "tools.unmount" => "tools:write",
         // With the tool's name: tools:call:NAME (`api::grpc::authorize`).
         "tools.call" => "tools:call",
         "iam.whoami" => return Ok(None),

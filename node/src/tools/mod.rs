@@ -12,6 +12,7 @@ use crate::store::{keys, ApplyCtx, Store, StoreError, CF_TOOLS};
 
 const TAG_TOOL: u8 = b'T';
 const TAG_HTTP_POLICY: u8 = b'P';
+const TAG_MOUNT: u8 = b'M';
 
 /// Longest tool name.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -22,6 +23,8 @@ pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
 pub enum ToolKind {
     Builtin,
     Composite,
+    /// A tool of an external MCP server the tenant mounted.
+    Mcp,
 }
 
 impl ToolKind {
@@ -29,8 +32,23 @@ impl ToolKind {
         match self {
             ToolKind::Builtin => "builtin",
             ToolKind::Composite => "composite",
+            ToolKind::Mcp => "mcp",
         }
     }
+}
+
+/// An external MCP server mounted under a prefix: its tools are listed and called as
+/// `PREFIX.TOOL`. A stdio command the node starts (only commands the node's
+/// `[mcp_client] commands` allows); its `env` values may hold `${secrets.NAME}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpMount {
+    pub prefix: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Longest a call may take (0: the node's default).
+    pub timeout_ms: u64,
+    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +86,13 @@ pub enum ToolOp {
     SetHttpPolicy {
         policy: HttpPolicy,
     },
+    /// Mounts (or replaces) an external MCP server under its prefix.
+    Mount {
+        mount: McpMount,
+    },
+    Unmount {
+        prefix: String,
+    },
 }
 
 impl ToolOp {
@@ -76,6 +101,8 @@ impl ToolOp {
             ToolOp::Register { .. } => "tools.register",
             ToolOp::Delete { .. } => "tools.delete",
             ToolOp::SetHttpPolicy { .. } => "tools.set_http_policy",
+            ToolOp::Mount { .. } => "tools.mount",
+            ToolOp::Unmount { .. } => "tools.unmount",
         }
     }
 
@@ -98,6 +125,18 @@ impl ToolOp {
                     .sum::<usize>()
                     + 16
             }
+            ToolOp::Mount { mount } => {
+                mount.prefix.len()
+                    + mount.command.len()
+                    + mount.args.iter().map(|a| a.len() + 4).sum::<usize>()
+                    + mount
+                        .env
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 8)
+                        .sum::<usize>()
+                    + 32
+            }
+            ToolOp::Unmount { prefix } => prefix.len() + 16,
         }
     }
 
@@ -107,6 +146,8 @@ impl ToolOp {
             ToolOp::Register { tool } => format!("tool/{}@{}", tool.name, tool.version),
             ToolOp::Delete { name } => format!("tool/{name}"),
             ToolOp::SetHttpPolicy { .. } => "tools/http-policy".into(),
+            ToolOp::Mount { mount } => format!("mcp/{} {}", mount.prefix, mount.command),
+            ToolOp::Unmount { prefix } => format!("mcp/{prefix}"),
         }
     }
 }
@@ -116,6 +157,7 @@ pub enum ToolReply {
     Tool(ToolRecord),
     Deleted,
     HttpPolicy(HttpPolicy),
+    Mounted(McpMount),
 }
 
 fn tool_key(tenant: &str, name: &str) -> Vec<u8> {
@@ -124,6 +166,10 @@ fn tool_key(tenant: &str, name: &str) -> Vec<u8> {
 
 fn policy_key(tenant: &str) -> Vec<u8> {
     keys::tenant_tagged(tenant, TAG_HTTP_POLICY, &[])
+}
+
+fn mount_key(tenant: &str, prefix: &str) -> Vec<u8> {
+    keys::tenant_tagged(tenant, TAG_MOUNT, prefix.as_bytes())
 }
 
 pub fn apply(
@@ -153,7 +199,35 @@ pub fn apply(
             ctx.put(CF_TOOLS, &policy_key(tenant), policy);
             Ok(Ok(ToolReply::HttpPolicy(policy.clone())))
         }
+        ToolOp::Mount { mount } => {
+            ctx.put(CF_TOOLS, &mount_key(tenant, &mount.prefix), mount);
+            Ok(Ok(ToolReply::Mounted(mount.clone())))
+        }
+        ToolOp::Unmount { prefix } => {
+            let key = mount_key(tenant, prefix);
+            if ctx.get_raw_value(CF_TOOLS, &key)?.is_none() {
+                return Ok(Err(NexusError::NotFound(format!(
+                    "no MCP server is mounted at {prefix}"
+                ))));
+            }
+            ctx.delete(CF_TOOLS, &key);
+            Ok(Ok(ToolReply::Deleted))
+        }
     }
+}
+
+/// The tenant's mounted MCP servers, by prefix.
+pub fn mounts(store: &Store, tenant: &str) -> Result<Vec<McpMount>, StoreError> {
+    let prefix = keys::tenant_tagged(tenant, TAG_MOUNT, &[]);
+    store
+        .scan_prefix(CF_TOOLS, &prefix, &prefix, usize::MAX)?
+        .iter()
+        .map(|(_, v)| crate::store::codec::decode(v).map_err(StoreError::from))
+        .collect()
+}
+
+pub fn mount(store: &Store, tenant: &str, prefix: &str) -> Result<Option<McpMount>, StoreError> {
+    store.get_decoded(CF_TOOLS, &mount_key(tenant, prefix))
 }
 
 /// A registered tool of `tenant`.

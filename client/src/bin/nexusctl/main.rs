@@ -19,7 +19,7 @@ use search::SearchArgs;
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use nexus_client::secrets_cli::SecretsCommand;
-use nexus_client::tools_cli::ToolsCommand;
+use nexus_client::tools_cli::{McpCommand, ToolsCommand};
 use nexus_client::{pb, Client, ClientError, DEFAULT_ENDPOINT};
 use serde_json::Value;
 
@@ -114,6 +114,11 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
+    /// External MCP servers mounted as tools: mount, unmount, list.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -201,6 +206,7 @@ impl Command {
                 command,
                 ToolsCommand::List | ToolsCommand::Describe { .. } | ToolsCommand::Stats
             ),
+            Command::Mcp { command } => matches!(command, McpCommand::List),
             Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
             Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
             Command::Binding { command } => {
@@ -279,6 +285,9 @@ async fn run(
         Command::Search(a) => search::run(&mut c, out, a).await?,
         Command::Tools { command } => {
             nexus_client::tools_cli::run(&mut c, command, out == Output::Json).await?
+        }
+        Command::Mcp { command } => {
+            nexus_client::tools_cli::run_mcp(&mut c, command, out == Output::Json).await?
         }
     }
     Ok(())

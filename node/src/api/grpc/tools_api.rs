@@ -11,7 +11,7 @@ use super::{handle, handle_on, to_status};
 use crate::cluster::ReadConsistency;
 use crate::error::NexusError;
 use crate::service::tools::{stats::ToolStat, CallOutput, Progress, Reporter, ToolService};
-use crate::tools::{HttpPolicy, ToolKind, ToolRecord};
+use crate::tools::{HttpPolicy, McpMount, ToolKind, ToolRecord};
 
 pub struct ToolsApi {
     pub tools: Arc<ToolService>,
@@ -57,6 +57,17 @@ fn policy(p: HttpPolicy) -> pb::HttpPolicy {
     }
 }
 
+fn mount(m: McpMount) -> pb::McpMount {
+    pb::McpMount {
+        prefix: m.prefix,
+        command: m.command,
+        args: m.args,
+        env: m.env.into_iter().collect(),
+        timeout_ms: m.timeout_ms,
+        created_at_ms: m.created_at_ms,
+    }
+}
+
 type EventStream = ReceiverStream<Result<pb::CallToolEvent, Status>>;
 
 #[tonic::async_trait]
@@ -81,7 +92,7 @@ impl ToolServiceRpc for ToolsApi {
         handle("tools.describe", request, |p, r| async move {
             let t = self
                 .tools
-                .describe(&p.tenant, &r.name, ReadConsistency::Linearizable)
+                .describe(&p, &r.name, ReadConsistency::Linearizable)
                 .await?;
             Ok(tool(t))
         })
@@ -249,6 +260,59 @@ impl ToolServiceRpc for ToolsApi {
     ) -> Result<Response<pb::HttpPolicy>, Status> {
         handle("tools.get_http_policy", request, |p, _| async move {
             Ok(policy(self.tools.http_policy(&p.tenant).await?))
+        })
+        .await
+    }
+
+    async fn mount_mcp_server(
+        &self,
+        request: Request<pb::McpMount>,
+    ) -> Result<Response<pb::McpMount>, Status> {
+        handle("tools.mount", request, |p, r| async move {
+            let mounted = self
+                .tools
+                .mount(
+                    &p,
+                    McpMount {
+                        prefix: r.prefix,
+                        command: r.command,
+                        args: r.args,
+                        env: r.env.into_iter().collect(),
+                        timeout_ms: r.timeout_ms,
+                        created_at_ms: 0,
+                    },
+                )
+                .await?;
+            Ok(mount(mounted))
+        })
+        .await
+    }
+
+    async fn unmount_mcp_server(
+        &self,
+        request: Request<pb::UnmountMcpServerRequest>,
+    ) -> Result<Response<pb::UnmountMcpServerResponse>, Status> {
+        handle("tools.unmount", request, |p, r| async move {
+            self.tools.unmount(&p, &r.prefix).await?;
+            Ok(pb::UnmountMcpServerResponse {})
+        })
+        .await
+    }
+
+    async fn list_mcp_servers(
+        &self,
+        request: Request<pb::ListMcpServersRequest>,
+    ) -> Result<Response<pb::ListMcpServersResponse>, Status> {
+        handle("tools.list_mounts", request, |p, _| async move {
+            Ok(pb::ListMcpServersResponse {
+                mounts: self
+                    .tools
+                    .mounts(&p.tenant)
+                    .await?
+                    .into_iter()
+                    .map(mount)
+                    .collect(),
+            })
         })
         .await
     }

@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod http;
+pub mod mcp_client;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -27,7 +28,9 @@ use crate::error::NexusError;
 use crate::memory::now_ms;
 use crate::secrets::placeholders::Redactor;
 use crate::service::Caller;
-use crate::tools::{self, composite, HttpPolicy, ToolKind, ToolOp, ToolRecord, ToolReply};
+use crate::tools::{
+    self, composite, HttpPolicy, McpMount, ToolKind, ToolOp, ToolRecord, ToolReply,
+};
 
 pub use builtin::Builtins;
 
@@ -122,7 +125,12 @@ pub struct ToolService {
     builtins: Builtins,
     validators: Mutex<HashMap<(String, String, String), Compiled>>,
     pub stats: stats::Stats,
+    pub mcp: mcp_client::McpClients,
 }
+
+/// A mount's environment with its `${secrets.NAME}` resolved, and the redactor of those
+/// values.
+type MountEnv = (Vec<(String, zeroize::Zeroizing<String>)>, Redactor);
 
 /// The JSON Schema of `schema_text`, compiled; INVALID_ARGUMENT naming `field` otherwise.
 pub fn compile_schema(field: &str, schema_text: &str) -> Result<jsonschema::Validator, NexusError> {
@@ -159,13 +167,106 @@ pub fn check_args(validator: &jsonschema::Validator, args: &Value) -> Result<(),
 }
 
 impl ToolService {
-    pub fn new(node: Arc<Cluster>, builtins: Builtins) -> Self {
+    pub fn new(node: Arc<Cluster>, builtins: Builtins, mcp: mcp_client::McpClients) -> Self {
         ToolService {
             node,
             builtins,
             validators: Mutex::new(HashMap::new()),
             stats: stats::Stats::default(),
+            mcp,
         }
+    }
+
+    /// Resolves the `${secrets.NAME}` in a mount's env values for `caller` (each a read on
+    /// the audit log), all at once.
+    async fn mount_env(&self, caller: &Caller, mount: &McpMount) -> Result<MountEnv, NexusError> {
+        const SEP: char = '\u{1}';
+        let joined: String = mount
+            .env
+            .values()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(&SEP.to_string());
+        if !joined.contains("${secrets.") {
+            let env = mount
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), zeroize::Zeroizing::new(v.clone())))
+                .collect();
+            return Ok((env, Redactor::default()));
+        }
+        let (resolved, redactor) = self
+            .builtins
+            .secrets
+            .resolve_placeholders(&caller.scope(), "env", &joined)
+            .await?;
+        let env = mount
+            .env
+            .keys()
+            .zip(resolved.split(SEP))
+            .map(|(k, v)| (k.clone(), zeroize::Zeroizing::new(v.to_string())))
+            .collect();
+        Ok((env, redactor))
+    }
+
+    /// The tools of the tenant's mounted MCP servers; a server that cannot be reached is
+    /// left out (and logged), not an error of the whole listing.
+    async fn mounted_tools(&self, caller: &Caller) -> Result<Vec<ToolRecord>, NexusError> {
+        let mut out = Vec::new();
+        for mount in tools::mounts(&self.node.store, &caller.tenant)? {
+            let listed = match self.mount_env(caller, &mount).await {
+                Ok((env, _)) => self.mcp.list(&caller.tenant, &mount, &env).await,
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(tools) => out.extend(tools),
+                Err(e) => {
+                    tracing::warn!(prefix = %mount.prefix, error = %e, "listing a mounted MCP server's tools")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mounts (or replaces) an external MCP server for the caller's tenant.
+    pub async fn mount(&self, caller: &Caller, mount: McpMount) -> Result<McpMount, NexusError> {
+        self.mcp.validate(&mount)?;
+        if mount.env.values().any(|v| v.contains('\u{1}')) {
+            return Err(NexusError::invalid(
+                "env",
+                "a value holds a control character",
+            ));
+        }
+        for (name, value) in &mount.env {
+            crate::secrets::placeholders::names(&format!("env.{name}"), value)?;
+        }
+        let mount = McpMount {
+            created_at_ms: now_ms(),
+            ..mount
+        };
+        match self.propose(caller, ToolOp::Mount { mount }).await? {
+            ToolReply::Mounted(m) => Ok(m),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    pub async fn unmount(&self, caller: &Caller, prefix: &str) -> Result<(), NexusError> {
+        self.propose(
+            caller,
+            ToolOp::Unmount {
+                prefix: prefix.into(),
+            },
+        )
+        .await?;
+        self.mcp.stop(&caller.tenant, prefix).await;
+        Ok(())
+    }
+
+    pub async fn mounts(&self, tenant: &str) -> Result<Vec<McpMount>, NexusError> {
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        Ok(tools::mounts(&self.node.store, tenant)?)
     }
 
     /// The tools of the caller's tenant it may call (every one with `tools:read`):
@@ -176,6 +277,7 @@ impl ToolService {
             .await?;
         let mut out = self.builtins.records();
         out.extend(tools::list(&self.node.store, &caller.tenant)?);
+        out.extend(self.mounted_tools(caller).await?);
         let all = caller.grants.allows("tools:read");
         out.retain(|t| all || caller.grants.allows(&format!("tools:call:{}", t.name)));
         Ok(out)
@@ -184,7 +286,7 @@ impl ToolService {
     /// One tool (read locally after `consistency`'s barrier).
     pub async fn describe(
         &self,
-        tenant: &str,
+        caller: &Caller,
         name: &str,
         consistency: ReadConsistency,
     ) -> Result<ToolRecord, NexusError> {
@@ -194,8 +296,25 @@ impl ToolService {
         if let Some(b) = self.builtins.record(name) {
             return Ok(b);
         }
-        tools::validate_name("name", name)?;
+        if name.len() > tools::MAX_NAME_BYTES {
+            return Err(NexusError::invalid("name", "is too long"));
+        }
         self.node.read_barrier(consistency).await?;
+        let tenant = &caller.tenant;
+        // A mounted server's tool: PREFIX.TOOL, named as the server names it.
+        if let Some((prefix, _)) = name.split_once('.') {
+            if let Some(mount) = tools::mount(&self.node.store, tenant, prefix)? {
+                let (env, _) = self.mount_env(caller, &mount).await?;
+                return self
+                    .mcp
+                    .list(tenant, &mount, &env)
+                    .await?
+                    .into_iter()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| NexusError::NotFound(format!("tool {name} not found")));
+            }
+        }
+        tools::validate_name("name", name)?;
         tools::read(&self.node.store, tenant, name)?
             .ok_or_else(|| NexusError::NotFound(format!("tool {name} not found")))
     }
@@ -376,9 +495,7 @@ impl ToolService {
                     format!("is {} bytes; at most {MAX_ARGS_BYTES}", args.len()),
                 ));
             }
-            let tool = self
-                .describe(&caller.tenant, name, ReadConsistency::Stale)
-                .await?;
+            let tool = self.describe(caller, name, ReadConsistency::Stale).await?;
             let args_text = if args.trim().is_empty() { "{}" } else { args };
             // Placeholders first: the schema sees the values (a secret may have to be a
             // number), and nothing but the tool sees them.
@@ -413,10 +530,34 @@ impl ToolService {
                     self.run_composite(caller, &tool, parsed, &reporter, depth)
                         .await
                 }
+                ToolKind::Mcp => self.run_mounted(caller, &tool, parsed, &reporter).await,
             }
             .map_err(redact_err)?;
             Ok((redact_value(&redactor, &output), tool.version))
         })
+    }
+
+    async fn run_mounted(
+        &self,
+        caller: &Caller,
+        tool: &ToolRecord,
+        args: Value,
+        reporter: &Reporter,
+    ) -> Result<Value, NexusError> {
+        let (prefix, name) = tool
+            .name
+            .split_once('.')
+            .ok_or_else(|| NexusError::internal("a mounted tool without a prefix"))?;
+        let mount = tools::mount(&self.node.store, &caller.tenant, prefix)?
+            .ok_or_else(|| NexusError::NotFound(format!("tool {} not found", tool.name)))?;
+        let (env, env_redactor) = self.mount_env(caller, &mount).await?;
+        reporter.message(format!("calling {name} on MCP server {prefix}"));
+        let output = self
+            .mcp
+            .call(&caller.tenant, &mount, &env, name, args)
+            .await
+            .map_err(|e| redact_error(&env_redactor, e))?;
+        Ok(redact_value(&env_redactor, &output))
     }
 
     async fn run_composite(

@@ -1,0 +1,320 @@
+//! The MCP client: external MCP servers a tenant mounted (`tools::McpMount`), started on
+//! this node when first used, their tools listed and called as `PREFIX.TOOL`.
+//!
+//! - One process per (tenant, prefix) on each node, started with the mount's command, args
+//!   and env (`${secrets.NAME}` in env values resolved for the caller who starts it, like any
+//!   tool argument). Only commands in `[mcp_client] commands` are accepted when mounting.
+//! - A server that exited (crashed, killed) is started again on the next use; a changed mount
+//!   (another command, args or env) replaces the running one.
+//! - Its tool list is cached for [`TOOLS_TTL`] and read again after a call fails; a call has
+//!   a deadline (the mount's `timeout_ms`, at most `[mcp_client] call_timeout_ms`).
+//! - At most `[mcp_client] max_servers` run at once; the least recently used is stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolRequestParams, Tool};
+use rmcp::service::RunningService;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::error::NexusError;
+use crate::tools::{McpMount, ToolKind, ToolRecord};
+
+pub const TOOLS_TTL: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Server {
+    mount: McpMount,
+    service: RunningService<RoleClient, ()>,
+    tools: Option<(Instant, Vec<Tool>)>,
+    last_used: Instant,
+}
+
+/// A mounted tool's version: `0.0.0+` and its input schema's hash, so that a server that
+/// changes a tool's schema gets its arguments checked against the new one (compiled schemas
+/// are cached by version).
+fn schema_version(schema: &rmcp::model::JsonObject) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(Value::Object(schema.clone()).to_string().as_bytes());
+    format!(
+        "0.0.0+{}",
+        digest[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// (tenant, prefix).
+type ServerKey = (String, String);
+
+pub struct McpClients {
+    servers: Mutex<HashMap<ServerKey, Arc<Mutex<Server>>>>,
+    pub allowed_commands: Vec<String>,
+    pub call_timeout: Duration,
+    pub max_servers: usize,
+    /// Servers started (first starts and restarts), for tests and logs.
+    pub starts: std::sync::atomic::AtomicU64,
+}
+
+fn unavailable(prefix: &str, why: impl std::fmt::Display) -> NexusError {
+    NexusError::unavailable(format!("MCP server {prefix}: {why}"))
+}
+
+impl McpClients {
+    pub fn new(config: &crate::config::McpClientConfig) -> Self {
+        McpClients {
+            servers: Mutex::new(HashMap::new()),
+            allowed_commands: config.commands.clone(),
+            call_timeout: Duration::from_millis(config.call_timeout_ms.max(1)),
+            max_servers: config.max_servers.max(1),
+            starts: Default::default(),
+        }
+    }
+
+    /// Checks a mount before it is stored: prefix, command and env names.
+    pub fn validate(&self, mount: &McpMount) -> Result<(), NexusError> {
+        let ok_prefix = mount
+            .prefix
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
+            && mount.prefix.len() <= 32
+            && mount
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok_prefix {
+            return Err(NexusError::invalid(
+                "prefix",
+                format!(
+                    "{:?} is not a prefix: a-z, 0-9 and _, starting with a letter, at most 32",
+                    mount.prefix
+                ),
+            ));
+        }
+        if !self.allowed_commands.contains(&mount.command) {
+            return Err(NexusError::PermissionDenied(format!(
+                "{:?} is not a command this node runs for tenants ([mcp_client] commands: {})",
+                mount.command,
+                if self.allowed_commands.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.allowed_commands.join(", ")
+                }
+            )));
+        }
+        if mount.args.len() > 64 || mount.env.len() > 64 {
+            return Err(NexusError::invalid(
+                "args",
+                "at most 64 arguments and 64 environment variables",
+            ));
+        }
+        for name in mount.env.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(NexusError::invalid(
+                    format!("env.{name}"),
+                    "is not a variable name",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The running server of `mount` for `tenant`, started (with `env`, its placeholders
+    /// resolved) when it is not running or its mount changed.
+    async fn server(
+        &self,
+        tenant: &str,
+        mount: &McpMount,
+        env: &[(String, zeroize::Zeroizing<String>)],
+    ) -> Result<Arc<Mutex<Server>>, NexusError> {
+        let key = (tenant.to_string(), mount.prefix.clone());
+        let mut servers = self.servers.lock().await;
+        if let Some(s) = servers.get(&key) {
+            let guard = s.lock().await;
+            if guard.mount == *mount && !guard.service.is_closed() {
+                drop(guard);
+                return Ok(s.clone());
+            }
+        }
+        servers.remove(&key);
+        if servers.len() >= self.max_servers {
+            // Stop the least recently used.
+            let mut oldest: Option<((String, String), Instant)> = None;
+            for (k, s) in servers.iter() {
+                let used = s.lock().await.last_used;
+                if oldest.as_ref().is_none_or(|(_, t)| used < *t) {
+                    oldest = Some((k.clone(), used));
+                }
+            }
+            if let Some((k, _)) = oldest {
+                servers.remove(&k);
+            }
+        }
+        let mut command = tokio::process::Command::new(&mount.command);
+        command.args(&mount.args).env_clear();
+        // A minimal environment: PATH and HOME to find interpreters, then the mount's own.
+        for inherited in ["PATH", "HOME", "LANG"] {
+            if let Ok(v) = std::env::var(inherited) {
+                command.env(inherited, v);
+            }
+        }
+        for (k, v) in env {
+            command.env(k, v.as_str());
+        }
+        let transport = rmcp::transport::TokioChildProcess::builder(command)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| unavailable(&mount.prefix, format!("starting {}: {e}", mount.command)))?
+            .0;
+        let service = tokio::time::timeout(START_TIMEOUT, ().serve(transport))
+            .await
+            .map_err(|_| unavailable(&mount.prefix, "it did not finish its handshake in time"))?
+            .map_err(|e| unavailable(&mount.prefix, format!("handshake: {e}")))?;
+        self.starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(tenant, prefix = %mount.prefix, command = %mount.command, "started a mounted MCP server");
+        let server = Arc::new(Mutex::new(Server {
+            mount: mount.clone(),
+            service,
+            tools: None,
+            last_used: Instant::now(),
+        }));
+        servers.insert(key, server.clone());
+        Ok(server)
+    }
+
+    /// The server's tools, from the cache or read again.
+    async fn tools_of(&self, server: &mut Server, refresh: bool) -> Result<Vec<Tool>, NexusError> {
+        if let Some((at, tools)) = &server.tools {
+            if !refresh && at.elapsed() < TOOLS_TTL {
+                return Ok(tools.clone());
+            }
+        }
+        let prefix = server.mount.prefix.clone();
+        let tools = tokio::time::timeout(self.call_timeout, server.service.list_all_tools())
+            .await
+            .map_err(|_| unavailable(&prefix, "tools/list timed out"))?
+            .map_err(|e| unavailable(&prefix, format!("tools/list: {e}")))?;
+        server.tools = Some((Instant::now(), tools.clone()));
+        Ok(tools)
+    }
+
+    /// The mounted server's tools as registry records, named `PREFIX.TOOL`.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        mount: &McpMount,
+        env: &[(String, zeroize::Zeroizing<String>)],
+    ) -> Result<Vec<ToolRecord>, NexusError> {
+        let server = self.server(tenant, mount, env).await?;
+        let mut server = server.lock().await;
+        server.last_used = Instant::now();
+        let tools = self.tools_of(&mut server, false).await?;
+        Ok(tools
+            .iter()
+            .map(|t| ToolRecord {
+                name: format!("{}.{}", mount.prefix, t.name),
+                version: schema_version(&t.input_schema),
+                description: t.description.as_deref().unwrap_or_default().to_string(),
+                input_schema: Value::Object((*t.input_schema).clone()).to_string(),
+                output_schema: t.output_schema.as_ref().map_or("{}".to_string(), |s| {
+                    Value::Object((**s).clone()).to_string()
+                }),
+                kind: ToolKind::Mcp,
+                config: serde_json::json!({"mount": mount.prefix, "command": mount.command})
+                    .to_string(),
+                created_at_ms: mount.created_at_ms,
+                updated_at_ms: mount.created_at_ms,
+            })
+            .collect())
+    }
+
+    /// Calls `tool` (its name on the server) with `args`; the output is the server's
+    /// structured content, else its text content (parsed when it is JSON).
+    pub async fn call(
+        &self,
+        tenant: &str,
+        mount: &McpMount,
+        env: &[(String, zeroize::Zeroizing<String>)],
+        tool: &str,
+        args: Value,
+    ) -> Result<Value, NexusError> {
+        let timeout = match mount.timeout_ms {
+            0 => self.call_timeout,
+            ms => Duration::from_millis(ms).min(self.call_timeout),
+        };
+        let Value::Object(arguments) = args else {
+            return Err(NexusError::invalid("args", "must be a JSON object"));
+        };
+        // A server found dead on the call (killed since its last use: its transport closes
+        // only as the call fails) is started again, and the call made once more.
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let server = self.server(tenant, mount, env).await?;
+            let peer = {
+                let mut s = server.lock().await;
+                s.last_used = Instant::now();
+                s.service.peer().clone()
+            };
+            let params =
+                CallToolRequestParams::new(tool.to_string()).with_arguments(arguments.clone());
+            let outcome = tokio::time::timeout(timeout, peer.call_tool(params))
+                .await
+                .map_err(|_| {
+                    unavailable(
+                        &mount.prefix,
+                        format!("{tool} did not answer within {} ms", timeout.as_millis()),
+                    )
+                })?;
+            match outcome {
+                Ok(r) => break r,
+                Err(e) => {
+                    let closed = matches!(e, rmcp::ServiceError::TransportClosed)
+                        || server.lock().await.service.is_closed();
+                    if closed && attempt == 1 {
+                        tracing::info!(tenant, prefix = %mount.prefix, "a mounted MCP server exited; starting it again");
+                        self.stop(tenant, &mount.prefix).await;
+                        continue;
+                    }
+                    // The list may have changed: read it again next time.
+                    server.lock().await.tools = None;
+                    return Err(unavailable(&mount.prefix, format!("{tool}: {e}")));
+                }
+            }
+        };
+        let text: String = result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if result.is_error == Some(true) {
+            return Err(NexusError::precondition(
+                "tool",
+                format!(
+                    "{}.{tool} failed: {}",
+                    mount.prefix,
+                    crate::error::excerpt(&text, 1000)
+                ),
+            ));
+        }
+        Ok(match result.structured_content {
+            Some(v) => v,
+            None => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        })
+    }
+
+    /// Stops the tenant's server at `prefix`, if it runs here (after an unmount).
+    pub async fn stop(&self, tenant: &str, prefix: &str) {
+        self.servers
+            .lock()
+            .await
+            .remove(&(tenant.to_string(), prefix.to_string()));
+    }
+}
