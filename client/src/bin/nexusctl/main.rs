@@ -294,6 +294,13 @@ async fn run(
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`nexusctl tools list | head`)
+    // panicked; a command-line tool should just stop, as `ls | head` does.
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
