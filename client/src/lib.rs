@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod output;
 pub mod recall_eval;
 pub mod report;
 pub mod secrets_cli;

@@ -34,6 +34,14 @@ use crate::error::NexusError;
 use crate::store::keys::audit as keys;
 use crate::store::{codec, ApplyCtx, Store, StoreError, CF_AUDIT};
 
+mod migrate;
+mod read;
+mod verify;
+
+pub use migrate::{format4, migrate_to_chains, needs_migration};
+pub use read::{chain_records, chains, head, read, tail};
+pub use verify::{find, verify, verify_chain, Verification};
+
 /// Who did what, carried in each audited command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditContext {
@@ -106,18 +114,27 @@ impl AuditRecord {
         h.update(self.seq.to_be_bytes());
         h.update(self.at_ms.to_be_bytes());
         h.update(self.incarnation.to_be_bytes());
-        for field in [
-            &self.request_id,
-            &self.principal,
-            &self.tenant,
-            &self.action,
-            &self.resource,
-            &self.result,
-        ] {
-            h.update((field.len() as u64).to_be_bytes());
-            h.update(field.as_bytes());
-        }
+        hash_fields(
+            &mut h,
+            [
+                &self.request_id,
+                &self.principal,
+                &self.tenant,
+                &self.action,
+                &self.resource,
+                &self.result,
+            ],
+        );
         h.finalize().to_vec()
+    }
+}
+
+/// Feeds a record's text fields to its hash, each prefixed with its length (both chain
+/// formats hash them alike).
+fn hash_fields(h: &mut Sha256, fields: [&String; 6]) {
+    for field in fields {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
     }
 }
 
@@ -287,427 +304,6 @@ pub fn trim(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &AuditTrimOp) -> Result<u6
         ctx.put(CF_AUDIT, &head_key, &head);
     }
     Ok(removed)
-}
-
-/// Every chain with its head, in key order (tenant, then incarnation).
-pub fn chains(store: &Store) -> Result<Vec<(Chain, Head)>, StoreError> {
-    let mut out = Vec::new();
-    let mut seek: Vec<u8> = Vec::new();
-    while let Some((k, _)) = store.scan_prefix(CF_AUDIT, &[], &seek, 1)?.pop() {
-        let Some(tenant) = crate::store::keys::parse_tenant(&k) else {
-            break;
-        };
-        let heads = keys::heads_prefix(&tenant);
-        for (k, v) in store.scan_prefix(CF_AUDIT, &heads, &heads, usize::MAX)? {
-            if let Some(incarnation) = keys::parse_head(&tenant, &k) {
-                let chain = Chain {
-                    tenant: tenant.clone(),
-                    incarnation,
-                };
-                out.push((chain, codec::decode(&v)?));
-            }
-        }
-        seek = crate::store::apply::prefix_end(&keys::tenant(&tenant));
-    }
-    Ok(out)
-}
-
-/// The head of one chain (the default when it was never written).
-pub fn head(store: &Store, chain: &Chain) -> Result<Head, StoreError> {
-    Ok(store
-        .get_decoded(CF_AUDIT, &keys::head(&chain.tenant, chain.incarnation))?
-        .unwrap_or_default())
-}
-
-/// Up to `limit` records of one chain from sequence number `from` on, oldest first.
-pub fn chain_records(
-    store: &Store,
-    chain: &Chain,
-    from: u64,
-    limit: usize,
-) -> Result<Vec<AuditRecord>, StoreError> {
-    let prefix = keys::chain_prefix(&chain.tenant, chain.incarnation);
-    let start = keys::record(&chain.tenant, chain.incarnation, from);
-    store
-        .scan_prefix(CF_AUDIT, &prefix, &start, limit)?
-        .iter()
-        .map(|(_, v)| codec::decode(v).map_err(StoreError::from))
-        .collect()
-}
-
-/// One chain's records in sequence order, read lazily, forwards or backwards.
-struct Cursor<'a> {
-    iter: rocksdb::DBIteratorWithThreadMode<'a, rocksdb::DB>,
-    prefix: Vec<u8>,
-}
-
-impl Cursor<'_> {
-    fn next(&mut self) -> Result<Option<AuditRecord>, StoreError> {
-        match self.iter.next().transpose()? {
-            Some((k, v)) if k.starts_with(&self.prefix) => Ok(Some(codec::decode(&v)?)),
-            _ => Ok(None),
-        }
-    }
-}
-
-/// Merges the chains' records by sequence number: after `after` (oldest first) when
-/// `backwards` is false, else the last ones (newest first). At most `limit`.
-fn merged(
-    store: &Store,
-    chains: &[Chain],
-    after: u64,
-    limit: usize,
-    backwards: bool,
-) -> Result<Vec<AuditRecord>, StoreError> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    let mut cursors = Vec::with_capacity(chains.len());
-    // Ordered so that the heap's top is the next record to take: the smallest sequence
-    // number going forwards, the largest going backwards.
-    let mut heap: BinaryHeap<(Reverse<u64>, u64, usize)> = BinaryHeap::new();
-    let key = |seq: u64| {
-        if backwards {
-            (Reverse(u64::MAX - seq), seq)
-        } else {
-            (Reverse(seq), seq)
-        }
-    };
-    let mut pending: Vec<Option<AuditRecord>> = Vec::with_capacity(chains.len());
-    for (i, chain) in chains.iter().enumerate() {
-        let prefix = keys::chain_prefix(&chain.tenant, chain.incarnation);
-        let end = crate::store::apply::prefix_end(&prefix);
-        let start = keys::record(&chain.tenant, chain.incarnation, after.saturating_add(1));
-        // The iterator seeks when it is made: the keys need not outlive this step.
-        let mode = if backwards {
-            rocksdb::IteratorMode::From(&end, rocksdb::Direction::Reverse)
-        } else {
-            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)
-        };
-        let mut cursor = Cursor {
-            iter: store.db().iterator_cf(store.cf(CF_AUDIT), mode),
-            prefix,
-        };
-        let first = cursor.next()?;
-        if let Some(r) = &first {
-            let (order, seq) = key(r.seq);
-            heap.push((order, seq, i));
-        }
-        pending.push(first);
-        cursors.push(cursor);
-    }
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let Some((_, _, i)) = heap.pop() else { break };
-        let record = pending[i].take().expect("a queued cursor holds its record");
-        out.push(record);
-        let next = cursors[i].next()?;
-        if let Some(r) = &next {
-            let (order, seq) = key(r.seq);
-            heap.push((order, seq, i));
-        }
-        pending[i] = next;
-    }
-    Ok(out)
-}
-
-/// Records of `chains` after `after`, oldest first, at most `limit`.
-pub fn read(
-    store: &Store,
-    chains: &[Chain],
-    after: u64,
-    limit: usize,
-) -> Result<Vec<AuditRecord>, StoreError> {
-    merged(store, chains, after, limit, false)
-}
-
-/// The last `limit` records of `chains`, oldest first.
-pub fn tail(store: &Store, chains: &[Chain], limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
-    let mut out = merged(store, chains, 0, limit, true)?;
-    out.reverse();
-    Ok(out)
-}
-
-/// What verifying found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verification {
-    pub chains: u64,
-    pub records: u64,
-    /// The first problem, with the sequence number where it shows; None when intact.
-    pub problem: Option<(u64, String)>,
-}
-
-/// Walks one chain from its first record kept: every record's hash and place, every link,
-/// and the head. Returns the records checked and the first problem.
-pub fn verify_chain(
-    store: &Store,
-    chain: &Chain,
-    head: &Head,
-) -> Result<(u64, Option<(u64, String)>), StoreError> {
-    let name = if chain.tenant.is_empty() {
-        "the unauthenticated chain".to_string()
-    } else {
-        format!(
-            "tenant {} (incarnation {})",
-            chain.tenant, chain.incarnation
-        )
-    };
-    let mut prev = (head.trimmed_seq, head.trimmed_hash.clone());
-    let mut count = 0u64;
-    let prefix = keys::chain_prefix(&chain.tenant, chain.incarnation);
-    let iter = store.db().iterator_cf(
-        store.cf(CF_AUDIT),
-        rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-    );
-    for item in iter {
-        let (k, v) = item?;
-        if !k.starts_with(&prefix) {
-            break;
-        }
-        let Some(seq) = keys::parse_record_seq(&k) else {
-            return Ok((
-                count,
-                Some((prev.0 + 1, format!("{name}: a record key is malformed"))),
-            ));
-        };
-        let r: AuditRecord = match codec::decode(&v) {
-            Ok(r) => r,
-            Err(e) => {
-                return Ok((
-                    count,
-                    Some((seq, format!("{name}: record {seq} does not decode: {e}"))),
-                ))
-            }
-        };
-        if r.seq != seq || r.tenant != chain.tenant || r.incarnation != chain.incarnation {
-            return Ok((count, Some((seq, format!("{name}: record {seq} was moved here (it says record {} of tenant {:?}, incarnation {})", r.seq, r.tenant, r.incarnation)))));
-        }
-        if r.prev_seq != prev.0 {
-            let problem = if r.prev_seq > prev.0 {
-                format!(
-                    "{name}: record {} is missing (record {seq} follows it)",
-                    r.prev_seq
-                )
-            } else {
-                format!("{name}: record {seq} does not link to record {}", prev.0)
-            };
-            return Ok((count, Some((r.prev_seq.max(prev.0), problem))));
-        }
-        if r.prev_hash != prev.1 {
-            return Ok((
-                count,
-                Some((
-                    seq,
-                    format!("{name}: record {seq} does not link to record {}", prev.0),
-                )),
-            ));
-        }
-        if r.compute_hash() != r.hash {
-            return Ok((
-                count,
-                Some((seq, format!("{name}: record {seq} was modified"))),
-            ));
-        }
-        prev = (seq, r.hash);
-        count += 1;
-    }
-    if prev.0 != head.last_seq || prev.1 != head.last_hash {
-        return Ok((count, Some((prev.0 + 1, format!(
-            "{name}: the chain ends at record {}, but its head says {}: records after {} were removed",
-            prev.0, head.last_seq, prev.0
-        )))));
-    }
-    if count != head.records {
-        return Ok((
-            count,
-            Some((
-                head.first_seq,
-                format!(
-                    "{name}: {count} records found, the head counts {}",
-                    head.records
-                ),
-            )),
-        ));
-    }
-    Ok((count, None))
-}
-
-/// Verifies the given chains (all of them when None), stopping at the first problem.
-pub fn verify(store: &Store, only: Option<&Chain>) -> Result<Verification, StoreError> {
-    let all = match only {
-        Some(chain) => vec![(chain.clone(), head(store, chain)?)],
-        None => chains(store)?,
-    };
-    let mut v = Verification {
-        chains: 0,
-        records: 0,
-        problem: None,
-    };
-    for (chain, head) in &all {
-        let (records, problem) = verify_chain(store, chain, head)?;
-        v.chains += 1;
-        v.records += records;
-        if problem.is_some() {
-            v.problem = problem;
-            break;
-        }
-    }
-    Ok(v)
-}
-
-/// The key of the record with sequence number `seq`, wherever it is (tools and tests).
-pub fn find(store: &Store, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    for (chain, _) in chains(store)? {
-        let key = keys::record(&chain.tenant, chain.incarnation, seq);
-        if store.get(CF_AUDIT, &key)?.is_some() {
-            return Ok(Some(key));
-        }
-    }
-    Ok(None)
-}
-
-/// Whether the store holds format 4's single chain (a directory or a snapshot from an older
-/// build).
-pub fn needs_migration(store: &Store) -> Result<bool, StoreError> {
-    Ok(store.get(CF_AUDIT, b"head")?.is_some())
-}
-
-/// Format 5: re-chains format 4's single chain (`r<seq>`, `head`) into a chain per tenant.
-/// Every tenant in `tenants` (the existing ones but `default`) gets incarnation 1 (as if
-/// created once); records keep
-/// their sequence numbers, time, principal and fields, and get new hashes and links. The old
-/// chain is verified first and what was found is logged (re-chaining would otherwise hide a
-/// break). Resumable: each batch moves records and their chains' heads together.
-pub fn migrate_to_chains(store: &Store, tenants: &[String]) -> Result<u64, StoreError> {
-    let old_head: Option<(u64, Vec<u8>)> = store.get_decoded(CF_AUDIT, b"head")?;
-    let Some((old_last, _)) = old_head else {
-        return Ok(0);
-    };
-    let mut ctx = ApplyCtx::new(store);
-    for t in tenants {
-        if ctx
-            .get_decoded::<u64>(CF_AUDIT, &keys::incarnation(t))?
-            .is_none()
-        {
-            ctx.put(CF_AUDIT, &keys::incarnation(t), &1u64);
-        }
-    }
-    store.db().write(ctx.finish()?)?;
-    let mut moved = 0u64;
-    loop {
-        let rows = store.scan_prefix(CF_AUDIT, b"r", b"r", 4096)?;
-        let rows: Vec<_> = rows
-            .into_iter()
-            .filter(|(k, _)| keys::is_format4(k))
-            .collect();
-        if rows.is_empty() {
-            break;
-        }
-        let mut ctx = ApplyCtx::new(store);
-        for (k, v) in &rows {
-            let old: format4::Record = codec::decode(v)?;
-            let context = AuditContext {
-                request_id: old.request_id,
-                principal: old.principal,
-                tenant: old.tenant,
-                action: old.action,
-                at_ms: old.at_ms,
-            };
-            let incarnation = incarnation_in(&ctx, &context.tenant)?;
-            append_at(
-                &mut ctx,
-                old.seq,
-                incarnation,
-                &context,
-                old.resource,
-                old.result,
-            )?;
-            ctx.delete(CF_AUDIT, k);
-            moved += 1;
-        }
-        store.db().write(ctx.finish()?)?;
-    }
-    let mut ctx = ApplyCtx::new(store);
-    ctx.put(CF_AUDIT, &keys::sequence(), &old_last);
-    ctx.delete(CF_AUDIT, b"head");
-    store.db().write(ctx.finish()?)?;
-    store.db().flush_wal(true)?;
-    Ok(moved)
-}
-
-/// Format 4's single chain, for the migration and its verification.
-pub mod format4 {
-    use serde::Deserialize;
-    use sha2::{Digest, Sha256};
-
-    use crate::store::{codec, Store, StoreError, CF_AUDIT};
-
-    #[derive(Deserialize)]
-    pub struct Record {
-        pub seq: u64,
-        pub at_ms: i64,
-        pub request_id: String,
-        pub principal: String,
-        pub tenant: String,
-        pub action: String,
-        pub resource: String,
-        pub result: String,
-        pub prev_hash: Vec<u8>,
-        pub hash: Vec<u8>,
-    }
-
-    impl Record {
-        fn compute_hash(&self) -> Vec<u8> {
-            let mut h = Sha256::new();
-            h.update(b"nexus audit v1\0");
-            h.update(&self.prev_hash);
-            h.update(self.seq.to_be_bytes());
-            h.update(self.at_ms.to_be_bytes());
-            for field in [
-                &self.request_id,
-                &self.principal,
-                &self.tenant,
-                &self.action,
-                &self.resource,
-                &self.result,
-            ] {
-                h.update((field.len() as u64).to_be_bytes());
-                h.update(field.as_bytes());
-            }
-            h.finalize().to_vec()
-        }
-    }
-
-    /// Checks the old chain's hashes and links; the first problem, if any.
-    pub fn verify(store: &Store) -> Result<Option<String>, StoreError> {
-        let mut prev = vec![0u8; 32];
-        let mut expected = 1u64;
-        let iter = store.db().iterator_cf(
-            store.cf(CF_AUDIT),
-            rocksdb::IteratorMode::From(b"r", rocksdb::Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(b"r") {
-                break;
-            }
-            if !crate::store::keys::audit::is_format4(&k) {
-                continue;
-            }
-            let r: Record = codec::decode(&v)?;
-            if r.seq != expected {
-                return Ok(Some(format!("record {expected} is missing")));
-            }
-            if r.prev_hash != prev || r.compute_hash() != r.hash {
-                return Ok(Some(format!(
-                    "record {} was modified or does not link",
-                    r.seq
-                )));
-            }
-            prev = r.hash;
-            expected += 1;
-        }
-        Ok(None)
-    }
 }
 
 #[cfg(test)]

@@ -17,11 +17,10 @@ use memory::MemoryCommand;
 use search::SearchArgs;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use nexus_client::output::{print_json, table};
 use nexus_client::secrets_cli::SecretsCommand;
 use nexus_client::tools_cli::{McpCommand, ToolsCommand};
 use nexus_client::{pb, Client, ClientError, DEFAULT_ENDPOINT};
-use serde_json::Value;
 
 #[derive(Parser)]
 #[command(name = "nexusctl", version, about = "Administer and use a Nexus node")]
@@ -157,19 +156,6 @@ fn time(ms: i64) -> String {
     }
     let t = UNIX_EPOCH + Duration::from_millis(ms as u64);
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
-    t
-}
-
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("a JSON value serializes")
-    );
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -56,8 +56,6 @@ pub struct McpClients {
     pub allowed_commands: Vec<String>,
     pub call_timeout: Duration,
     pub max_servers: usize,
-    /// Servers started (first starts and restarts), for tests and logs.
-    pub starts: std::sync::atomic::AtomicU64,
 }
 
 fn unavailable(prefix: &str, why: impl std::fmt::Display) -> NexusError {
@@ -71,7 +69,6 @@ impl McpClients {
             allowed_commands: config.commands.clone(),
             call_timeout: Duration::from_millis(config.call_timeout_ms.max(1)),
             max_servers: config.max_servers.max(1),
-            starts: Default::default(),
         }
     }
 
@@ -175,8 +172,6 @@ impl McpClients {
             .await
             .map_err(|_| unavailable(&mount.prefix, "it did not finish its handshake in time"))?
             .map_err(|e| unavailable(&mount.prefix, format!("handshake: {e}")))?;
-        self.starts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(tenant, prefix = %mount.prefix, command = %mount.command, "started a mounted MCP server");
         let server = Arc::new(Mutex::new(Server {
             mount: mount.clone(),
