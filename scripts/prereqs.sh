@@ -26,8 +26,21 @@ nexus_install_build_prereqs() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-dev >/dev/null
 }
 
+# wasm-ld (Debian's lld): with clang, it builds the example WebAssembly plugins from C
+# (plugins/build.sh), which the plugin tests run.
+have_wasm_ld() {
+  command -v wasm-ld >/dev/null || compgen -G '/usr/bin/wasm-ld-*' >/dev/null || compgen -G '/usr/lib/llvm-*/bin/wasm-ld' >/dev/null
+}
+
 nexus_install_test_prereqs() {
   nexus_install_build_prereqs
+  if ! have_wasm_ld; then
+    echo "==> installing lld (wasm-ld, to build the example WebAssembly plugins from C)" >&2
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lld >/dev/null
+  fi
   if ! python3 -c 'import grpc, grpc_tools, grpc_reflection, mcp, mcp_server_time' 2>/dev/null; then
     echo "==> installing Python grpcio, grpcio-tools and grpcio-reflection (for the cross-language client tests), and the MCP Python SDK with mcp-server-time" >&2
     python3 -m pip install --quiet --disable-pip-version-check -r "$(dirname "${BASH_SOURCE[0]}")/../tests/python/requirements.txt"

@@ -6,7 +6,11 @@
 //! `http.request` within the tenant's allow-list (private addresses, redirects, size), and a
 //! registered composite tool, unary and streaming, with an error naming its failing step.
 
+#[path = "tools/cluster.rs"]
+mod cluster;
 mod common;
+#[path = "tools/plugins.rs"]
+mod plugins;
 
 use std::process::Command;
 
@@ -418,6 +422,7 @@ async fn builtins_permissions_secrets_http_and_composites() {
                 config: composite.to_string(),
                 ..Default::default()
             }),
+            module: Vec::new(),
         })
         .await
         .unwrap()
@@ -470,6 +475,7 @@ async fn builtins_permissions_secrets_http_and_composites() {
                 config: failing.to_string(),
                 ..Default::default()
             }),
+            module: Vec::new(),
         })
         .await
         .unwrap();
@@ -502,6 +508,7 @@ async fn builtins_permissions_secrets_http_and_composites() {
                     config,
                     ..Default::default()
                 }),
+                module: Vec::new(),
             })
             .await
             .unwrap_err();
@@ -600,4 +607,44 @@ async fn builtins_permissions_secrets_http_and_composites() {
         String::from_utf8_lossy(&out.stderr).contains("key"),
         "{out:?}"
     );
+}
+
+/// `nexus run --local`: a node in the process, on a data directory no node serves; what one
+/// run writes, the next reads.
+#[test]
+fn nexus_run_local_needs_no_running_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(nexus_bin())
+            .args(args)
+            .arg("--local")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("NEXUS_ENDPOINT")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&["run", "echo", "--args", r#"{"text":"hi"}"#]),
+        json!({"text": "hi"})
+    );
+    run(&[
+        "run",
+        "memory.put",
+        "--args",
+        r#"{"namespace":"n","key":"k","value":"kept"}"#,
+    ]);
+    let got = run(&[
+        "run",
+        "memory.get",
+        "--args",
+        r#"{"namespace":"n","key":"k"}"#,
+    ]);
+    assert!(got.to_string().contains("kept"), "{got}");
 }

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde_json::{json, Value};
 
+use crate::output::{print_json, table};
 use crate::{pb, Client, ClientError};
 
 #[derive(Subcommand, Clone)]
@@ -14,9 +14,22 @@ pub enum ToolsCommand {
     List,
     /// A tool's description and schemas.
     Describe { name: String },
-    /// Register (or replace) a composite tool from a JSON file: {"name", "version",
-    /// "description", "input_schema", "output_schema", "steps", "output"}.
-    Register { file: PathBuf },
+    /// Register (or replace) a tool from a JSON file: {"name", "version", "description",
+    /// "input_schema", "output_schema"} and, for a composite, "steps" and "output"; for a
+    /// WebAssembly plugin (with --wasm), "permissions" and "limits" (docs/plugins.md).
+    Register {
+        file: PathBuf,
+        /// The plugin's WebAssembly module (.wasm, or .wat text).
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
+    /// Grant a plugin what its manifest asks for (clock, http, tools): replaces its grants.
+    /// Needs tools:grant (a tenant admin's).
+    Grant {
+        name: String,
+        /// The grants; none takes every grant back.
+        grants: Vec<String>,
+    },
     /// Delete a registered tool.
     Delete { name: String },
     /// Call a tool with JSON arguments (progress on stderr with --stream).
@@ -65,19 +78,6 @@ pub enum McpCommand {
     Unmount { prefix: String },
     /// The tenant's mounted servers.
     List,
-}
-
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
-    t
-}
-
-fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("a JSON value serializes")
-    );
 }
 
 fn schema(text: &str) -> Value {
@@ -188,7 +188,7 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
                 print_json(&schema(&tool.output_schema));
             }
         }
-        ToolsCommand::Register { file } => {
+        ToolsCommand::Register { file, wasm } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| bad_usage(format!("{}: {e}", file.display())))?;
             let v: Value = serde_json::from_str(&text)
@@ -198,7 +198,24 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let config = json!({"steps": v["steps"], "output": v.get("output")});
+            let (kind, config, module) = match &wasm {
+                Some(path) => {
+                    let module = std::fs::read(path)
+                        .map_err(|e| bad_usage(format!("{}: {e}", path.display())))?;
+                    let mut manifest = json!({});
+                    for key in ["permissions", "limits"] {
+                        if let Some(x) = v.get(key) {
+                            manifest[key] = x.clone();
+                        }
+                    }
+                    ("wasm", manifest, module)
+                }
+                None => (
+                    "composite",
+                    json!({"steps": v["steps"], "output": v.get("output")}),
+                    Vec::new(),
+                ),
+            };
             let tool = c
                 .tools
                 .register_tool(pb::RegisterToolRequest {
@@ -208,10 +225,11 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
                         description: text_of("description"),
                         input_schema: text_of("input_schema"),
                         output_schema: text_of("output_schema"),
-                        kind: "composite".into(),
+                        kind: kind.into(),
                         config: config.to_string(),
                         ..Default::default()
                     }),
+                    module,
                 })
                 .await?
                 .into_inner();
@@ -219,6 +237,33 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
                 print_json(&tool_json(&tool));
             } else {
                 println!("registered {} {}", tool.name, tool.version);
+            }
+        }
+        ToolsCommand::Grant { name, grants } => {
+            let tool = c
+                .tools
+                .grant_tool(pb::GrantToolRequest {
+                    name: name.clone(),
+                    grants,
+                })
+                .await?
+                .into_inner();
+            if json_out {
+                print_json(&tool_json(&tool));
+            } else {
+                let config: Value = serde_json::from_str(&tool.config).unwrap_or_default();
+                println!(
+                    "{} granted {}",
+                    tool.name,
+                    match config["granted"].as_array() {
+                        Some(g) if !g.is_empty() => g
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        _ => "nothing".into(),
+                    }
+                );
             }
         }
         ToolsCommand::Delete { name } => {

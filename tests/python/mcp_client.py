@@ -5,7 +5,8 @@
     mcp_client.py call URL TOKEN TOOL ARGS_JSON   (prints the tool's output as JSON)
 
 Over either transport: lists the tools, remembers a memory and recalls it by a paraphrase,
-and gets an error (not a crash) for an unknown tool and for invalid arguments. Over HTTP
+gets an error (not a crash) for an unknown tool and for invalid arguments, and reads a
+memory as a resource (nexus://memory/NAMESPACE/KEY). Over HTTP
 also: no token is refused (401), and another tenant's token does not see the memory.
 Prints one line per check; exits non-zero on the first failure.
 """
@@ -59,6 +60,21 @@ async def exercise(client, marker):
     invalid = await client.call_tool("memory.put", {"namespace": "n", "key": 7, "value": 1})
     text = invalid.content[0].text if invalid.content else ""
     check(invalid.is_error and "args.key" in text, f"invalid arguments are an error naming the field ({text[:80]})")
+    # Resources: memories and conversations as URI templates, read through memory.get.
+    templates = await client.list_resource_templates()
+    uris = {t.uri_template for t in templates.resource_templates}
+    check({"nexus://memory/{namespace}/{key}", "nexus://conversation/{conversation_id}"} <= uris,
+          "lists the resource templates")
+    put = await client.call_tool("memory.put", {"namespace": marker, "key": "pref/1", "value": {"tea": "green"}})
+    check(not put.is_error, "puts a memory")
+    read = await client.read_resource(f"nexus://memory/{marker}/pref%2F1")
+    body = json.loads(read.contents[0].text)
+    check(body["value"] == {"tea": "green"}, "reads it as a resource")
+    try:
+        await client.read_resource(f"nexus://memory/{marker}/absent")
+        check(False, "a missing memory is an error")
+    except mcp.MCPError as e:
+        check("not found" in str(e).lower(), f"a missing memory is a protocol error ({e})")
     still = await client.call_tool("echo", {"text": "still here"})
     check(not still.is_error, "and the server keeps serving")
     return memory_id

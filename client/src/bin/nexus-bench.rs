@@ -41,6 +41,8 @@ mod processes;
 mod recall;
 #[path = "nexus-bench/refusals.rs"]
 mod refusals;
+#[path = "nexus-bench/tools.rs"]
+mod tools;
 
 use auth::{auth_bench, bench_tenant_key};
 use cluster::{cluster_bench, nexus_binary};
@@ -69,6 +71,9 @@ enum Bench {
     /// What a flood of bad credentials costs a legitimate client: its latency on an idle
     /// node and during the flood, the refusals' Raft log entries, the node's memory.
     Refusals(refusals::RefusalArgs),
+    /// Tool calls per second and latency: echo over gRPC and over MCP, and a WebAssembly
+    /// echo, without and with authentication.
+    Tools(tools::ToolsArgs),
 }
 
 #[derive(clap::Args)]
@@ -202,6 +207,17 @@ impl RunResult {
 enum Driver {
     Nexus(MemoryServiceClient<nexus_client::Transport>),
     Etcd(KvClient<tonic::transport::Channel>),
+    /// A tool, called by name over gRPC.
+    Tool(
+        nexus_proto::v1::tool_service_client::ToolServiceClient<nexus_client::Transport>,
+        String,
+    ),
+    /// `echo` over MCP's streamable HTTP.
+    Mcp {
+        http: reqwest::Client,
+        url: String,
+        token: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -210,6 +226,9 @@ enum Workload {
     Write,
     /// A linearizable read of one of `READ_KEYS` existing keys.
     Read,
+    /// A tool call (`Driver::Tool`, `Driver::Mcp`; `nexus-bench tools` only).
+    #[value(skip)]
+    Call,
 }
 
 /// Keys that the read workload reads (written before it starts).
@@ -239,6 +258,7 @@ impl Driver {
                 })
                 .await?;
             }
+            Driver::Tool(..) | Driver::Mcp { .. } => bail!("not a memory client"),
             Driver::Etcd(c) => {
                 c.put(etcd::PutRequest {
                     key: key.into_bytes(),
@@ -249,6 +269,28 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// A tool call with `{"text": "hi"}`, whose output must hold it.
+    async fn call(&mut self) -> anyhow::Result<()> {
+        match self {
+            Driver::Tool(c, name) => {
+                let out = c
+                    .call_tool(pb::CallToolRequest {
+                        name: name.clone(),
+                        args: r#"{"text":"hi"}"#.into(),
+                    })
+                    .await?
+                    .into_inner()
+                    .output;
+                if !out.contains("hi") {
+                    bail!("{name} returned {out}");
+                }
+                Ok(())
+            }
+            Driver::Mcp { http, url, token } => tools::mcp_echo(http, url, token.as_deref()).await,
+            _ => bail!("not a tool client"),
+        }
     }
 
     /// A linearizable read that must find the key.
@@ -264,6 +306,7 @@ impl Driver {
                 .into_inner()
                 .item
                 .is_some(),
+            Driver::Tool(..) | Driver::Mcp { .. } => bail!("not a memory client"),
             Driver::Etcd(c) => !c
                 .range(etcd::RangeRequest {
                     key: key.clone().into_bytes(),
@@ -311,6 +354,7 @@ async fn run_load(
                         rng ^= rng << 17;
                         d.get(format!("r/{}", rng % READ_KEYS as u64)).await?
                     }
+                    Workload::Call => d.call().await?,
                 }
                 if measuring.load(Ordering::Relaxed) {
                     lat.push(t.elapsed().as_micros() as u64);
@@ -493,5 +537,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Recall(a) => recall_bench(a).await,
         Bench::Auth(a) => auth_bench(a).await,
         Bench::Refusals(a) => refusals::refusals_bench(a).await,
+        Bench::Tools(a) => tools::tools_bench(a).await,
     }
 }

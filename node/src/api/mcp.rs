@@ -14,7 +14,10 @@
 //!   Claude Code, Cursor).
 //!
 //! A call goes through the same runner as gRPC (`service::tools`): `tools:call:NAME`, the
-//! schema, secrets, audit and statistics alike. An unknown tool is a JSON-RPC error
+//! schema, secrets, audit and statistics alike. Resources are memories
+//! (`nexus://memory/NAMESPACE/KEY`) and conversations (`nexus://conversation/ID`), offered
+//! as URI templates and read through the same runner with `memory.get` and
+//! `conversation.history`, so a read is authorized and audited as those calls are. An unknown tool is a JSON-RPC error
 //! (-32602); a tool that fails (bad arguments included) is a result with `isError`, its
 //! message visible to the model.
 
@@ -25,7 +28,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    JsonObject, ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
+    ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -87,6 +92,55 @@ fn mcp_tool(r: &ToolRecord) -> Tool {
     tool
 }
 
+/// The resource templates: a memory, a conversation.
+fn resource_templates() -> Vec<rmcp::model::ResourceTemplate> {
+    vec![
+        ResourceTemplate::new("nexus://memory/{namespace}/{key}", "memory")
+            .with_title("A memory")
+            .with_description("A memory of the tenant: its JSON value, version and times")
+            .with_mime_type("application/json"),
+        ResourceTemplate::new("nexus://conversation/{conversation_id}", "conversation")
+            .with_title("A conversation")
+            .with_description("A conversation's messages, oldest first (the first 100)")
+            .with_mime_type("application/json"),
+    ]
+}
+
+/// The tool call that reads resource `uri`: (tool, arguments).
+fn resource_call(uri: &str) -> Option<(&'static str, Value)> {
+    let decode = |s: &str| -> Option<String> {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).ok().filter(|s| !s.is_empty())
+    };
+    if let Some(rest) = uri.strip_prefix("nexus://memory/") {
+        let (namespace, key) = rest.split_once('/')?;
+        return Some((
+            "memory.get",
+            serde_json::json!({"namespace": decode(namespace)?, "key": decode(key)?}),
+        ));
+    }
+    let id = uri.strip_prefix("nexus://conversation/")?;
+    if id.contains('/') {
+        return None;
+    }
+    Some((
+        "conversation.history",
+        serde_json::json!({"conversation_id": decode(id)?, "page_size": 100}),
+    ))
+}
+
 fn protocol_error(e: NexusError) -> McpError {
     match e {
         NexusError::Unauthenticated(m) | NexusError::PermissionDenied(m) => {
@@ -98,12 +152,17 @@ fn protocol_error(e: NexusError) -> McpError {
 
 impl ServerHandler for NexusMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("nexus", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Nexus: memory, conversations, search and tools for agents. memory.remember and \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_server_info(Implementation::new("nexus", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Nexus: memory, conversations, search and tools for agents. memory.remember and \
                  memory.recall keep and find facts by meaning; memory.put/get keep JSON by key.",
-            )
+        )
     }
 
     async fn list_tools(
@@ -115,6 +174,49 @@ impl ServerHandler for NexusMcp {
         Ok(ListToolsResult::with_all_items(
             tools.iter().map(mcp_tool).collect(),
         ))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            resource_templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri;
+        let Some((tool, args)) = resource_call(&uri) else {
+            return Err(McpError::invalid_params(
+                format!(
+                    "{uri:?} is not a Nexus resource: nexus://memory/NAMESPACE/KEY or nexus://conversation/ID"
+                ),
+                None,
+            ));
+        };
+        match self.tools.call(&ctx, tool, &args.to_string()).await {
+            Ok(found) => Ok(ReadResourceResult::new(vec![ResourceContents::text(
+                found.to_string(),
+                uri,
+            )
+            .with_mime_type("application/json")])
+            .into()),
+            Err(NexusError::NotFound(m)) => Err(McpError::resource_not_found(
+                m,
+                Some(serde_json::json!({"uri": uri})),
+            )),
+            Err(NexusError::InvalidArgument { field, message }) => Err(McpError::invalid_params(
+                format!("{uri}: {field}: {message}"),
+                None,
+            )),
+            Err(e) => Err(protocol_error(e)),
+        }
     }
 
     async fn call_tool(
@@ -304,9 +406,10 @@ pub fn router(
         .merge(mcp)
 }
 
-/// A node's tools over its gRPC API, for `nexus mcp` on stdio.
+/// A node's tools over its gRPC API, for `nexus mcp` on stdio (the client is a cheap clone
+/// per call: one connection, many calls at once).
 pub struct RemoteTools {
-    pub client: tokio::sync::Mutex<nexus_client::Client>,
+    pub client: nexus_client::Client,
 }
 
 fn from_status(s: tonic::Status) -> NexusError {
@@ -333,7 +436,7 @@ fn from_status(s: tonic::Status) -> NexusError {
 #[tonic::async_trait]
 impl Tools for RemoteTools {
     async fn list(&self, _: &RequestContext<RoleServer>) -> Result<Vec<ToolRecord>, NexusError> {
-        let mut c = self.client.lock().await.clone();
+        let mut c = self.client.clone();
         let tools = c
             .tools
             .list_tools(nexus_client::pb::ListToolsRequest {})
@@ -349,11 +452,8 @@ impl Tools for RemoteTools {
                 description: t.description,
                 input_schema: t.input_schema,
                 output_schema: t.output_schema,
-                kind: if t.kind == "builtin" {
-                    crate::tools::ToolKind::Builtin
-                } else {
-                    crate::tools::ToolKind::Composite
-                },
+                kind: crate::tools::ToolKind::parse(&t.kind)
+                    .unwrap_or(crate::tools::ToolKind::Composite),
                 config: t.config,
                 created_at_ms: t.created_at_ms,
                 updated_at_ms: t.updated_at_ms,
@@ -367,7 +467,7 @@ impl Tools for RemoteTools {
         name: &str,
         args: &str,
     ) -> Result<Value, NexusError> {
-        let mut c = self.client.lock().await.clone();
+        let mut c = self.client.clone();
         let out = c
             .tools
             .call_tool(nexus_client::pb::CallToolRequest {
@@ -385,9 +485,7 @@ impl Tools for RemoteTools {
 pub async fn serve_stdio(endpoint: &str, token: Option<&str>) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
     let client = nexus_client::Client::connect_with_token(endpoint, token).await?;
-    let handler = NexusMcp::new(Arc::new(RemoteTools {
-        client: tokio::sync::Mutex::new(client),
-    }));
+    let handler = NexusMcp::new(Arc::new(RemoteTools { client }));
     let running = handler.serve(rmcp::transport::io::stdio()).await?;
     running.waiting().await?;
     Ok(())

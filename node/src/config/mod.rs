@@ -46,6 +46,49 @@ pub struct Config {
     pub audit: AuditConfig,
     pub mcp: McpConfig,
     pub mcp_client: McpClientConfig,
+    pub plugins: PluginConfig,
+}
+
+/// WebAssembly plugins (`service::tools::wasm`, docs/plugins.md): how large a module may be
+/// and what a call may use. A plugin's manifest may ask for less or more, up to the maxima.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Largest module a tenant may register (replicated to every node, kept in the log).
+    pub max_module_bytes: u64,
+    /// Most plugins a tenant may register.
+    pub max_plugins_per_tenant: usize,
+    /// Fuel (about one unit per WebAssembly instruction) a call gets, and the most it may ask.
+    pub default_fuel: u64,
+    pub max_fuel: u64,
+    /// Linear memory a call may grow to, and the most it may ask.
+    pub default_memory_bytes: u64,
+    pub max_memory_bytes: u64,
+    /// Wall-clock deadline of a call, and the longest it may ask.
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    /// Plugin calls running at once on this node (each holds a pooled instance); more wait
+    /// within their deadline.
+    pub max_concurrent: usize,
+    /// Compiled modules this node keeps.
+    pub max_compiled: usize,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            max_module_bytes: 4 << 20,
+            max_plugins_per_tenant: 64,
+            default_fuel: 1_000_000_000,
+            max_fuel: 20_000_000_000,
+            default_memory_bytes: 64 << 20,
+            max_memory_bytes: 256 << 20,
+            default_timeout_ms: 5_000,
+            max_timeout_ms: 30_000,
+            max_concurrent: 32,
+            max_compiled: 256,
+        }
+    }
 }
 
 /// External MCP servers tenants mount (`nexusctl mcp mount`): stdio commands this node
@@ -469,6 +512,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             mcp: McpConfig::default(),
             mcp_client: McpClientConfig::default(),
+            plugins: PluginConfig::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub const PERMISSIONS: &[&str] = &[
     "tools:call",
     "tools:read",
     "tools:write",
+    "tools:grant",
     "schedules:read",
     "schedules:write",
     "iam:read",
@@ -55,7 +56,10 @@ pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
         "developer",
         &[
             "memory:*",
-            "tools:*",
+            // Not tools:grant: what a plugin may reach is a tenant admin's to give.
+            "tools:read",
+            "tools:write",
+            "tools:call",
             "schedules:*",
             "secrets:write",
             "secrets:list",
@@ -218,6 +222,8 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         | "tools.set_http_policy"
         | "tools.mount"
         | "tools.unmount" => "tools:write",
+        // What a WebAssembly plugin may reach beyond its sandbox (clock, http, tools).
+        "tools.grant" => "tools:grant",
         // With the tool's name: tools:call:NAME (`api::grpc::authorize`).
         "tools.call" => "tools:call",
         "iam.whoami" => return Ok(None),
@@ -258,6 +264,7 @@ pub fn permission_for_command(command: &str) -> Result<Option<&'static str>, Nex
         ("kv" | "conversation" | "semantic", _) => "memory:write",
         (_, "secrets.set" | "secrets.delete") => "secrets:write",
         (_, "secrets.rewrap") => "cluster:admin",
+        (_, "tools.grant") => "tools:grant",
         ("tools", _) => "tools:write",
         ("iam", _) => match permission_for(command)? {
             Some(p) => p,

@@ -135,17 +135,13 @@ pub fn export_path(dir: &Path, chain: &Chain) -> PathBuf {
     dir.join(tenant).join(chain.incarnation.to_string())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// One record as a line of an export file (and of `nexusctl audit tail -o json`'s shape).
 pub fn export_line(r: &AuditRecord) -> String {
     json!({
         "seq": r.seq, "at_ms": r.at_ms, "request_id": r.request_id,
         "principal": r.principal, "tenant": r.tenant, "incarnation": r.incarnation,
         "action": r.action, "resource": r.resource, "result": r.result,
-        "prev_seq": r.prev_seq, "prev_hash": hex(&r.prev_hash), "hash": hex(&r.hash),
+        "prev_seq": r.prev_seq, "prev_hash": crate::embed::minilm::hex(&r.prev_hash), "hash": crate::embed::minilm::hex(&r.hash),
     })
     .to_string()
 }

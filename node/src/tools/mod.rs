@@ -13,6 +13,7 @@ use crate::store::{keys, ApplyCtx, Store, StoreError, CF_TOOLS};
 const TAG_TOOL: u8 = b'T';
 const TAG_HTTP_POLICY: u8 = b'P';
 const TAG_MOUNT: u8 = b'M';
+const TAG_MODULE: u8 = b'W';
 
 /// Longest tool name.
 pub const MAX_NAME_BYTES: usize = 128;
@@ -25,6 +26,8 @@ pub enum ToolKind {
     Composite,
     /// A tool of an external MCP server the tenant mounted.
     Mcp,
+    /// A WebAssembly plugin (`service::tools::wasm`): its module is kept beside it.
+    Wasm,
 }
 
 impl ToolKind {
@@ -33,7 +36,19 @@ impl ToolKind {
             ToolKind::Builtin => "builtin",
             ToolKind::Composite => "composite",
             ToolKind::Mcp => "mcp",
+            ToolKind::Wasm => "wasm",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<ToolKind> {
+        [
+            ToolKind::Builtin,
+            ToolKind::Composite,
+            ToolKind::Mcp,
+            ToolKind::Wasm,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 }
 
@@ -93,6 +108,18 @@ pub enum ToolOp {
     Unmount {
         prefix: String,
     },
+    /// Stores a WebAssembly plugin and its module (replacing one of the same name; its
+    /// config, the manifest, comes with no grants).
+    RegisterPlugin {
+        tool: ToolRecord,
+        #[serde(with = "serde_bytes")]
+        module: Vec<u8>,
+    },
+    /// Sets a plugin's grants (the new config, its manifest, as the service checked it).
+    Grant {
+        name: String,
+        config: String,
+    },
 }
 
 impl ToolOp {
@@ -103,13 +130,16 @@ impl ToolOp {
             ToolOp::SetHttpPolicy { .. } => "tools.set_http_policy",
             ToolOp::Mount { .. } => "tools.mount",
             ToolOp::Unmount { .. } => "tools.unmount",
+            ToolOp::RegisterPlugin { .. } => "tools.register",
+            ToolOp::Grant { .. } => "tools.grant",
         }
     }
 
     pub fn approx_size(&self) -> usize {
         match self {
-            ToolOp::Register { tool } => {
-                tool.name.len()
+            ToolOp::Register { tool } | ToolOp::RegisterPlugin { tool, .. } => {
+                self.module_len()
+                    + tool.name.len()
                     + tool.description.len()
                     + tool.input_schema.len()
                     + tool.output_schema.len()
@@ -137,13 +167,24 @@ impl ToolOp {
                     + 32
             }
             ToolOp::Unmount { prefix } => prefix.len() + 16,
+            ToolOp::Grant { name, config } => name.len() + config.len() + 16,
+        }
+    }
+
+    fn module_len(&self) -> usize {
+        match self {
+            ToolOp::RegisterPlugin { module, .. } => module.len(),
+            _ => 0,
         }
     }
 
     /// What the op acts on, for the audit log.
     pub fn resource(&self) -> String {
         match self {
-            ToolOp::Register { tool } => format!("tool/{}@{}", tool.name, tool.version),
+            ToolOp::Register { tool } | ToolOp::RegisterPlugin { tool, .. } => {
+                format!("tool/{}@{}", tool.name, tool.version)
+            }
+            ToolOp::Grant { name, .. } => format!("tool/{name} grants"),
             ToolOp::Delete { name } => format!("tool/{name}"),
             ToolOp::SetHttpPolicy { .. } => "tools/http-policy".into(),
             ToolOp::Mount { mount } => format!("mcp/{} {}", mount.prefix, mount.command),
@@ -168,6 +209,10 @@ fn policy_key(tenant: &str) -> Vec<u8> {
     keys::tenant_tagged(tenant, TAG_HTTP_POLICY, &[])
 }
 
+fn module_key(tenant: &str, name: &str) -> Vec<u8> {
+    keys::tenant_tagged(tenant, TAG_MODULE, name.as_bytes())
+}
+
 fn mount_key(tenant: &str, prefix: &str) -> Vec<u8> {
     keys::tenant_tagged(tenant, TAG_MOUNT, prefix.as_bytes())
 }
@@ -185,6 +230,37 @@ pub fn apply(
                 tool.created_at_ms = old.created_at_ms;
             }
             ctx.put(CF_TOOLS, &key, &tool);
+            // A plugin replaced by a tool of another kind leaves no module behind.
+            ctx.delete(CF_TOOLS, &module_key(tenant, &tool.name));
+            Ok(Ok(ToolReply::Tool(tool)))
+        }
+        ToolOp::RegisterPlugin { tool, module } => {
+            let key = tool_key(tenant, &tool.name);
+            let mut tool = tool.clone();
+            if let Some(old) = ctx.get_decoded::<ToolRecord>(CF_TOOLS, &key)? {
+                tool.created_at_ms = old.created_at_ms;
+            }
+            ctx.put(CF_TOOLS, &key, &tool);
+            ctx.put(
+                CF_TOOLS,
+                &module_key(tenant, &tool.name),
+                &Module(module.clone()),
+            );
+            Ok(Ok(ToolReply::Tool(tool)))
+        }
+        ToolOp::Grant { name, config } => {
+            let key = tool_key(tenant, name);
+            let Some(mut tool) = ctx.get_decoded::<ToolRecord>(CF_TOOLS, &key)? else {
+                return Ok(Err(NexusError::NotFound(format!("tool {name} not found"))));
+            };
+            if tool.kind != ToolKind::Wasm {
+                return Ok(Err(NexusError::precondition(
+                    "name",
+                    format!("{name} is not a WebAssembly plugin; only plugins take grants"),
+                )));
+            }
+            tool.config = config.clone();
+            ctx.put(CF_TOOLS, &key, &tool);
             Ok(Ok(ToolReply::Tool(tool)))
         }
         ToolOp::Delete { name } => {
@@ -193,6 +269,7 @@ pub fn apply(
                 return Ok(Err(NexusError::NotFound(format!("tool {name} not found"))));
             }
             ctx.delete(CF_TOOLS, &key);
+            ctx.delete(CF_TOOLS, &module_key(tenant, name));
             Ok(Ok(ToolReply::Deleted))
         }
         ToolOp::SetHttpPolicy { policy } => {
@@ -214,6 +291,17 @@ pub fn apply(
             Ok(Ok(ToolReply::Deleted))
         }
     }
+}
+
+/// A plugin's WebAssembly module, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Module(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+/// The module of plugin `name` of `tenant`.
+pub fn module(store: &Store, tenant: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(store
+        .get_decoded::<Module>(CF_TOOLS, &module_key(tenant, name))?
+        .map(|m| m.0))
 }
 
 /// The tenant's mounted MCP servers, by prefix.

@@ -25,6 +25,40 @@ pub(crate) async fn bench_tenant_key(root: &mut Client) -> anyhow::Result<String
         .token)
 }
 
+/// The root key of a benchmark's node with authentication.
+pub(crate) const BENCH_ROOT: &str = "nexus-bench-root-key-0123456789abcdefgh";
+
+/// Starts one node for a benchmark in `work_dir/NAME-PID-I`: without authentication, or with
+/// it and a tenant `bench` whose agent key it returns. Returns the node, its data
+/// directory (to remove) and the key.
+pub(crate) async fn start_bench_node(
+    bin: &Path,
+    work_dir: &Path,
+    name: &str,
+    i: usize,
+    authed: bool,
+) -> anyhow::Result<(Node, PathBuf, Option<String>)> {
+    let data = work_dir.join(format!("{name}-{}-{i}", std::process::id()));
+    let ports = (free_port()?, free_port()?, free_port()?);
+    let env: Vec<(&str, String)> = if authed {
+        vec![
+            ("NEXUS_AUTH__ENABLED", "true".into()),
+            ("NEXUS_ROOT_KEY", BENCH_ROOT.into()),
+        ]
+    } else {
+        Vec::new()
+    };
+    let node = spawn_nexus(bin, &data, ports, &env)?;
+    wait_for_leader_as(&node, authed.then_some(BENCH_ROOT)).await?;
+    let token = if authed {
+        let mut root = Client::connect_with_token(&node.endpoint, Some(BENCH_ROOT)).await?;
+        Some(bench_tenant_key(&mut root).await?)
+    } else {
+        None
+    };
+    Ok((node, data, token))
+}
+
 /// The configurations `nexus-bench auth` compares.
 pub(crate) const AUTH_SETUPS: &[&str] = &[
     "no authentication",
@@ -33,47 +67,27 @@ pub(crate) const AUTH_SETUPS: &[&str] = &[
 ];
 
 pub(crate) async fn auth_bench(a: AuthArgs) -> anyhow::Result<()> {
-    const ROOT: &str = "nexus-bench-root-key-0123456789abcdefgh";
     let bin = nexus_binary(a.load.nexus.clone())?;
     std::fs::create_dir_all(&a.load.work_dir)?;
     let value = format!("\"{}\"", "v".repeat(a.load.value_bytes.saturating_sub(2)));
     let mut results: Vec<Vec<(Workload, RunResult)>> = Vec::new();
     for (i, setup) in AUTH_SETUPS.iter().enumerate() {
-        let data = a
-            .load
-            .work_dir
-            .join(format!("auth-{}-{i}", std::process::id()));
         eprintln!("[{}/{}] {setup}: starting a node", i + 1, AUTH_SETUPS.len());
-        let ports = (free_port()?, free_port()?, free_port()?);
-        let env: Vec<(&str, String)> = if i == 0 {
-            Vec::new()
-        } else {
-            vec![
-                ("NEXUS_AUTH__ENABLED", "true".into()),
-                ("NEXUS_ROOT_KEY", ROOT.into()),
-            ]
-        };
-        let node = spawn_nexus(&bin, &data, ports, &env)?;
-        wait_for_leader_as(&node, (i > 0).then_some(ROOT)).await?;
-        let token = if i == 0 {
-            None
-        } else {
-            let mut root = Client::connect_with_token(&node.endpoint, Some(ROOT)).await?;
-            let token = bench_tenant_key(&mut root).await?;
-            if i == 2 {
-                root.iam
-                    .set_tenant_limits(pb::SetTenantLimitsRequest {
-                        id: "bench".into(),
-                        limits: Some(pb::TenantLimits {
-                            max_items: 1 << 40,
-                            max_bytes: 1 << 50,
-                            ..Default::default()
-                        }),
-                    })
-                    .await?;
-            }
-            Some(token)
-        };
+        let (node, data, token) =
+            start_bench_node(&bin, &a.load.work_dir, "auth", i, i > 0).await?;
+        if i == 2 {
+            let mut root = Client::connect_with_token(&node.endpoint, Some(BENCH_ROOT)).await?;
+            root.iam
+                .set_tenant_limits(pb::SetTenantLimitsRequest {
+                    id: "bench".into(),
+                    limits: Some(pb::TenantLimits {
+                        max_items: 1 << 40,
+                        max_bytes: 1 << 50,
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+        }
         let connect = || async {
             Ok::<_, anyhow::Error>(Driver::Nexus(
                 Client::connect_with_token(&node.endpoint, token.as_deref())

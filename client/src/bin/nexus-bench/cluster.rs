@@ -126,6 +126,7 @@ pub(crate) async fn cluster_bench(a: ClusterArgs) -> anyhow::Result<()> {
             match w {
                 Workload::Write => "write",
                 Workload::Read => "linearizable read",
+                Workload::Call => "tool call",
             },
             n.clients,
             n.per_sec(),

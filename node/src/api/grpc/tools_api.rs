@@ -107,12 +107,12 @@ impl ToolServiceRpc for ToolsApi {
             let t = r
                 .tool
                 .ok_or_else(|| NexusError::invalid("tool", "is required"))?;
-            let kind = match t.kind.as_str() {
-                "composite" => ToolKind::Composite,
-                other => {
+            let kind = match ToolKind::parse(&t.kind) {
+                Some(k @ (ToolKind::Composite | ToolKind::Wasm)) => k,
+                _ => {
                     return Err(NexusError::invalid(
                         "tool.kind",
-                        format!("{other:?}: only composite tools can be registered"),
+                        format!("{:?}: composite or wasm can be registered", t.kind),
                     ))
                 }
             };
@@ -141,9 +141,20 @@ impl ToolServiceRpc for ToolsApi {
                         created_at_ms: 0,
                         updated_at_ms: 0,
                     },
+                    r.module,
                 )
                 .await?;
             Ok(tool(registered))
+        })
+        .await
+    }
+
+    async fn grant_tool(
+        &self,
+        request: Request<pb::GrantToolRequest>,
+    ) -> Result<Response<pb::Tool>, Status> {
+        handle("tools.grant", request, |p, r| async move {
+            Ok(tool(self.tools.grant(&p, &r.name, r.grants).await?))
         })
         .await
     }

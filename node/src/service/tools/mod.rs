@@ -14,6 +14,7 @@ pub mod builtin;
 pub mod http;
 pub mod mcp_client;
 pub mod stats;
+pub mod wasm;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -126,6 +127,7 @@ pub struct ToolService {
     validators: Mutex<HashMap<(String, String, String), Compiled>>,
     pub stats: stats::Stats,
     pub mcp: mcp_client::McpClients,
+    pub plugins: wasm::Plugins,
 }
 
 /// A mount's environment with its `${secrets.NAME}` resolved, and the redactor of those
@@ -167,13 +169,19 @@ pub fn check_args(validator: &jsonschema::Validator, args: &Value) -> Result<(),
 }
 
 impl ToolService {
-    pub fn new(node: Arc<Cluster>, builtins: Builtins, mcp: mcp_client::McpClients) -> Self {
+    pub fn new(
+        node: Arc<Cluster>,
+        builtins: Builtins,
+        mcp: mcp_client::McpClients,
+        plugins: wasm::Plugins,
+    ) -> Self {
         ToolService {
             node,
             builtins,
             validators: Mutex::new(HashMap::new()),
             stats: stats::Stats::default(),
             mcp,
+            plugins,
         }
     }
 
@@ -326,11 +334,14 @@ impl ToolService {
         }
     }
 
-    /// Registers a composite tool of the caller's tenant (or replaces it).
+    /// Registers a tool of the caller's tenant (or replaces it): a composite, or a
+    /// WebAssembly plugin with its `module` (binary or text format), which comes with no
+    /// grants whatever its manifest asks for.
     pub async fn register(
         &self,
         caller: &Caller,
         tool: ToolRecord,
+        module: Vec<u8>,
     ) -> Result<ToolRecord, NexusError> {
         tools::validate_name("tool.name", &tool.name)?;
         if self.builtins.record(&tool.name).is_some() || tool.name.starts_with("nexus.") {
@@ -340,12 +351,6 @@ impl ToolService {
             ));
         }
         tools::validate_version("tool.version", &tool.version)?;
-        if tool.kind != ToolKind::Composite {
-            return Err(NexusError::invalid(
-                "tool.kind",
-                "only composite tools can be registered (WebAssembly and MCP tools come later)",
-            ));
-        }
         for (field, text) in [
             ("tool.description", &tool.description),
             ("tool.input_schema", &tool.input_schema),
@@ -365,14 +370,102 @@ impl ToolService {
         }
         compile_schema("tool.input_schema", &tool.input_schema)?;
         compile_schema("tool.output_schema", &tool.output_schema)?;
-        composite::parse("tool.config", &tool.config)?;
         let now = now_ms();
-        let tool = ToolRecord {
+        let mut tool = ToolRecord {
             created_at_ms: now,
             updated_at_ms: now,
             ..tool
         };
-        match self.propose(caller, ToolOp::Register { tool }).await? {
+        let op = match tool.kind {
+            ToolKind::Composite => {
+                if !module.is_empty() {
+                    return Err(NexusError::invalid(
+                        "module",
+                        "is for wasm tools; a composite has none",
+                    ));
+                }
+                composite::parse("tool.config", &tool.config)?;
+                ToolOp::Register { tool }
+            }
+            ToolKind::Wasm => {
+                let mut manifest = wasm::Manifest::parse("tool.config", &tool.config)?;
+                wasm::validate_manifest("tool.config", &manifest, self.plugins.config())?;
+                let plugins = tools::list(&self.node.store, &caller.tenant)?
+                    .into_iter()
+                    .filter(|t| t.kind == ToolKind::Wasm && t.name != tool.name)
+                    .count();
+                let max = self.plugins.config().max_plugins_per_tenant;
+                if plugins >= max {
+                    return Err(NexusError::ResourceExhausted {
+                        limit: "plugins.max_plugins_per_tenant".into(),
+                        message: format!("the tenant has {plugins} plugins; at most {max}"),
+                    });
+                }
+                let sha = self.plugins.check_module("module", &module)?;
+                manifest.granted.clear();
+                manifest.module_sha256 = sha;
+                manifest.module_bytes = module.len() as u64;
+                tool.config = manifest.to_text();
+                ToolOp::RegisterPlugin { tool, module }
+            }
+            other => return Err(NexusError::invalid(
+                "tool.kind",
+                format!(
+                    "{} tools cannot be registered: composite or wasm (MCP tools come from mounts)",
+                    other.name()
+                ),
+            )),
+        };
+        match self.propose(caller, op).await? {
+            ToolReply::Tool(t) => Ok(t),
+            other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Sets what plugin `name` may reach beyond its sandbox: each grant one its manifest
+    /// asks for (`clock`, `http`, `tools`); an empty list takes every grant back.
+    pub async fn grant(
+        &self,
+        caller: &Caller,
+        name: &str,
+        grants: Vec<String>,
+    ) -> Result<ToolRecord, NexusError> {
+        tools::validate_name("name", name)?;
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let tool = tools::read(&self.node.store, &caller.tenant, name)?
+            .ok_or_else(|| NexusError::NotFound(format!("tool {name} not found")))?;
+        if tool.kind != ToolKind::Wasm {
+            return Err(NexusError::precondition(
+                "name",
+                format!(
+                    "{name} is a {} tool; only plugins take grants",
+                    tool.kind.name()
+                ),
+            ));
+        }
+        let mut manifest = wasm::Manifest::parse("config", &tool.config)?;
+        for (i, g) in grants.iter().enumerate() {
+            if !manifest.permissions.contains(g) {
+                return Err(NexusError::invalid(
+                    format!("grants[{i}]"),
+                    format!(
+                        "{g:?}: the plugin's manifest does not ask for it (it asks for {:?})",
+                        manifest.permissions
+                    ),
+                ));
+            }
+        }
+        let mut grants = grants;
+        grants.sort();
+        grants.dedup();
+        manifest.granted = grants;
+        let op = ToolOp::Grant {
+            name: name.into(),
+            config: manifest.to_text(),
+        };
+        match self.propose(caller, op).await? {
             ToolReply::Tool(t) => Ok(t),
             other => Err(NexusError::internal(format!("unexpected reply {other:?}"))),
         }
@@ -531,6 +624,10 @@ impl ToolService {
                         .await
                 }
                 ToolKind::Mcp => self.run_mounted(caller, &tool, parsed, &reporter).await,
+                ToolKind::Wasm => {
+                    self.run_plugin(caller, &tool, parsed, &reporter, depth)
+                        .await
+                }
             }
             .map_err(redact_err)?;
             Ok((redact_value(&redactor, &output), tool.version))
@@ -558,6 +655,67 @@ impl ToolService {
             .await
             .map_err(|e| redact_error(&env_redactor, e))?;
         Ok(redact_value(&env_redactor, &output))
+    }
+
+    async fn run_plugin(
+        self: &Arc<Self>,
+        caller: &Caller,
+        tool: &ToolRecord,
+        args: Value,
+        reporter: &Reporter,
+        depth: usize,
+    ) -> Result<Value, NexusError> {
+        let manifest = wasm::Manifest::parse("config", &tool.config)?;
+        // What the plugin calls runs as its caller, one level deeper, checked like a step.
+        let calls: Option<wasm::HostCall> = if manifest.granted("tools") || manifest.granted("http")
+        {
+            let this = self.clone();
+            let caller = caller.clone();
+            let name = tool.name.clone();
+            Some(Arc::new(
+                move |tool: String, args: String| -> wasm::HostFuture {
+                    let this = this.clone();
+                    let caller = caller.clone();
+                    let name = name.clone();
+                    Box::pin(async move {
+                        if depth + 1 >= composite::MAX_DEPTH {
+                            return Err(NexusError::precondition(
+                                "tool",
+                                format!(
+                                    "{name}: tools call tools at most {} deep",
+                                    composite::MAX_DEPTH
+                                ),
+                            ));
+                        }
+                        crate::iam::rbac::authorize("tools.call", &tool, &caller.principal)?;
+                        this.call_inner(&caller, &tool, &args, Reporter::default(), depth + 1)
+                            .await
+                            .map(|(output, _)| output)
+                    })
+                },
+            ))
+        } else {
+            None
+        };
+        let store = &self.node.store;
+        let tenant = caller.tenant.as_str();
+        self.plugins
+            .run(
+                wasm::PluginCall {
+                    tenant,
+                    tool: &tool.name,
+                    manifest: &manifest,
+                    args: &args,
+                    calls,
+                },
+                || {
+                    tools::module(store, tenant, &tool.name)?.ok_or_else(|| {
+                        NexusError::NotFound(format!("the module of plugin {} is gone", tool.name))
+                    })
+                },
+                |line| reporter.message(line),
+            )
+            .await
     }
 
     async fn run_composite(
