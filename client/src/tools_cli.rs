@@ -186,6 +186,16 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
                 print_json(&schema(&tool.input_schema));
                 println!("output:");
                 print_json(&schema(&tool.output_schema));
+                // A composite's steps, a plugin's manifest (what it asks for and was granted).
+                if let Ok(config) = serde_json::from_str::<Value>(&tool.config) {
+                    let title = if tool.kind == "wasm" {
+                        "manifest"
+                    } else {
+                        "config"
+                    };
+                    println!("{title}:");
+                    print_json(&config);
+                }
             }
         }
         ToolsCommand::Register { file, wasm } => {

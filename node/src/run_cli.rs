@@ -73,6 +73,7 @@ fn run_local(args: RunArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let endpoint = format!("http://{}", config.grpc_addr);
+    let data_dir = config.data_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,6 +89,10 @@ fn run_local(args: RunArgs) -> anyhow::Result<()> {
             if server.is_finished() {
                 return match (&mut server).await? {
                     Ok(()) => Err(anyhow::anyhow!("the in-process node stopped")),
+                    Err(e) if format!("{e:#}").contains("LOCK") => Err(anyhow::anyhow!(
+                        "a running node holds the data directory {}: call it (without --local), or stop it first",
+                        data_dir.display()
+                    )),
                     Err(e) => Err(e.context("starting the in-process node")),
                 };
             }

@@ -490,3 +490,31 @@ pub async fn serve_stdio(endpoint: &str, token: Option<&str>) -> anyhow::Result<
     running.waiting().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_uris_map_to_reads() {
+        let (tool, args) = resource_call("nexus://memory/prefs/tea%2Fgreen").unwrap();
+        assert_eq!(tool, "memory.get");
+        assert_eq!(
+            args,
+            serde_json::json!({"namespace": "prefs", "key": "tea/green"})
+        );
+        let (tool, args) = resource_call("nexus://conversation/c-1").unwrap();
+        assert_eq!(tool, "conversation.history");
+        assert_eq!(args["conversation_id"], "c-1");
+        for bad in [
+            "nexus://memory/prefs",
+            "nexus://memory//k",
+            "nexus://memory/n/%zz",
+            "nexus://conversation/a/b",
+            "file:///etc/passwd",
+            "nexus://secret/x",
+        ] {
+            assert!(resource_call(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //!   tool argument). Only commands in `[mcp_client] commands` are accepted when mounting.
 //! - A server that exited (crashed, killed) is started again on the next use; a changed mount
 //!   (another command, args or env) replaces the running one.
-//! - Its tool list is cached for [`TOOLS_TTL`] and read again after a call fails; a call has
+//! - Its tool list is cached for [`TOOLS_TTL`] and read again after a call fails or when the
+//!   server sends `notifications/tools/list_changed`; a call has
 //!   a deadline (the mount's `timeout_ms`, at most `[mcp_client] call_timeout_ms`).
 //! - At most `[mcp_client] max_servers` run at once; the least recently used is stopped.
 
@@ -28,9 +29,23 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Server {
     mount: McpMount,
-    service: RunningService<RoleClient, ()>,
+    service: RunningService<RoleClient, ListWatcher>,
     tools: Option<(Instant, Vec<Tool>)>,
     last_used: Instant,
+    /// Set when the server says its tool list changed: the next listing reads it again.
+    changed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The client side of a mounted server's connection: notes its list-changed notifications.
+struct ListWatcher {
+    changed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl rmcp::ClientHandler for ListWatcher {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A mounted tool's version: `0.0.0+` and its input schema's hash, so that a server that
@@ -168,7 +183,11 @@ impl McpClients {
             .spawn()
             .map_err(|e| unavailable(&mount.prefix, format!("starting {}: {e}", mount.command)))?
             .0;
-        let service = tokio::time::timeout(START_TIMEOUT, ().serve(transport))
+        let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = ListWatcher {
+            changed: changed.clone(),
+        };
+        let service = tokio::time::timeout(START_TIMEOUT, watcher.serve(transport))
             .await
             .map_err(|_| unavailable(&mount.prefix, "it did not finish its handshake in time"))?
             .map_err(|e| unavailable(&mount.prefix, format!("handshake: {e}")))?;
@@ -178,6 +197,7 @@ impl McpClients {
             service,
             tools: None,
             last_used: Instant::now(),
+            changed,
         }));
         servers.insert(key, server.clone());
         Ok(server)
@@ -185,8 +205,11 @@ impl McpClients {
 
     /// The server's tools, from the cache or read again.
     async fn tools_of(&self, server: &mut Server, refresh: bool) -> Result<Vec<Tool>, NexusError> {
+        let changed = server
+            .changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         if let Some((at, tools)) = &server.tools {
-            if !refresh && at.elapsed() < TOOLS_TTL {
+            if !refresh && !changed && at.elapsed() < TOOLS_TTL {
                 return Ok(tools.clone());
             }
         }

@@ -401,20 +401,22 @@ impl ToolService {
                         message: format!("the tenant has {plugins} plugins; at most {max}"),
                     });
                 }
-                let sha = self.plugins.check_module("module", &module)?;
+                let sha = self.plugins.check_module("module", &module).await?;
                 manifest.granted.clear();
                 manifest.module_sha256 = sha;
                 manifest.module_bytes = module.len() as u64;
                 tool.config = manifest.to_text();
                 ToolOp::RegisterPlugin { tool, module }
             }
-            other => return Err(NexusError::invalid(
-                "tool.kind",
-                format!(
+            other => {
+                return Err(NexusError::invalid(
+                    "tool.kind",
+                    format!(
                     "{} tools cannot be registered: composite or wasm (MCP tools come from mounts)",
                     other.name()
                 ),
-            )),
+                ))
+            }
         };
         match self.propose(caller, op).await? {
             ToolReply::Tool(t) => Ok(t),

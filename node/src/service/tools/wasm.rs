@@ -299,7 +299,7 @@ impl Plugins {
 
     /// Compiles and checks a module being registered: its exports, its imports (only the
     /// ABI's and WASI's), its size. Returns its SHA-256 (hex).
-    pub fn check_module(&self, field: &str, bytes: &[u8]) -> Result<String, NexusError> {
+    pub async fn check_module(&self, field: &str, bytes: &[u8]) -> Result<String, NexusError> {
         if bytes.is_empty() {
             return Err(NexusError::invalid(field, "is required for a wasm tool"));
         }
@@ -313,12 +313,21 @@ impl Plugins {
                 ),
             ));
         }
-        let module = Module::new(&self.engine, bytes).map_err(|e| {
+        let module = self.compile(bytes.to_vec()).await?.map_err(|e| {
             NexusError::invalid(field, format!("is not a valid WebAssembly module: {e:#}"))
         })?;
         self.link(&module)
             .map_err(|e| NexusError::invalid(field, e))?;
         Ok(crate::embed::minilm::hex(&Sha256::digest(bytes)))
+    }
+
+    /// Compiles a module off the async runtime's threads (Cranelift takes milliseconds to
+    /// seconds, by the module's size).
+    async fn compile(&self, bytes: Vec<u8>) -> Result<wasmtime::Result<Module>, NexusError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || Module::new(&engine, &bytes))
+            .await
+            .map_err(|e| NexusError::internal(format!("compiling a plugin: {e}")))
     }
 
     /// The instance-ready form of `module`: the ABI's exports checked, WASI imports bound to
@@ -370,7 +379,7 @@ impl Plugins {
         linker.instantiate_pre(module).map_err(|e| format!("{e:#}"))
     }
 
-    fn compiled(
+    async fn compiled(
         &self,
         tenant: &str,
         tool: &str,
@@ -386,7 +395,9 @@ impl Plugins {
             return Ok(c.clone());
         }
         let bytes = bytes()?;
-        let module = Module::new(&self.engine, &bytes)
+        let module = self
+            .compile(bytes)
+            .await?
             .map_err(|e| NexusError::internal(format!("compiling plugin {tool}: {e:#}")))?;
         let pre = self
             .link(&module)
@@ -418,7 +429,7 @@ impl Plugins {
         let limits = effective(&manifest.limits, &self.config);
         let deadline = Duration::from_millis(limits.timeout_ms);
         let started = Instant::now();
-        let compiled = self.compiled(tenant, tool, manifest, bytes)?;
+        let compiled = self.compiled(tenant, tool, manifest, bytes).await?;
         let _slot = tokio::time::timeout(deadline, self.running.clone().acquire_owned())
             .await
             .map_err(|_| NexusError::ResourceExhausted {
