@@ -97,7 +97,7 @@ pub(crate) async fn tools_bench(a: ToolsArgs) -> anyhow::Result<()> {
             let mut dev = Client::connect_with_token(&node.endpoint, Some(&key)).await?;
             dev.tools.register_tool(register).await?;
         }
-        let mcp_url = format!("{}/mcp", node.http);
+        let mcp_url = format!("http://{}/mcp", node.http);
         let connect = |path: Route| {
             let token = token.clone();
             let endpoint = node.endpoint.clone();
