@@ -271,7 +271,7 @@ impl Parts {
                 secrets: secrets.clone(),
             },
             crate::service::tools::mcp_client::McpClients::new(&config.mcp_client),
-            crate::service::tools::wasm::Plugins::new(&config.plugins)?,
+            crate::service::tools::wasm::Plugins::new(&config.plugins),
         ));
         Ok(Parts {
             kv,

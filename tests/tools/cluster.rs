@@ -20,9 +20,8 @@ async fn call_retrying(n: &Nexus, key: &str, name: &str, args: Value) -> Value {
         let mut c = n.client_with(Some(key)).await;
         match call(&mut c, name, args.clone()).await {
             Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
             }
             Err(e) => panic!("{name} through {}: {e:?}", n.endpoint()),
         }

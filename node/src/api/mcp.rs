@@ -109,20 +109,13 @@ fn resource_templates() -> Vec<rmcp::model::ResourceTemplate> {
 /// The tool call that reads resource `uri`: (tool, arguments).
 fn resource_call(uri: &str) -> Option<(&'static str, Value)> {
     let decode = |s: &str| -> Option<String> {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).ok().filter(|s| !s.is_empty())
+        let text = percent_encoding::percent_decode_str(s).decode_utf8().ok()?;
+        // A `%` not followed by two hex digits is taken as itself by the decoder: not here.
+        let malformed = s.match_indices('%').any(|(i, _)| {
+            !s.get(i + 1..i + 3)
+                .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+        });
+        (!text.is_empty() && !malformed).then(|| text.into_owned())
     };
     if let Some(rest) = uri.strip_prefix("nexus://memory/") {
         let (namespace, key) = rest.split_once('/')?;

@@ -4,6 +4,7 @@
 //! (`service::tools::builtin`). What a call does is the service's (`service::tools`).
 
 pub mod composite;
+pub mod manifest;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,10 +116,11 @@ pub enum ToolOp {
         #[serde(with = "serde_bytes")]
         module: Vec<u8>,
     },
-    /// Sets a plugin's grants (the new config, its manifest, as the service checked it).
+    /// Sets a plugin's grants, each one its stored manifest asks for (checked in apply,
+    /// against the manifest of the plugin as it is then, whatever was registered meanwhile).
     Grant {
         name: String,
-        config: String,
+        grants: Vec<String>,
     },
 }
 
@@ -167,7 +169,9 @@ impl ToolOp {
                     + 32
             }
             ToolOp::Unmount { prefix } => prefix.len() + 16,
-            ToolOp::Grant { name, config } => name.len() + config.len() + 16,
+            ToolOp::Grant { name, grants } => {
+                name.len() + grants.iter().map(|g| g.len() + 4).sum::<usize>() + 16
+            }
         }
     }
 
@@ -248,7 +252,7 @@ pub fn apply(
             );
             Ok(Ok(ToolReply::Tool(tool)))
         }
-        ToolOp::Grant { name, config } => {
+        ToolOp::Grant { name, grants } => {
             let key = tool_key(tenant, name);
             let Some(mut tool) = ctx.get_decoded::<ToolRecord>(CF_TOOLS, &key)? else {
                 return Ok(Err(NexusError::NotFound(format!("tool {name} not found"))));
@@ -256,10 +260,31 @@ pub fn apply(
             if tool.kind != ToolKind::Wasm {
                 return Ok(Err(NexusError::precondition(
                     "name",
-                    format!("{name} is not a WebAssembly plugin; only plugins take grants"),
+                    format!(
+                        "{name} is a {} tool; only plugins take grants",
+                        tool.kind.name()
+                    ),
                 )));
             }
-            tool.config = config.clone();
+            let mut manifest = match manifest::Manifest::parse("config", &tool.config) {
+                Ok(m) => m,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some((i, g)) = grants
+                .iter()
+                .enumerate()
+                .find(|(_, g)| !manifest.permissions.contains(g))
+            {
+                return Ok(Err(NexusError::invalid(
+                    format!("grants[{i}]"),
+                    format!(
+                        "{g:?}: the plugin's manifest does not ask for it (it asks for {:?})",
+                        manifest.permissions
+                    ),
+                )));
+            }
+            manifest.granted = grants.clone();
+            tool.config = manifest.to_text();
             ctx.put(CF_TOOLS, &key, &tool);
             Ok(Ok(ToolReply::Tool(tool)))
         }

@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod http;
+mod kinds;
 pub mod mcp_client;
 pub mod stats;
 pub mod wasm;
@@ -401,7 +402,10 @@ impl ToolService {
                         message: format!("the tenant has {plugins} plugins; at most {max}"),
                     });
                 }
-                let sha = self.plugins.check_module("module", &module).await?;
+                let sha = self
+                    .plugins
+                    .check_module("module", &caller.tenant, &tool.name, &module)
+                    .await?;
                 manifest.granted.clear();
                 manifest.module_sha256 = sha;
                 manifest.module_bytes = module.len() as u64;
@@ -425,7 +429,8 @@ impl ToolService {
     }
 
     /// Sets what plugin `name` may reach beyond its sandbox: each grant one its manifest
-    /// asks for (`clock`, `http`, `tools`); an empty list takes every grant back.
+    /// asks for (`clock`, `http`, `tools`; checked when the op applies, against the plugin as
+    /// it is then); an empty list takes every grant back.
     pub async fn grant(
         &self,
         caller: &Caller,
@@ -433,39 +438,25 @@ impl ToolService {
         grants: Vec<String>,
     ) -> Result<ToolRecord, NexusError> {
         tools::validate_name("name", name)?;
-        self.node
-            .read_barrier(ReadConsistency::Linearizable)
-            .await?;
-        let tool = tools::read(&self.node.store, &caller.tenant, name)?
-            .ok_or_else(|| NexusError::NotFound(format!("tool {name} not found")))?;
-        if tool.kind != ToolKind::Wasm {
-            return Err(NexusError::precondition(
-                "name",
+        if let Some((i, g)) = grants
+            .iter()
+            .enumerate()
+            .find(|(_, g)| !wasm::GRANTS.contains(&g.as_str()))
+        {
+            return Err(NexusError::invalid(
+                format!("grants[{i}]"),
                 format!(
-                    "{name} is a {} tool; only plugins take grants",
-                    tool.kind.name()
+                    "{g:?} is not a plugin grant; one of {}",
+                    wasm::GRANTS.join(", ")
                 ),
             ));
-        }
-        let mut manifest = wasm::Manifest::parse("config", &tool.config)?;
-        for (i, g) in grants.iter().enumerate() {
-            if !manifest.permissions.contains(g) {
-                return Err(NexusError::invalid(
-                    format!("grants[{i}]"),
-                    format!(
-                        "{g:?}: the plugin's manifest does not ask for it (it asks for {:?})",
-                        manifest.permissions
-                    ),
-                ));
-            }
         }
         let mut grants = grants;
         grants.sort();
         grants.dedup();
-        manifest.granted = grants;
         let op = ToolOp::Grant {
             name: name.into(),
-            config: manifest.to_text(),
+            grants,
         };
         match self.propose(caller, op).await? {
             ToolReply::Tool(t) => Ok(t),
@@ -634,160 +625,6 @@ impl ToolService {
             .map_err(redact_err)?;
             Ok((redact_value(&redactor, &output), tool.version))
         })
-    }
-
-    async fn run_mounted(
-        &self,
-        caller: &Caller,
-        tool: &ToolRecord,
-        args: Value,
-        reporter: &Reporter,
-    ) -> Result<Value, NexusError> {
-        let (prefix, name) = tool
-            .name
-            .split_once('.')
-            .ok_or_else(|| NexusError::internal("a mounted tool without a prefix"))?;
-        let mount = tools::mount(&self.node.store, &caller.tenant, prefix)?
-            .ok_or_else(|| NexusError::NotFound(format!("tool {} not found", tool.name)))?;
-        let (env, env_redactor) = self.mount_env(caller, &mount).await?;
-        reporter.message(format!("calling {name} on MCP server {prefix}"));
-        let output = self
-            .mcp
-            .call(&caller.tenant, &mount, &env, name, args)
-            .await
-            .map_err(|e| redact_error(&env_redactor, e))?;
-        Ok(redact_value(&env_redactor, &output))
-    }
-
-    async fn run_plugin(
-        self: &Arc<Self>,
-        caller: &Caller,
-        tool: &ToolRecord,
-        args: Value,
-        reporter: &Reporter,
-        depth: usize,
-    ) -> Result<Value, NexusError> {
-        let manifest = wasm::Manifest::parse("config", &tool.config)?;
-        // What the plugin calls runs as its caller, one level deeper, checked like a step.
-        let calls: Option<wasm::HostCall> = if manifest.granted("tools") || manifest.granted("http")
-        {
-            let this = self.clone();
-            let caller = caller.clone();
-            let name = tool.name.clone();
-            Some(Arc::new(
-                move |tool: String, args: String| -> wasm::HostFuture {
-                    let this = this.clone();
-                    let caller = caller.clone();
-                    let name = name.clone();
-                    Box::pin(async move {
-                        if depth + 1 >= composite::MAX_DEPTH {
-                            return Err(NexusError::precondition(
-                                "tool",
-                                format!(
-                                    "{name}: tools call tools at most {} deep",
-                                    composite::MAX_DEPTH
-                                ),
-                            ));
-                        }
-                        crate::iam::rbac::authorize("tools.call", &tool, &caller.principal)?;
-                        this.call_inner(&caller, &tool, &args, Reporter::default(), depth + 1)
-                            .await
-                            .map(|(output, _)| output)
-                    })
-                },
-            ))
-        } else {
-            None
-        };
-        let store = &self.node.store;
-        let tenant = caller.tenant.as_str();
-        self.plugins
-            .run(
-                wasm::PluginCall {
-                    tenant,
-                    tool: &tool.name,
-                    manifest: &manifest,
-                    args: &args,
-                    calls,
-                },
-                || {
-                    tools::module(store, tenant, &tool.name)?.ok_or_else(|| {
-                        NexusError::NotFound(format!("the module of plugin {} is gone", tool.name))
-                    })
-                },
-                |line| reporter.message(line),
-            )
-            .await
-    }
-
-    async fn run_composite(
-        self: &Arc<Self>,
-        caller: &Caller,
-        tool: &ToolRecord,
-        input: Value,
-        reporter: &Reporter,
-        depth: usize,
-    ) -> Result<Value, NexusError> {
-        if depth >= composite::MAX_DEPTH {
-            return Err(NexusError::precondition(
-                "tool",
-                format!(
-                    "{}: composites call composites at most {} deep",
-                    tool.name,
-                    composite::MAX_DEPTH
-                ),
-            ));
-        }
-        let def = composite::parse("config", &tool.config)?;
-        let mut scope = serde_json::json!({"input": input, "steps": {}});
-        let mut last = Value::Null;
-        for (i, step) in def.steps.iter().enumerate() {
-            let failing = |why: String| {
-                NexusError::precondition(
-                    "tool",
-                    format!(
-                        "{}: step {i} ({}, {}) failed: {why}",
-                        tool.name, step.id, step.tool
-                    ),
-                )
-            };
-            reporter.message(format!(
-                "step {} of {}: {} ({})",
-                i + 1,
-                def.steps.len(),
-                step.id,
-                step.tool
-            ));
-            let args = composite::evaluate(&step.args, &scope).map_err(&failing)?;
-            // Each step is authorized like a call of its own.
-            crate::iam::rbac::authorize("tools.call", &step.tool, &caller.principal)
-                .map_err(|e| failing(e.to_string()))?;
-            let (output, _) = self
-                .call_inner(
-                    caller,
-                    &step.tool,
-                    &args.to_string(),
-                    reporter.clone(),
-                    depth + 1,
-                )
-                .await
-                .map_err(|e| match e {
-                    NexusError::InvalidArgument { field, message } => NexusError::invalid(
-                        format!("{}.steps[{i}].{field}", tool.name),
-                        format!("step {} ({}): {message}", step.id, step.tool),
-                    ),
-                    other => failing(other.to_string()),
-                })?;
-            reporter.partial(&serde_json::json!({"step": step.id, "output": output}));
-            scope["steps"][&step.id] = output.clone();
-            last = output;
-        }
-        match &def.output {
-            Some(template) => composite::evaluate(template, &scope).map_err(|e| {
-                NexusError::precondition("tool", format!("{}: output: {e}", tool.name))
-            }),
-            None => Ok(last),
-        }
     }
 }
 

@@ -26,10 +26,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -47,60 +46,7 @@ pub const YIELD_FUEL: u64 = 200_000;
 /// Most progress messages (`nexus.log`) a call keeps, and the longest.
 const MAX_LOGS: usize = 100;
 const MAX_LOG_BYTES: usize = 4096;
-/// The grants a manifest may ask for.
-pub const GRANTS: &[&str] = &["clock", "http", "tools"];
-
-/// A plugin's manifest, the `config` of a `wasm` tool: what it asks for, what a tenant admin
-/// granted, its limits and the module it runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Grants the plugin asks for: `clock`, `http`, `tools`.
-    #[serde(default)]
-    pub permissions: Vec<String>,
-    /// Those a tenant admin granted (set by the server, never by the registration).
-    #[serde(default)]
-    pub granted: Vec<String>,
-    #[serde(default)]
-    pub limits: Limits,
-    /// Set by the server: the module's SHA-256 and size.
-    #[serde(default)]
-    pub module_sha256: String,
-    #[serde(default)]
-    pub module_bytes: u64,
-}
-
-/// A plugin's limits; 0 takes the node's default ([`PluginConfig`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    #[serde(default)]
-    pub fuel: u64,
-    #[serde(default)]
-    pub memory_bytes: u64,
-    #[serde(default)]
-    pub timeout_ms: u64,
-}
-
-impl Manifest {
-    pub fn parse(field: &str, text: &str) -> Result<Manifest, NexusError> {
-        let text = if text.trim().is_empty() { "{}" } else { text };
-        serde_json::from_str(text).map_err(|e| {
-            NexusError::invalid(
-                field,
-                format!("is not a plugin manifest: {e} (docs/plugins.md)"),
-            )
-        })
-    }
-
-    pub fn to_text(&self) -> String {
-        serde_json::to_string(self).expect("a manifest serializes")
-    }
-
-    pub fn granted(&self, grant: &str) -> bool {
-        self.granted.iter().any(|g| g == grant)
-    }
-}
+pub use crate::tools::manifest::{Limits, Manifest, GRANTS};
 
 /// Checks a manifest's asks against `GRANTS` and its limits against the node's maxima.
 pub fn validate_manifest(
@@ -165,7 +111,6 @@ struct Host {
     /// The result (or error message) of the last `nexus.call`, until `take_result`.
     result: Vec<u8>,
     calls: Option<HostCall>,
-    max_output: usize,
 }
 
 impl Host {
@@ -215,26 +160,31 @@ pub struct PluginCall<'a> {
     pub calls: Option<HostCall>,
 }
 
-/// A compiled plugin, ready to instantiate.
-struct Compiled {
-    pre: InstancePre<Host>,
-}
-
-pub struct Plugins {
+/// The engine, its linker of the `nexus` host functions and the epoch ticker: started with
+/// the first plugin a node registers or runs, so that a node without plugins reserves no
+/// instance pool and runs no ticker.
+struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
-    config: PluginConfig,
-    /// Compiled modules by tenant, tool and module hash.
-    compiled: Mutex<HashMap<(String, String, String), Arc<Compiled>>>,
-    /// Calls running at once (each holds a pooled instance).
-    running: Arc<tokio::sync::Semaphore>,
     stop: Arc<AtomicBool>,
 }
 
-impl Drop for Plugins {
+impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// (tenant, tool, module SHA-256).
+type CompiledKey = (String, String, String);
+
+pub struct Plugins {
+    config: PluginConfig,
+    runtime: OnceLock<Result<Runtime, String>>,
+    /// Compiled modules, ready to instantiate.
+    compiled: Mutex<HashMap<CompiledKey, Arc<InstancePre<Host>>>>,
+    /// Calls running at once (each holds a pooled instance).
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 fn engine(config: &PluginConfig, pooled: bool) -> wasmtime::Result<Engine> {
@@ -256,20 +206,20 @@ fn engine(config: &PluginConfig, pooled: bool) -> wasmtime::Result<Engine> {
     Engine::new(&c)
 }
 
-/// A host function of the ABI: (name, needs a grant).
+/// The host functions of the ABI (module `nexus`).
 const NEXUS_IMPORTS: &[&str] = &["output", "log", "take_result", "now_ms", "call"];
 
-impl Plugins {
-    pub fn new(config: &PluginConfig) -> anyhow::Result<Plugins> {
+impl Runtime {
+    fn start(config: &PluginConfig) -> Result<Runtime, String> {
         let engine = match engine(config, true) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "the pooling allocator is not available here; plugins get instances one by one");
-                engine(config, false).map_err(|e| anyhow::anyhow!("{e}"))?
+                engine(config, false).map_err(|e| format!("{e:#}"))?
             }
         };
         let mut linker = Linker::new(&engine);
-        define_host(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        define_host(&mut linker).map_err(|e| format!("{e:#}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -281,25 +231,48 @@ impl Plugins {
                         std::thread::sleep(TICK);
                         engine.increment_epoch();
                     }
-                })?;
+                })
+                .map_err(|e| format!("starting the epoch ticker: {e}"))?;
         }
-        Ok(Plugins {
+        Ok(Runtime {
             engine,
             linker,
-            config: config.clone(),
-            compiled: Mutex::new(HashMap::new()),
-            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
             stop,
         })
+    }
+}
+
+impl Plugins {
+    pub fn new(config: &PluginConfig) -> Plugins {
+        Plugins {
+            config: config.clone(),
+            runtime: OnceLock::new(),
+            compiled: Mutex::new(HashMap::new()),
+            running: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1))),
+        }
+    }
+
+    fn runtime(&self) -> Result<&Runtime, NexusError> {
+        self.runtime
+            .get_or_init(|| Runtime::start(&self.config))
+            .as_ref()
+            .map_err(|e| NexusError::unavailable(format!("the WebAssembly runtime: {e}")))
     }
 
     pub fn config(&self) -> &PluginConfig {
         &self.config
     }
 
-    /// Compiles and checks a module being registered: its exports, its imports (only the
-    /// ABI's and WASI's), its size. Returns its SHA-256 (hex).
-    pub async fn check_module(&self, field: &str, bytes: &[u8]) -> Result<String, NexusError> {
+    /// Compiles and checks a module being registered as `tool` of `tenant`: its size, its
+    /// exports, its imports (only the ABI's and WASI's). Returns its SHA-256 (hex); the
+    /// compiled module is kept, so this node's first call does not compile it again.
+    pub async fn check_module(
+        &self,
+        field: &str,
+        tenant: &str,
+        tool: &str,
+        bytes: &[u8],
+    ) -> Result<String, NexusError> {
         if bytes.is_empty() {
             return Err(NexusError::invalid(field, "is required for a wasm tool"));
         }
@@ -313,27 +286,42 @@ impl Plugins {
                 ),
             ));
         }
-        let module = self.compile(bytes.to_vec()).await?.map_err(|e| {
-            NexusError::invalid(field, format!("is not a valid WebAssembly module: {e:#}"))
-        })?;
-        self.link(&module)
+        let pre = self
+            .prepare(bytes.to_vec())
+            .await?
             .map_err(|e| NexusError::invalid(field, e))?;
-        Ok(crate::embed::minilm::hex(&Sha256::digest(bytes)))
+        let sha = crate::embed::minilm::hex(&Sha256::digest(bytes));
+        self.keep((tenant.into(), tool.into(), sha.clone()), Arc::new(pre));
+        Ok(sha)
     }
 
     /// Compiles a module off the async runtime's threads (Cranelift takes milliseconds to
-    /// seconds, by the module's size).
-    async fn compile(&self, bytes: Vec<u8>) -> Result<wasmtime::Result<Module>, NexusError> {
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || Module::new(&engine, &bytes))
+    /// seconds, by the module's size) and links it: what is wrong with it, as text.
+    async fn prepare(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<Result<InstancePre<Host>, String>, NexusError> {
+        let engine = self.runtime()?.engine.clone();
+        let module = tokio::task::spawn_blocking(move || Module::new(&engine, &bytes))
             .await
-            .map_err(|e| NexusError::internal(format!("compiling a plugin: {e}")))
+            .map_err(|e| NexusError::internal(format!("compiling a plugin: {e}")))?;
+        Ok(module
+            .map_err(|e| format!("is not a valid WebAssembly module: {e:#}"))
+            .and_then(|m| self.link(&m)))
+    }
+
+    fn keep(&self, key: CompiledKey, pre: Arc<InstancePre<Host>>) {
+        let mut cache = self.compiled.lock().unwrap();
+        if cache.len() >= self.config.max_compiled {
+            cache.clear();
+        }
+        cache.insert(key, pre);
     }
 
     /// The instance-ready form of `module`: the ABI's exports checked, WASI imports bound to
     /// refusals, anything else refused.
     fn link(&self, module: &Module) -> Result<InstancePre<Host>, String> {
-        let mut linker = self.linker.clone();
+        let mut linker = self.runtime().map_err(|e| e.to_string())?.linker.clone();
         linker.allow_shadowing(true);
         for import in module.imports() {
             let (m, name) = (import.module(), import.name());
@@ -385,7 +373,7 @@ impl Plugins {
         tool: &str,
         manifest: &Manifest,
         bytes: impl FnOnce() -> Result<Vec<u8>, NexusError>,
-    ) -> Result<Arc<Compiled>, NexusError> {
+    ) -> Result<Arc<InstancePre<Host>>, NexusError> {
         let key = (
             tenant.to_string(),
             tool.to_string(),
@@ -394,21 +382,13 @@ impl Plugins {
         if let Some(c) = self.compiled.lock().unwrap().get(&key) {
             return Ok(c.clone());
         }
-        let bytes = bytes()?;
-        let module = self
-            .compile(bytes)
-            .await?
-            .map_err(|e| NexusError::internal(format!("compiling plugin {tool}: {e:#}")))?;
-        let pre = self
-            .link(&module)
-            .map_err(|e| NexusError::internal(format!("plugin {tool}: {e}")))?;
-        let compiled = Arc::new(Compiled { pre });
-        let mut cache = self.compiled.lock().unwrap();
-        if cache.len() >= self.config.max_compiled {
-            cache.clear();
-        }
-        cache.insert(key, compiled.clone());
-        Ok(compiled)
+        let pre = Arc::new(
+            self.prepare(bytes()?)
+                .await?
+                .map_err(|e| NexusError::internal(format!("plugin {tool}: {e}")))?,
+        );
+        self.keep(key, pre.clone());
+        Ok(pre)
     }
 
     /// Runs a plugin call within the plugin's limits. `bytes` gives the module when this
@@ -449,9 +429,8 @@ impl Plugins {
             logs: Vec::new(),
             result: Vec::new(),
             calls,
-            max_output: super::MAX_ARGS_BYTES,
         };
-        let mut store = Store::new(&self.engine, host);
+        let mut store = Store::new(&self.runtime()?.engine, host);
         store.limiter(|h| h as &mut dyn ResourceLimiter);
         store
             .set_fuel(limits.fuel)
@@ -464,7 +443,7 @@ impl Plugins {
         store.epoch_deadline_trap();
         let input = serde_json::to_vec(args).expect("JSON serializes");
         let run = async {
-            let instance = compiled.pre.instantiate_async(&mut store).await?;
+            let instance = compiled.instantiate_async(&mut store).await?;
             let alloc = instance.get_typed_func::<i32, i32>(&mut store, "nexus_alloc")?;
             let entry = instance.get_typed_func::<(i32, i32), i32>(&mut store, "nexus_call")?;
             let memory = instance
@@ -612,8 +591,7 @@ fn define_host(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "nexus",
         "output",
         |mut caller: wasmtime::Caller<'_, Host>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let max = caller.data().max_output;
-            let bytes = read_guest(&mut caller, ptr, len, max, "output")?;
+            let bytes = read_guest(&mut caller, ptr, len, super::MAX_ARGS_BYTES, "output")?;
             caller.data_mut().output = Some(bytes);
             Ok(())
         },
