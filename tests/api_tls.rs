@@ -98,7 +98,7 @@ async fn clients_must_trust_the_node_and_may_have_to_present_a_certificate() {
     );
 
     // The HTTP port (probes, metrics) is served over TLS with the same certificate.
-    let https = reqwest::Client::builder()
+    let https = nexus_node::tls::http_client_builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
         .build()
         .unwrap();
@@ -130,7 +130,7 @@ async fn clients_must_trust_the_node_and_may_have_to_present_a_certificate() {
         "the old certificate is no longer presented"
     );
     // A new connection (the client above keeps its old session open).
-    let old_trust = reqwest::Client::builder()
+    let old_trust = nexus_node::tls::http_client_builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
         .build()
         .unwrap();
@@ -140,7 +140,7 @@ async fn clients_must_trust_the_node_and_may_have_to_present_a_certificate() {
         .await;
     assert!(metrics.is_err(), "the HTTP port renewed too");
     drop(https);
-    let https = reqwest::Client::builder()
+    let https = nexus_node::tls::http_client_builder()
         .add_root_certificate(reqwest::Certificate::from_pem(renewed.pem().as_bytes()).unwrap())
         .build()
         .unwrap();

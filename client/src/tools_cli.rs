@@ -59,19 +59,27 @@ pub enum ToolsCommand {
 
 #[derive(Subcommand, Clone)]
 pub enum McpCommand {
-    /// Mount an external MCP server: `nexusctl mcp mount time -- python3 -m mcp_server_time`.
-    /// Its tools become PREFIX.TOOL. The command must be one the nodes allow
-    /// ([mcp_client] commands).
+    /// Mount an external MCP server: `nexusctl mcp mount time -- python3 -m mcp_server_time`
+    /// (a command the nodes start; it must be one they allow: [mcp_client] commands), or
+    /// `nexusctl mcp mount docs --url https://mcp.example.com/mcp --header
+    /// 'Authorization=Bearer ${secrets.DOCS_TOKEN}'` (a server reached over streamable HTTP;
+    /// its host must be on the tenant's http policy). Its tools become PREFIX.TOOL.
     Mount {
         prefix: String,
         /// KEY=VALUE for the server's environment; VALUE may hold ${secrets.NAME}. Repeat.
-        #[arg(long = "env")]
+        #[arg(long = "env", conflicts_with = "url")]
         env: Vec<String>,
+        /// The MCP endpoint of a server reached over HTTP, instead of a command.
+        #[arg(long, conflicts_with = "command")]
+        url: Option<String>,
+        /// NAME=VALUE sent with every request to --url; VALUE may hold ${secrets.NAME}. Repeat.
+        #[arg(long = "header", requires = "url")]
+        headers: Vec<String>,
         /// Longest a call may take, in milliseconds (0: the node's default).
         #[arg(long, default_value_t = 0)]
         timeout_ms: u64,
         /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "url")]
         command: Vec<String>,
     },
     /// Unmount a server (its process stops on every node as it is next used).
@@ -362,8 +370,15 @@ pub async fn run(c: &mut Client, command: ToolsCommand, json_out: bool) -> Resul
     Ok(())
 }
 
+/// A mount as JSON: the names of its env variables and headers, never their values (they may
+/// hold what a placeholder does not hide, a literal token).
 fn mount_json(m: &pb::McpMount) -> Value {
-    json!({"prefix": m.prefix, "command": m.command, "args": m.args, "env": m.env,
+    let mut env: Vec<&String> = m.env.keys().collect();
+    env.sort();
+    let mut headers: Vec<&String> = m.headers.keys().collect();
+    headers.sort();
+    json!({"prefix": m.prefix, "command": m.command, "args": m.args, "env": env,
+           "url": m.url, "headers": headers,
            "timeout_ms": m.timeout_ms, "created_at_ms": m.created_at_ms})
 }
 
@@ -377,35 +392,45 @@ pub async fn run_mcp(
         McpCommand::Mount {
             prefix,
             env,
+            url,
+            headers,
             timeout_ms,
             command,
         } => {
-            let mut vars = std::collections::HashMap::new();
-            for pair in env {
-                let (k, v) = pair
-                    .split_once('=')
-                    .ok_or_else(|| bad_usage(format!("--env {pair:?}: use KEY=VALUE")))?;
-                vars.insert(k.to_string(), v.to_string());
+            let pairs = |flag: &str, pairs: Vec<String>| {
+                let mut out = std::collections::HashMap::new();
+                for pair in pairs {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| bad_usage(format!("--{flag} {pair:?}: use NAME=VALUE")))?;
+                    out.insert(k.to_string(), v.to_string());
+                }
+                Ok::<_, ClientError>(out)
+            };
+            let mut mount = pb::McpMount {
+                prefix,
+                env: pairs("env", env)?,
+                headers: pairs("header", headers)?,
+                timeout_ms,
+                ..Default::default()
+            };
+            match url {
+                Some(url) => mount.url = url,
+                None => {
+                    let (program, args) = command
+                        .split_first()
+                        .ok_or_else(|| bad_usage("the command to run comes after --".into()))?;
+                    mount.command = program.clone();
+                    mount.args = args.to_vec();
+                }
             }
-            let (program, args) = command
-                .split_first()
-                .ok_or_else(|| bad_usage("the command to run comes after --".into()))?;
-            let m = c
-                .tools
-                .mount_mcp_server(pb::McpMount {
-                    prefix,
-                    command: program.clone(),
-                    args: args.to_vec(),
-                    env: vars,
-                    timeout_ms,
-                    created_at_ms: 0,
-                })
-                .await?
-                .into_inner();
+            let m = c.tools.mount_mcp_server(mount).await?.into_inner();
             if json_out {
                 print_json(&mount_json(&m));
-            } else {
+            } else if m.url.is_empty() {
                 println!("mounted {} at {}.*", m.command, m.prefix);
+            } else {
+                println!("mounted {} at {}.*", m.url, m.prefix);
             }
         }
         McpCommand::Unmount { prefix } => {
@@ -430,17 +455,22 @@ pub async fn run_mcp(
             if json_out {
                 print_json(&Value::Array(mounts.iter().map(mount_json).collect()));
             } else {
-                let mut t = table(&["PREFIX", "COMMAND", "ENV"]);
+                let mut t = table(&["PREFIX", "SERVER", "ENV OR HEADERS"]);
                 for m in &mounts {
-                    let mut env: Vec<&String> = m.env.keys().collect();
-                    env.sort();
-                    t.add_row(vec![
-                        m.prefix.clone(),
+                    let mut names: Vec<&String> = m.env.keys().chain(m.headers.keys()).collect();
+                    names.sort();
+                    let server = if m.url.is_empty() {
                         std::iter::once(m.command.clone())
                             .chain(m.args.iter().cloned())
                             .collect::<Vec<_>>()
-                            .join(" "),
-                        env.into_iter().cloned().collect::<Vec<_>>().join(", "),
+                            .join(" ")
+                    } else {
+                        m.url.clone()
+                    };
+                    t.add_row(vec![
+                        m.prefix.clone(),
+                        server,
+                        names.into_iter().cloned().collect::<Vec<_>>().join(", "),
                     ]);
                 }
                 println!("{t}");

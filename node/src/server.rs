@@ -270,7 +270,10 @@ impl Parts {
                 recaller: recaller.clone(),
                 secrets: secrets.clone(),
             },
-            crate::service::tools::mcp_client::McpClients::new(&config.mcp_client),
+            crate::service::tools::mcp_client::McpClients::new(
+                &config.mcp_client,
+                node.store.clone(),
+            ),
             crate::service::tools::wasm::Plugins::new(&config.plugins),
         ));
         Ok(Parts {

@@ -79,6 +79,17 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A builder of the HTTP clients that leave the node (OIDC discovery, embeddings,
+/// `http.request`, mounted MCP servers): reqwest over rustls on *ring*, the build's one crypto
+/// provider (reqwest's own would be aws-lc, a second C library to build), checking
+/// certificates with the platform's verifier (the system's roots).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    // reqwest, built without a provider, takes the process's default; a second install is a
+    // harmless no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 impl ReloadingTls {
     /// Loads the files now; an error names the setting and the file.
     pub fn load(

@@ -3,6 +3,9 @@
     mcp_client.py http URL TOKEN OTHER_TOKEN
     mcp_client.py stdio NEXUS_BIN ENDPOINT TOKEN
     mcp_client.py call URL TOKEN TOOL ARGS_JSON   (prints the tool's output as JSON)
+    mcp_client.py refused URL TOKEN TOOL ARGS_JSON (the call is refused: PermissionDenied)
+    mcp_client.py listen URL TOKEN NEXUS_BIN ENDPOINT TOOL
+        (prints "listening", then waits to be told the tools changed and to find TOOL listed)
 
 Over either transport: lists the tools, remembers a memory and recalls it by a paraphrase,
 gets an error (not a crash) for an unknown tool and for invalid arguments, and reads a
@@ -124,6 +127,47 @@ async def call(url, token, tool, args):
             print(json.dumps(output_of(result)), flush=True)
 
 
+async def refused(url, token, tool, args):
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as h:
+        async with mcp.Client(streamable_http_client(url, http_client=h)) as client:
+            result = await client.call_tool(tool, json.loads(args))
+            text = result.content[0].text if result.content else ""
+            check(result.is_error and "PermissionDenied" in text, f"{tool} is refused ({text[:100]})")
+
+
+async def listen(url, token, nexus_bin, endpoint, expected):
+    """Told of list changes three ways: `subscriptions/listen` (2026-07-28) over HTTP and over
+    stdio, and a handshake-era (`initialize`) stdio session's own notification. Prints
+    "listening" once all three are open; the caller then changes the tenant's tools."""
+    legacy_told = asyncio.Event()
+
+    async def on_message(message):
+        if isinstance(message, mcp.types.ToolListChangedNotification):
+            legacy_told.set()
+
+    params = mcp.StdioServerParameters(
+        command=nexus_bin, args=["mcp"], env={"NEXUS_ENDPOINT": endpoint, "NEXUS_TOKEN": token})
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as h:
+        async with mcp.Client(streamable_http_client(url, http_client=h)) as over_http, \
+                mcp.Client(params) as over_stdio, \
+                mcp.Client(params, mode="legacy", message_handler=on_message) as legacy:
+            check(legacy.session.protocol_version < "2026-07-28",
+                  f"a handshake-era session ({legacy.session.protocol_version})")
+            async with over_http.listen(tools_list_changed=True) as http_sub, \
+                    over_stdio.listen(tools_list_changed=True) as stdio_sub:
+                check(http_sub.honored.tools_list_changed and stdio_sub.honored.tools_list_changed,
+                      "subscriptions/listen honors tools_list_changed over HTTP and stdio")
+                print("listening", flush=True)
+                for name, sub, client in (("HTTP", http_sub, over_http), ("stdio", stdio_sub, over_stdio)):
+                    event = await asyncio.wait_for(sub.__anext__(), 30)
+                    check(type(event).__name__ == "ToolsListChanged", f"told over {name} ({event})")
+                    names = {t.name for t in (await client.list_tools()).tools}
+                    check(expected in names, f"and {expected} is listed over {name}")
+            await asyncio.wait_for(legacy_told.wait(), 30)
+            names = {t.name for t in (await legacy.list_tools()).tools}
+            check(expected in names, f"a handshake-era session is told too, and lists {expected}")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "http":
@@ -132,6 +176,10 @@ if __name__ == "__main__":
         asyncio.run(stdio(*sys.argv[2:5]))
     elif mode == "call":
         asyncio.run(call(*sys.argv[2:6]))
+    elif mode == "refused":
+        asyncio.run(refused(*sys.argv[2:6]))
+    elif mode == "listen":
+        asyncio.run(listen(*sys.argv[2:7]))
     else:
         sys.exit(f"unknown mode {mode}")
     print("passed", flush=True)

@@ -96,7 +96,7 @@ pub async fn serve<L>(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
     L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use axum::response::Response;
@@ -123,7 +123,7 @@ where
     let permits = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (io, _) = tokio::select! {
+        let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|s| *s) => break,
         };
@@ -132,7 +132,16 @@ where
             drop(io);
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The client's address, for handlers that count refusals by source (`/mcp`).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(remote));
+                request
+            },
+        ));
         let mut stop = stop.clone();
         connections.spawn(async move {
             let _permit = permit;

@@ -27,14 +27,16 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Extensions,
+    Implementation, InitializeRequestParams, InitializeResult, JsonObject,
+    ListResourceTemplatesResult, ListToolsResult, PaginatedRequestParams,
     ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
-    ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
+    ResourceTemplate, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::auth::Authenticator;
 use crate::error::NexusError;
@@ -53,6 +55,12 @@ pub trait Tools: Send + Sync + 'static {
         name: &str,
         args: &str,
     ) -> Result<Value, NexusError>;
+    /// A notice each time the caller's tools may have changed; the watch ends when the
+    /// receiver is dropped. `extensions` are the request's (or the notification's).
+    async fn watch(&self, extensions: &Extensions) -> Result<mpsc::Receiver<()>, NexusError>;
+    /// Whether a connection is one session that outlives its requests (stdio): a client of
+    /// the handshake era (`initialize`) is then told of changes on it without asking.
+    fn sessions(&self) -> bool;
 }
 
 /// The MCP face of a [`Tools`].
@@ -148,6 +156,7 @@ impl ServerHandler for NexusMcp {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
                 .build(),
         )
@@ -167,6 +176,70 @@ impl ServerHandler for NexusMcp {
         Ok(ListToolsResult::with_all_items(
             tools.iter().map(mcp_tool).collect(),
         ))
+    }
+
+    /// `subscriptions/listen` (2026-07-28): tools' list changes, on any transport (over
+    /// stateless HTTP the listen request's response is the stream).
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
+        if subscription.accepted().tools_list_changed != Some(true) {
+            subscription.cancelled().await;
+            return Ok(());
+        }
+        let mut changes = self
+            .tools
+            .watch(&subscription.request_context().extensions)
+            .await
+            .map_err(protocol_error)?;
+        loop {
+            tokio::select! {
+                _ = subscription.cancelled() => return Ok(()),
+                changed = changes.recv() => {
+                    if changed.is_none() {
+                        // The node's watch ended (it is stopping): close gracefully.
+                        return Ok(());
+                    }
+                    if subscription.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client of the handshake era on a session (stdio) is told of list changes on it
+    /// until the session closes; the watch is open before the handshake's answer goes out.
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        context.peer.set_peer_info(request.clone());
+        let result = self.negotiate_initialize(&request)?;
+        if self.tools.sessions() {
+            match self.tools.watch(&context.extensions).await {
+                Ok(mut changes) => {
+                    let peer = context.peer;
+                    tokio::spawn(async move {
+                        while changes.recv().await.is_some() {
+                            if peer.is_transport_closed()
+                                || peer.notify_tool_list_changed().await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "watching tool changes for an MCP session"),
+            }
+        }
+        Ok(result)
     }
 
     async fn list_resource_templates(
@@ -244,11 +317,15 @@ impl ServerHandler for NexusMcp {
 /// the HTTP request ([`authenticate`]).
 pub struct LocalTools {
     pub tools: Arc<ToolService>,
+    pub auth: Arc<Authenticator>,
 }
 
-fn caller_of(ctx: &RequestContext<RoleServer>) -> Result<Caller, NexusError> {
-    ctx.extensions
-        .get::<axum::http::request::Parts>()
+fn parts_of(extensions: &Extensions) -> Option<&axum::http::request::Parts> {
+    extensions.get::<axum::http::request::Parts>()
+}
+
+fn caller_of(extensions: &Extensions) -> Result<Caller, NexusError> {
+    parts_of(extensions)
         .and_then(|parts| parts.extensions.get::<Caller>())
         .cloned()
         .ok_or_else(|| NexusError::Unauthenticated("the request was not authenticated".into()))
@@ -257,8 +334,18 @@ fn caller_of(ctx: &RequestContext<RoleServer>) -> Result<Caller, NexusError> {
 #[tonic::async_trait]
 impl Tools for LocalTools {
     async fn list(&self, ctx: &RequestContext<RoleServer>) -> Result<Vec<ToolRecord>, NexusError> {
-        let caller = caller_of(ctx)?;
+        let caller = caller_of(&ctx.extensions)?;
         self.tools.list(&caller).await
+    }
+
+    async fn watch(&self, extensions: &Extensions) -> Result<mpsc::Receiver<()>, NexusError> {
+        let caller = caller_of(extensions)?;
+        self.tools.watch(&caller.tenant)
+    }
+
+    fn sessions(&self) -> bool {
+        // Stateless: each request on its own, so there is no session to tell.
+        false
     }
 
     async fn call(
@@ -267,9 +354,25 @@ impl Tools for LocalTools {
         name: &str,
         args: &str,
     ) -> Result<Value, NexusError> {
-        let caller = caller_of(ctx)?;
-        // The one check every call passes, over gRPC and MCP alike.
-        crate::iam::rbac::authorize("tools.call", name, &caller.principal)?;
+        let caller = caller_of(&ctx.extensions)?;
+        // The one check every call passes, over gRPC and MCP alike; a refusal is counted with
+        // the gate's (one audit record per group and window).
+        if let Err(e) = crate::iam::rbac::authorize("tools.call", name, &caller.principal) {
+            let source = parts_of(&ctx.extensions)
+                .and_then(|p| p.extensions.get::<Source>())
+                .and_then(|s| s.0);
+            let credential = caller.on_behalf.as_ref().and_then(|b| b.credential.clone());
+            return Err(super::gate::refuse(
+                &self.auth,
+                &caller.principal.subject,
+                &caller.tenant,
+                source,
+                "tools.call",
+                e,
+                credential,
+            )
+            .await);
+        }
         Ok(self
             .tools
             .call(&caller, name, args, Reporter::default())
@@ -309,8 +412,14 @@ fn resource_url(s: &McpState, headers: &HeaderMap) -> String {
     format!("http://{host}/mcp")
 }
 
-/// Authenticates a `/mcp` request with the node's `Authenticator` and hands the handler its
-/// [`Caller`] (in the request's extensions); 401 with `WWW-Authenticate` otherwise.
+/// Where a `/mcp` request came from, kept beside its [`Caller`] for refusals found later (a
+/// tool the caller may not call).
+#[derive(Clone, Copy)]
+struct Source(Option<std::net::IpAddr>);
+
+/// Admits a `/mcp` request through the same gate as gRPC (`api::gate`: authentication, the
+/// tenant's rate, refusals counted and slowed) and hands the handler its [`Caller`] (in the
+/// request's extensions); 401 with `WWW-Authenticate` without a valid credential.
 async fn authenticate(
     State(s): State<McpState>,
     mut request: axum::extract::Request,
@@ -318,27 +427,23 @@ async fn authenticate(
 ) -> Response {
     let headers = request.headers().clone();
     let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
-    let principal = s.auth.authenticate(&metadata).await;
-    let caller = match principal {
-        Ok(p) if p.subject == crate::auth::LOCAL_SUBJECT => Caller::new(p, None),
-        Ok(p) => {
-            let context = crate::audit::AuditContext {
-                request_id: uuid::Uuid::now_v7().to_string(),
-                principal: p.subject.clone(),
-                tenant: p.tenant.clone(),
-                action: "mcp".into(),
-                at_ms: crate::memory::now_ms(),
-            };
-            let credential = crate::auth::bearer_token(&metadata).map(str::to_string);
-            Caller::new(
-                p,
-                Some(crate::command::OnBehalf {
-                    context,
-                    credential,
-                }),
-            )
-        }
-        Err(e) => {
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let admitted = super::gate::admit(super::gate::Knock {
+        auth: Some(&s.auth),
+        metadata: &metadata,
+        source,
+        method: "mcp",
+        target: "",
+        request_id: &request_id,
+    })
+    .await;
+    let caller = match admitted {
+        Ok(caller) => caller,
+        Err(e @ NexusError::Unauthenticated(_)) => {
             let metadata_url = resource_url(&s, &headers)
                 .trim_end_matches("/mcp")
                 .to_string()
@@ -354,8 +459,17 @@ async fn authenticate(
             )
                 .into_response();
         }
+        Err(e) => {
+            let status = match &e {
+                NexusError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+                NexusError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return (status, format!("{e}\n")).into_response();
+        }
     };
     request.extensions_mut().insert(caller);
+    request.extensions_mut().insert(Source(source));
     next.run(request).await
 }
 
@@ -371,7 +485,10 @@ pub fn router(
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    let handler = NexusMcp::new(Arc::new(LocalTools { tools }));
+    let handler = NexusMcp::new(Arc::new(LocalTools {
+        tools,
+        auth: state.auth.clone(),
+    }));
     let mut config = StreamableHttpServerConfig::default().with_allowed_hosts(allowed_hosts);
     if !allowed_origins.is_empty() {
         config = config.with_allowed_origins(allowed_origins);
@@ -402,7 +519,72 @@ pub fn router(
 /// A node's tools over its gRPC API, for `nexus mcp` on stdio (the client is a cheap clone
 /// per call: one connection, many calls at once).
 pub struct RemoteTools {
-    pub client: nexus_client::Client,
+    client: nexus_client::Client,
+    /// The node's notices that the caller's tools changed, from one `WatchTools` stream per
+    /// process ([`RemoteTools::connect`]), fanned out to each session and subscription.
+    changes: broadcast::Sender<()>,
+}
+
+impl RemoteTools {
+    /// The node's tools through `client`, with the watch of their changes open (or being
+    /// opened again, when the node cannot be reached now) before the first session starts.
+    pub async fn connect(client: nexus_client::Client) -> Self {
+        let (changes, _) = broadcast::channel(16);
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        tokio::spawn(follow_changes(client.clone(), changes.clone(), opened_tx));
+        // Not forever: without the node, calls fail and say why, and the watch keeps trying.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), opened).await;
+        RemoteTools { client, changes }
+    }
+}
+
+/// Follows the node's `WatchTools` stream into `changes`, opening it again (after a second)
+/// when it ends; a stream opened again is a change in itself (what happened meanwhile was
+/// not seen).
+async fn follow_changes(
+    client: nexus_client::Client,
+    changes: broadcast::Sender<()>,
+    opened: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut opened = Some(opened);
+    loop {
+        let mut c = client.clone();
+        match c
+            .tools
+            .watch_tools(nexus_client::pb::WatchToolsRequest {})
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                match opened.take() {
+                    Some(first) => {
+                        let _ = first.send(());
+                    }
+                    None => {
+                        let _ = changes.send(());
+                    }
+                }
+                while let Ok(Some(m)) = stream.message().await {
+                    if !m.opened {
+                        let _ = changes.send(());
+                    }
+                }
+            }
+            // Not to be mended by trying again (the token is refused): no watch, and calls
+            // say why.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::warn!(error = %e, "watching the node's tool changes");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "watching the node's tool changes"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 fn from_status(s: tonic::Status) -> NexusError {
@@ -454,6 +636,31 @@ impl Tools for RemoteTools {
             .collect())
     }
 
+    async fn watch(&self, _: &Extensions) -> Result<mpsc::Receiver<()>, NexusError> {
+        let mut changes = self.changes.subscribe();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    next = changes.recv() => match next {
+                        Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn sessions(&self) -> bool {
+        true
+    }
+
     async fn call(
         &self,
         _: &RequestContext<RoleServer>,
@@ -478,7 +685,7 @@ impl Tools for RemoteTools {
 pub async fn serve_stdio(endpoint: &str, token: Option<&str>) -> anyhow::Result<()> {
     use rmcp::ServiceExt;
     let client = nexus_client::Client::connect_with_token(endpoint, token).await?;
-    let handler = NexusMcp::new(Arc::new(RemoteTools { client }));
+    let handler = NexusMcp::new(Arc::new(RemoteTools::connect(client).await));
     let running = handler.serve(rmcp::transport::io::stdio()).await?;
     running.waiting().await?;
     Ok(())

@@ -3,6 +3,7 @@
 //! authenticate the caller (`auth`), convert between wire and domain types, and map domain
 //! errors to statuses in one place.
 
+pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod mcp;

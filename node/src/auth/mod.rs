@@ -104,7 +104,7 @@ pub struct AuthHandle {
 
 impl AuthHandle {
     pub fn node(&self) -> &Arc<Cluster> {
-        &self.auth.node
+        self.auth.node()
     }
 }
 
@@ -182,6 +182,11 @@ impl Authenticator {
             logins: Default::default(),
             login_window: std::time::Duration::from_secs(config.login_window_secs),
         }))
+    }
+
+    /// The node whose identities this authenticates against.
+    pub fn node(&self) -> &Arc<Cluster> {
+        &self.node
     }
 
     pub fn enabled(&self) -> bool {

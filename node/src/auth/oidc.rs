@@ -99,7 +99,7 @@ impl Issuer {
                 Ok(alg)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder()
             .timeout(Duration::from_millis(config.timeout_ms))
             .build()?;
         Ok(Issuer {

@@ -76,12 +76,21 @@ impl Machine for Nexus {
         if commands.iter().any(|c| matches!(c.op.inner(), Op::Iam(_))) {
             store.identities_changed();
         }
+        // Tenants whose tool registry changed, each told once per entry.
+        let mut told: Vec<&str> = Vec::new();
+        for c in commands {
+            if matches!(c.op.inner(), Op::Tool(_)) && !told.contains(&c.tenant.as_str()) {
+                told.push(&c.tenant);
+                store.changed("tools", Some(&c.tenant));
+            }
+        }
     }
 
     fn replaced(store: &Store) -> Result<(), StoreError> {
         // A snapshot from an older build.
         bring_up_to_date(store)?;
         store.identities_changed();
+        store.changed("tools", None);
         Ok(())
     }
 }

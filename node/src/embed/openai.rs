@@ -50,7 +50,7 @@ impl OpenAiEmbedder {
         let base = base.strip_suffix("/v1").unwrap_or(base);
         reqwest::Url::parse(base)
             .map_err(|e| EmbedError::Model(format!("embedding URL {base_url:?}: {e}")))?;
-        let client = reqwest::Client::builder()
+        let client = crate::tls::http_client_builder()
             .timeout(timeout)
             .build()
             .map_err(|e| EmbedError::Model(e.to_string()))?;

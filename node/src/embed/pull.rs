@@ -98,7 +98,7 @@ fn install(wheel: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// Finds the wheel on the index page and streams it to `dest` with a progress bar.
 async fn download(index_url: &str, dest: &Path) -> anyhow::Result<u64> {
-    let client = reqwest::Client::builder()
+    let client = crate::tls::http_client_builder()
         .user_agent(concat!("nexus/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let page_url = reqwest::Url::parse(&format!("{}/{PACKAGE}/", index_url.trim_end_matches('/')))

@@ -214,6 +214,9 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         // Listing shows each caller the tools it may call (all of them with tools:read):
         // `service::tools::ToolService::list`.
         "tools.list" => return Ok(None),
+        // A request to `/mcp`: authenticated; each tool call then needs tools:call:NAME and
+        // each resource read its tool's permission, as over gRPC.
+        "mcp" => return Ok(None),
         "tools.describe" | "tools.stats" | "tools.get_http_policy" | "tools.list_mounts" => {
             "tools:read"
         }
@@ -224,7 +227,7 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         | "tools.unmount" => "tools:write",
         // What a WebAssembly plugin may reach beyond its sandbox (clock, http, tools).
         "tools.grant" => "tools:grant",
-        // With the tool's name: tools:call:NAME (`api::grpc::authorize`).
+        // With the tool's name: tools:call:NAME (`api::gate::authorize`).
         "tools.call" => "tools:call",
         "iam.whoami" => return Ok(None),
         other => {
@@ -237,7 +240,7 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
 
 /// Whether `principal` may call API method `method` (on `target`, for a method whose
 /// permission names one: `tools.call` on a tool needs `tools:call:NAME`, which `tools:call`
-/// grants for every NAME). `api::grpc::authorize` checks every request with it, and the tool
+/// grants for every NAME). `api::gate::authorize` checks every request with it, and the tool
 /// runner each step of a composite.
 pub fn authorize(
     method: &str,

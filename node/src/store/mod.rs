@@ -141,7 +141,31 @@ pub struct Store {
     /// Bumped by the state machine after it applies any identity change (and after a
     /// snapshot install), so that caches of identities (`auth`) know when to look again.
     identity_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// What the state machine changed, for watchers on this node ([`Changed`]).
+    changes: tokio::sync::broadcast::Sender<Changed>,
 }
+
+/// A change the state machine applied (or a mounted server reported), for what watches it on
+/// this node: an MCP client's list-changed subscription, say. Best effort and in memory: a
+/// watcher that falls more than [`CHANGES_BACKLOG`] behind gets `Lagged` and should take it
+/// as "everything changed".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// What changed: `tools` (a tenant's tool registry or mounts, or a mounted server's list).
+    pub topic: &'static str,
+    /// Whose; None for every tenant (a snapshot replaced the state).
+    pub tenant: Option<Arc<str>>,
+}
+
+impl Changed {
+    /// Whether this change concerns `topic` of `tenant`.
+    pub fn concerns(&self, topic: &str, tenant: &str) -> bool {
+        self.topic == topic && self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+}
+
+/// Changes a watcher may fall behind by before it is told it lagged.
+pub const CHANGES_BACKLOG: usize = 256;
 
 impl Store {
     /// Opens (creating when missing) the database under `dir`.
@@ -162,6 +186,7 @@ impl Store {
         Ok(Self {
             db: Arc::new(db),
             identity_generation: Arc::default(),
+            changes: tokio::sync::broadcast::channel(CHANGES_BACKLOG).0,
         })
     }
 
@@ -176,6 +201,19 @@ impl Store {
     pub fn identities_changed(&self) {
         self.identity_generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Tells this node's watchers of a change (nothing when none watches).
+    pub fn changed(&self, topic: &'static str, tenant: Option<&str>) {
+        let _ = self.changes.send(Changed {
+            topic,
+            tenant: tenant.map(Arc::from),
+        });
+    }
+
+    /// Watches this node's changes from now on.
+    pub fn watch_changes(&self) -> tokio::sync::broadcast::Receiver<Changed> {
+        self.changes.subscribe()
     }
 
     pub fn db(&self) -> &DB {

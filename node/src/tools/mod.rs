@@ -54,17 +54,33 @@ impl ToolKind {
 }
 
 /// An external MCP server mounted under a prefix: its tools are listed and called as
-/// `PREFIX.TOOL`. A stdio command the node starts (only commands the node's
-/// `[mcp_client] commands` allows); its `env` values may hold `${secrets.NAME}`.
+/// `PREFIX.TOOL`. Either a stdio command the node starts (only commands the node's
+/// `[mcp_client] commands` allows) with `args` and `env`, or a server reached over streamable
+/// HTTP at a URL (within the tenant's http policy) with headers. Values of `env` and of the
+/// headers may hold `${secrets.NAME}`.
+///
+/// Stored (and in the log) as it was before HTTP mounts: an HTTP mount keeps its URL in
+/// `command` and its headers in `env` ([`McpMount::url`]), so no format changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct McpMount {
     pub prefix: String,
+    /// The command, or an HTTP mount's URL.
     pub command: String,
     pub args: Vec<String>,
+    /// The command's environment, or an HTTP mount's headers.
     pub env: std::collections::BTreeMap<String, String>,
     /// Longest a call may take (0: the node's default).
     pub timeout_ms: u64,
     pub created_at_ms: i64,
+}
+
+impl McpMount {
+    /// The URL of a mount reached over streamable HTTP (its headers are `env`); None for a
+    /// stdio command.
+    pub fn url(&self) -> Option<&str> {
+        (self.command.starts_with("http://") || self.command.starts_with("https://"))
+            .then_some(self.command.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -116,7 +116,11 @@ pub(crate) async fn tools_bench(a: ToolsArgs) -> anyhow::Result<()> {
                         .into(),
                     ),
                     Route::EchoMcp => Driver::Mcp {
-                        http: reqwest::Client::builder().tcp_nodelay(true).build()?,
+                        http: {
+                            // reqwest takes the process's crypto provider (it has none of its own).
+                            let _ = rustls::crypto::ring::default_provider().install_default();
+                            reqwest::Client::builder().tcp_nodelay(true).build()?
+                        },
                         url: mcp_url,
                         token,
                     },

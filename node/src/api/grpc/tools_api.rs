@@ -58,14 +58,82 @@ fn policy(p: HttpPolicy) -> pb::HttpPolicy {
 }
 
 fn mount(m: McpMount) -> pb::McpMount {
+    // An HTTP mount is stored with its URL as the command and its headers as the env.
+    let http = m.url().is_some();
+    let (command, url) = if http {
+        (String::new(), m.command)
+    } else {
+        (m.command, String::new())
+    };
+    let (env, headers) = if http {
+        (Default::default(), m.env.into_iter().collect())
+    } else {
+        (m.env.into_iter().collect(), Default::default())
+    };
     pb::McpMount {
         prefix: m.prefix,
-        command: m.command,
+        command,
         args: m.args,
-        env: m.env.into_iter().collect(),
+        env,
         timeout_ms: m.timeout_ms,
         created_at_ms: m.created_at_ms,
+        url,
+        headers,
     }
+}
+
+/// The mount a request asks for: a command, or a URL (stored as the command, with its
+/// headers as the env: `McpMount::url`).
+fn mount_of(r: pb::McpMount) -> Result<McpMount, NexusError> {
+    let (command, env) = match (r.command.is_empty(), r.url.is_empty()) {
+        (false, true) => {
+            if !r.headers.is_empty() {
+                return Err(NexusError::invalid(
+                    "headers",
+                    "are for a mount with a url; a command has env",
+                ));
+            }
+            if r.command.starts_with("http://") || r.command.starts_with("https://") {
+                return Err(NexusError::invalid("command", "is a URL: give it as url"));
+            }
+            (r.command, r.env)
+        }
+        (true, false) => {
+            if !r.env.is_empty() || !r.args.is_empty() {
+                return Err(NexusError::invalid(
+                    "url",
+                    "a mount with a url has headers, not args or env",
+                ));
+            }
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return Err(NexusError::invalid(
+                    "url",
+                    format!("{:?} is not an http or https URL", r.url),
+                ));
+            }
+            (r.url, r.headers)
+        }
+        (true, true) => {
+            return Err(NexusError::invalid(
+                "command",
+                "is required (or url, for a server reached over HTTP)",
+            ))
+        }
+        (false, false) => {
+            return Err(NexusError::invalid(
+                "url",
+                "give a command or a url, not both",
+            ))
+        }
+    };
+    Ok(McpMount {
+        prefix: r.prefix,
+        command,
+        args: r.args,
+        env: env.into_iter().collect(),
+        timeout_ms: r.timeout_ms,
+        created_at_ms: 0,
+    })
 }
 
 type EventStream = ReceiverStream<Result<pb::CallToolEvent, Status>>;
@@ -185,6 +253,40 @@ impl ToolServiceRpc for ToolsApi {
         .await
     }
 
+    type WatchToolsStream = ReceiverStream<Result<pb::ToolsChanged, Status>>;
+
+    async fn watch_tools(
+        &self,
+        request: Request<pb::WatchToolsRequest>,
+    ) -> Result<Response<Self::WatchToolsStream>, Status> {
+        handle("tools.list", request, |p, _| async move {
+            let mut changes = self.tools.watch(&p.tenant)?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.try_send(Ok(pb::ToolsChanged { opened: true }));
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        // The client went away: the watch ends with it.
+                        _ = tx.closed() => return,
+                        changed = changes.recv() => {
+                            if changed.is_none() {
+                                return;
+                            }
+                            // At most one unread notice: a full channel already says "changed".
+                            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                                tx.try_send(Ok(pb::ToolsChanged { opened: false }))
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(ReceiverStream::new(rx))
+        })
+        .await
+    }
+
     type CallToolStreamStream = EventStream;
 
     async fn call_tool_stream(
@@ -280,20 +382,7 @@ impl ToolServiceRpc for ToolsApi {
         request: Request<pb::McpMount>,
     ) -> Result<Response<pb::McpMount>, Status> {
         handle("tools.mount", request, |p, r| async move {
-            let mounted = self
-                .tools
-                .mount(
-                    &p,
-                    McpMount {
-                        prefix: r.prefix,
-                        command: r.command,
-                        args: r.args,
-                        env: r.env.into_iter().collect(),
-                        timeout_ms: r.timeout_ms,
-                        created_at_ms: 0,
-                    },
-                )
-                .await?;
+            let mounted = self.tools.mount(&p, mount_of(r)?).await?;
             Ok(mount(mounted))
         })
         .await

@@ -134,7 +134,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
 }
 
 /// Checks a URL's scheme and host against the policy.
-fn check_url(policy: &HttpPolicy, url: &reqwest::Url) -> Result<(), String> {
+pub(crate) fn check_url(policy: &HttpPolicy, url: &reqwest::Url) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("{}: only http and https", url.scheme()));
     }
@@ -160,6 +160,34 @@ fn check_url(policy: &HttpPolicy, url: &reqwest::Url) -> Result<(), String> {
     Ok(())
 }
 
+/// An HTTP client that reaches only what `policy` allows: every address DNS gives checked
+/// ([`CheckedResolver`]), every redirect checked again (at most [`MAX_REDIRECTS`]); with a
+/// deadline per request when `timeout` is given (connecting always has one).
+pub(crate) fn policy_client(
+    policy: &HttpPolicy,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Client, NexusError> {
+    let redirect_policy = policy.clone();
+    let mut builder = crate::tls::http_client_builder()
+        .connect_timeout(timeout.unwrap_or(DEFAULT_TIMEOUT))
+        .dns_resolver(Arc::new(CheckedResolver {
+            allow_private: policy.allow_private,
+        }))
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match check_url(&redirect_policy, attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(format!("redirect refused: {e}")),
+            }
+        }));
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder.build().map_err(NexusError::internal)
+}
+
 /// Runs `http.request` with validated `args`.
 pub async fn request(
     policy: &HttpPolicy,
@@ -182,24 +210,7 @@ pub async fn request(
         .as_u64()
         .map_or(DEFAULT_RESPONSE_BYTES, |b| b as usize)
         .min(MAX_RESPONSE_BYTES);
-    let redirect_policy = policy.clone();
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .dns_resolver(Arc::new(CheckedResolver {
-            allow_private: policy.allow_private,
-        }))
-        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-            }
-            match check_url(&redirect_policy, attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(e) => attempt.error(format!("redirect refused: {e}")),
-            }
-        }))
-        .build()
-        .map_err(NexusError::internal)?;
+    let client = policy_client(policy, Some(timeout))?;
     let mut request = client.request(method, url.clone());
     if let Some(headers) = args["headers"].as_object() {
         for (name, value) in headers {

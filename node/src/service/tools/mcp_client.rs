@@ -4,6 +4,10 @@
 //! - One process per (tenant, prefix) on each node, started with the mount's command, args
 //!   and env (`${secrets.NAME}` in env values resolved for the caller who starts it, like any
 //!   tool argument). Only commands in `[mcp_client] commands` are accepted when mounting.
+//! - Or one streamable-HTTP connection per (tenant, prefix) on each node to a mount's URL,
+//!   with its headers (placeholders resolved alike), within the tenant's http policy as
+//!   `http.request` is: the host on its allow-list, no private address unless it allows them
+//!   (checked on the URL when mounting and connecting, and on every address DNS gives).
 //! - A server that exited (crashed, killed) is started again on the next use; a changed mount
 //!   (another command, args or env) replaces the running one.
 //! - Its tool list is cached for [`TOOLS_TTL`] and read again after a call fails or when the
@@ -22,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::error::NexusError;
+use crate::store::Store;
 use crate::tools::{McpMount, ToolKind, ToolRecord};
 
 pub const TOOLS_TTL: Duration = Duration::from_secs(60);
@@ -36,15 +41,20 @@ struct Server {
     changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// The client side of a mounted server's connection: notes its list-changed notifications.
+/// The client side of a mounted server's connection: notes its list-changed notifications,
+/// and tells the node's watchers that the tenant's tools changed (Nexus's own MCP clients
+/// listening for list changes hear of it).
 struct ListWatcher {
     changed: Arc<std::sync::atomic::AtomicBool>,
+    store: Store,
+    tenant: String,
 }
 
 impl rmcp::ClientHandler for ListWatcher {
     async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
         self.changed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.store.changed("tools", Some(&self.tenant));
     }
 }
 
@@ -66,11 +76,57 @@ fn schema_version(schema: &rmcp::model::JsonObject) -> String {
 /// (tenant, prefix).
 type ServerKey = (String, String);
 
+/// Headers a mount may not set: the transport's own, and what the HTTP client decides.
+const RESERVED_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    "content-length",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
+/// Checks an HTTP mount before it is stored: its URL and header names.
+fn validate_http(mount: &McpMount) -> Result<(), NexusError> {
+    let url = mount.url().unwrap_or_default();
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| NexusError::invalid("url", format!("is not a URL: {e}")))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(NexusError::invalid("url", "has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(NexusError::invalid(
+            "url",
+            "holds credentials: send them as a header (Authorization=Bearer ${secrets.NAME})",
+        ));
+    }
+    if mount.env.len() > 64 {
+        return Err(NexusError::invalid("headers", "at most 64 headers"));
+    }
+    for name in mount.env.keys() {
+        let field = format!("headers.{name}");
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(NexusError::invalid(field, "is not a header name"));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(NexusError::invalid(
+                field,
+                "is set by the MCP transport itself",
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub struct McpClients {
     servers: Mutex<HashMap<ServerKey, Arc<Mutex<Server>>>>,
     pub allowed_commands: Vec<String>,
     pub call_timeout: Duration,
     pub max_servers: usize,
+    store: Store,
 }
 
 fn unavailable(prefix: &str, why: impl std::fmt::Display) -> NexusError {
@@ -78,8 +134,9 @@ fn unavailable(prefix: &str, why: impl std::fmt::Display) -> NexusError {
 }
 
 impl McpClients {
-    pub fn new(config: &crate::config::McpClientConfig) -> Self {
+    pub fn new(config: &crate::config::McpClientConfig, store: Store) -> Self {
         McpClients {
+            store,
             servers: Mutex::new(HashMap::new()),
             allowed_commands: config.commands.clone(),
             call_timeout: Duration::from_millis(config.call_timeout_ms.max(1)),
@@ -108,6 +165,9 @@ impl McpClients {
                 ),
             ));
         }
+        if mount.url().is_some() {
+            return validate_http(mount);
+        }
         if !self.allowed_commands.contains(&mount.command) {
             return Err(NexusError::PermissionDenied(format!(
                 "{:?} is not a command this node runs for tenants ([mcp_client] commands: {})",
@@ -134,6 +194,50 @@ impl McpClients {
             }
         }
         Ok(())
+    }
+
+    /// Connects to the server of an HTTP mount within the tenant's http policy (its host on
+    /// the allow-list, no private address unless allowed, checked again on every address DNS
+    /// gives), sending `headers` (placeholders resolved) with every request.
+    async fn connect_http(
+        &self,
+        tenant: &str,
+        mount: &McpMount,
+        url: &str,
+        headers: &[(String, zeroize::Zeroizing<String>)],
+        watcher: ListWatcher,
+    ) -> Result<RunningService<RoleClient, ListWatcher>, NexusError> {
+        use rmcp::transport::streamable_http_client::{
+            StreamableHttpClientTransport, StreamableHttpClientTransportConfig,
+        };
+        let policy = crate::tools::http_policy(&self.store, tenant)?;
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| NexusError::invalid("url", format!("is not a URL: {e}")))?;
+        super::http::check_url(&policy, &parsed).map_err(|e| {
+            NexusError::PermissionDenied(format!("MCP server {}: {e}", mount.prefix))
+        })?;
+        let mut custom = HashMap::new();
+        for (name, value) in headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| NexusError::invalid(format!("headers.{name}"), e.to_string()))?;
+            let mut value =
+                reqwest::header::HeaderValue::from_str(value.as_str()).map_err(|_| {
+                    NexusError::invalid(format!("headers.{name}"), "is not a header value")
+                })?;
+            value.set_sensitive(true);
+            custom.insert(name, value);
+        }
+        // No overall deadline on the client: a server's event stream stays open; each call
+        // has its own (`call`), and connecting has START_TIMEOUT.
+        let client = super::http::policy_client(&policy, None)?;
+        let transport = StreamableHttpClientTransport::with_client(
+            client,
+            StreamableHttpClientTransportConfig::with_uri(url.to_string()).custom_headers(custom),
+        );
+        tokio::time::timeout(START_TIMEOUT, watcher.serve(transport))
+            .await
+            .map_err(|_| unavailable(&mount.prefix, "it did not finish its handshake in time"))?
+            .map_err(|e| unavailable(&mount.prefix, format!("handshake: {e}")))
     }
 
     /// The running server of `mount` for `tenant`, started (with `env`, its placeholders
@@ -167,6 +271,35 @@ impl McpClients {
                 servers.remove(&k);
             }
         }
+        let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = ListWatcher {
+            changed: changed.clone(),
+            store: self.store.clone(),
+            tenant: tenant.to_string(),
+        };
+        let service = match mount.url() {
+            Some(url) => self.connect_http(tenant, mount, url, env, watcher).await?,
+            None => self.start_command(mount, env, watcher).await?,
+        };
+        tracing::info!(tenant, prefix = %mount.prefix, server = %mount.command, "connected to a mounted MCP server");
+        let server = Arc::new(Mutex::new(Server {
+            mount: mount.clone(),
+            service,
+            tools: None,
+            last_used: Instant::now(),
+            changed,
+        }));
+        servers.insert(key, server.clone());
+        Ok(server)
+    }
+
+    /// Starts a stdio mount's command with a minimal environment and `env`.
+    async fn start_command(
+        &self,
+        mount: &McpMount,
+        env: &[(String, zeroize::Zeroizing<String>)],
+        watcher: ListWatcher,
+    ) -> Result<RunningService<RoleClient, ListWatcher>, NexusError> {
         let mut command = tokio::process::Command::new(&mount.command);
         command.args(&mount.args).env_clear();
         // A minimal environment: PATH and HOME to find interpreters, then the mount's own.
@@ -183,24 +316,10 @@ impl McpClients {
             .spawn()
             .map_err(|e| unavailable(&mount.prefix, format!("starting {}: {e}", mount.command)))?
             .0;
-        let changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = ListWatcher {
-            changed: changed.clone(),
-        };
-        let service = tokio::time::timeout(START_TIMEOUT, watcher.serve(transport))
+        tokio::time::timeout(START_TIMEOUT, watcher.serve(transport))
             .await
             .map_err(|_| unavailable(&mount.prefix, "it did not finish its handshake in time"))?
-            .map_err(|e| unavailable(&mount.prefix, format!("handshake: {e}")))?;
-        tracing::info!(tenant, prefix = %mount.prefix, command = %mount.command, "started a mounted MCP server");
-        let server = Arc::new(Mutex::new(Server {
-            mount: mount.clone(),
-            service,
-            tools: None,
-            last_used: Instant::now(),
-            changed,
-        }));
-        servers.insert(key, server.clone());
-        Ok(server)
+            .map_err(|e| unavailable(&mount.prefix, format!("handshake: {e}")))
     }
 
     /// The server's tools, from the cache or read again.

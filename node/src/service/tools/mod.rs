@@ -1,7 +1,7 @@
 //! The tool runner: lists, describes, registers and calls tools for a caller.
 //!
 //! A call, in order: the tool is found (a built-in, or one the tenant registered); the
-//! caller's permission `tools:call:NAME` was checked by the API layer (`api::grpc::authorize`,
+//! caller's permission `tools:call:NAME` was checked by the API layer (`api::gate::authorize`,
 //! the one place); the permissions the tool itself uses are checked (`memory.put` needs
 //! `memory:write` too: a tool never does what its caller could not); the arguments are
 //! validated against the input schema (INVALID_ARGUMENT naming the first wrong field's path);
@@ -35,6 +35,11 @@ use crate::tools::{
 };
 
 pub use builtin::Builtins;
+
+/// How long a burst of changes to a tenant's tools is gathered into one notice ([`ToolService::watch`]).
+pub const CHANGE_QUIET: Duration = Duration::from_millis(100);
+/// Most watches of tool changes a node serves at once (each a task and a channel).
+pub const MAX_WATCHES: usize = 4096;
 
 /// Longest a call may run (a composite's steps together).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,6 +134,8 @@ pub struct ToolService {
     pub stats: stats::Stats,
     pub mcp: mcp_client::McpClients,
     pub plugins: wasm::Plugins,
+    /// Watches of tool changes open on this node ([`MAX_WATCHES`]).
+    watches: Arc<tokio::sync::Semaphore>,
 }
 
 /// A mount's environment with its `${secrets.NAME}` resolved, and the redactor of those
@@ -183,7 +190,50 @@ impl ToolService {
             stats: stats::Stats::default(),
             mcp,
             plugins,
+            watches: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)),
         }
+    }
+
+    /// Notices that the tools `tenant` can call may have changed: its registry or mounts
+    /// (applied on this node, whichever node took the write), or a mounted server's list. A
+    /// burst is one notice ([`CHANGE_QUIET`]); at most one waits unread. The watch ends when
+    /// the receiver is dropped.
+    pub fn watch(&self, tenant: &str) -> Result<mpsc::Receiver<()>, NexusError> {
+        let permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            NexusError::ResourceExhausted {
+                limit: "tools.max_watches".into(),
+                message: format!("this node serves {MAX_WATCHES} watches of tool changes already"),
+            }
+        })?;
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let (tx, rx) = mpsc::channel(1);
+        let mut changes = self.node.store.watch_changes();
+        let tenant = tenant.to_string();
+        tokio::spawn(async move {
+            let _permit = permit;
+            loop {
+                let got = tokio::select! {
+                    _ = tx.closed() => return,
+                    got = changes.recv() => got,
+                };
+                match got {
+                    Ok(c) if !c.concerns("tools", &tenant) => continue,
+                    // Lagged: some changes were missed, any of them may be this tenant's.
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(CHANGE_QUIET) => {}
+                }
+                // What came meanwhile is told by the same notice.
+                while matches!(changes.try_recv(), Ok(_) | Err(TryRecvError::Lagged(_))) {}
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Resolves the `${secrets.NAME}` in a mount's env values for `caller` (each a read on
@@ -246,8 +296,21 @@ impl ToolService {
                 "a value holds a control character",
             ));
         }
+        let what = if mount.url().is_some() {
+            "headers"
+        } else {
+            "env"
+        };
         for (name, value) in &mount.env {
-            crate::secrets::placeholders::names(&format!("env.{name}"), value)?;
+            crate::secrets::placeholders::names(&format!("{what}.{name}"), value)?;
+        }
+        // A server over HTTP: within the tenant's http policy now (and again on connecting).
+        if let Some(url) = mount.url() {
+            let policy = tools::http_policy(&self.node.store, &caller.tenant)?;
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| NexusError::invalid("url", format!("is not a URL: {e}")))?;
+            http::check_url(&policy, &parsed)
+                .map_err(|e| NexusError::PermissionDenied(format!("url: {e}")))?;
         }
         let mount = McpMount {
             created_at_ms: now_ms(),
