@@ -661,6 +661,67 @@ async fn a_node_without_the_model_serves_words_only_and_says_how_to_get_it() {
     )
     .await;
     assert_eq!(hits.len(), 1);
+    // Never a quiet success: every reply that could not use meaning says so, and how to fix it.
+    let reply = c
+        .memory
+        .recall(pb::RecallRequest {
+            query: "was the space mission postponed?".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.hits.is_empty());
+    assert!(
+        reply.notice.contains("semantic recall is off")
+            && reply.notice.contains("nexus model pull"),
+        "{reply:?}"
+    );
+    let words_only = c
+        .memory
+        .recall(pb::RecallRequest {
+            query: "report".into(),
+            mode: pb::RecallMode::Bm25 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(words_only.notice, "", "words only were asked for");
+    let remembered = c
+        .memory
+        .remember(pb::RememberRequest {
+            namespace: "n".into(),
+            text: "Another fact".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        remembered.notice.contains("stored without a vector"),
+        "{remembered:?}"
+    );
+    let tool = c
+        .tools
+        .call_tool(pb::CallToolRequest {
+            name: "memory.recall".into(),
+            args: r#"{"query": "was the space mission postponed?"}"#.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tool.output.contains("nexus model pull"), "{tool:?}");
+    let out = std::process::Command::new(common::nexus_bin().with_file_name("nexusctl"))
+        .args(["memory", "recall", "was the space mission postponed?"])
+        .env("NEXUS_ENDPOINT", n.endpoint())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("semantic recall is off"),
+        "nexusctl says it: {out:?}"
+    );
     assert_eq!(hits[0].retrievers, vec!["bm25"]);
     assert_eq!(hits[0].similarity, None);
     // Messages are stored without vectors and recalled by their words.

@@ -226,6 +226,20 @@ impl Recaller {
         self.vectors.is_some()
     }
 
+    /// What a reply says when it could not use meaning because this node has no embedding
+    /// model (a recall in `mode`, or a remember: None for the mode): None when it could, or
+    /// when the caller asked for words only.
+    pub fn notice(&self, mode: Option<RecallMode>) -> Option<&'static str> {
+        if self.semantic() || mode == Some(RecallMode::Bm25) {
+            return None;
+        }
+        Some(if mode.is_some() {
+            "semantic recall is off on this node (no embedding model): these hits match words only. Run `nexus model pull` on the node and restart it (or set [embedding] provider = \"openai\")"
+        } else {
+            "stored without a vector: semantic recall is off on this node (no embedding model), so it is found by its words only. Run `nexus model pull` on the node and restart it (or set [embedding] provider = \"openai\")"
+        })
+    }
+
     async fn embed_query(&self, query: &str) -> Result<Option<Vec<f32>>, NexusError> {
         let Some(e) = self.embedder.as_ref().filter(|_| self.vectors.is_some()) else {
             return Ok(None);

@@ -96,6 +96,11 @@ pub struct Redactor {
 }
 
 impl Redactor {
+    /// Whether there is nothing to redact (no placeholder was resolved).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     pub fn new(values: &[(String, Zeroizing<String>)]) -> Redactor {
         let mut v: Vec<(Zeroizing<String>, String)> = values
             .iter()

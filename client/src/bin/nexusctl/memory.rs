@@ -234,6 +234,9 @@ pub async fn run(c: &mut Client, out: Output, command: MemoryCommand) -> Result<
                 .await?
                 .into_inner();
             let m = r.memory.unwrap_or_default();
+            if !r.notice.is_empty() {
+                eprintln!("note: {}", r.notice);
+            }
             if out == Output::Json {
                 print_json(&semantic_json(&m));
             } else {
@@ -275,6 +278,9 @@ pub async fn run(c: &mut Client, out: Output, command: MemoryCommand) -> Result<
                 })
                 .await?
                 .into_inner();
+            if !r.notice.is_empty() {
+                eprintln!("note: {}", r.notice);
+            }
             // (kind, id, text, the item as JSON) of each hit.
             let items: Vec<(&str, String, String, Value)> = r
                 .hits

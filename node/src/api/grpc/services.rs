@@ -143,6 +143,7 @@ impl MemoryService for MemoryApi {
                 .await?;
             Ok(pb::RememberResponse {
                 memory: Some(convert::semantic(record)),
+                notice: self.recaller.notice(None).unwrap_or_default().into(),
             })
         })
         .await
@@ -178,6 +179,7 @@ impl MemoryService for MemoryApi {
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
         handle("memory.recall", request, |p, r| async move {
+            let mode = recall_mode(r.mode)?;
             let hits = self
                 .recaller
                 .recall(
@@ -191,7 +193,7 @@ impl MemoryService for MemoryApi {
                         until_ms: r.until_ms,
                         min_score: r.min_score,
                         consistency: consistency(r.consistency)?,
-                        mode: recall_mode(r.mode)?,
+                        mode,
                         sources: r
                             .sources
                             .iter()
@@ -210,6 +212,7 @@ impl MemoryService for MemoryApi {
                 .await?;
             Ok(pb::RecallResponse {
                 hits: hits.into_iter().map(convert::recall_hit).collect(),
+                notice: self.recaller.notice(Some(mode)).unwrap_or_default().into(),
             })
         })
         .await

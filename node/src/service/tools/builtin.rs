@@ -247,7 +247,32 @@ impl Builtins {
     }
 
     pub fn record(&self, name: &str) -> Option<ToolRecord> {
-        RECORDS.iter().find(|r| r.name == name).cloned()
+        self.record_ref(name).cloned()
+    }
+
+    /// A built-in's record without copying it (a call looks it up every time).
+    pub fn record_ref(&self, name: &str) -> Option<&'static ToolRecord> {
+        RECORDS.iter().find(|r| r.name == name)
+    }
+
+    /// A built-in's input schema, compiled once for the node's life.
+    pub fn validator(&self, name: &str) -> Option<Arc<jsonschema::Validator>> {
+        static COMPILED: LazyLock<Vec<(&'static str, Arc<jsonschema::Validator>)>> =
+            LazyLock::new(|| {
+                DEFS.iter()
+                    .map(|d| {
+                        let schema: Value = serde_json::from_str(d.input)
+                            .expect("a built-in's input schema is JSON");
+                        let compiled = jsonschema::validator_for(&schema)
+                            .expect("a built-in's input schema compiles");
+                        (d.name, Arc::new(compiled))
+                    })
+                    .collect()
+            });
+        COMPILED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
     }
 
     /// Runs built-in `name` with validated `args` for `caller`.
@@ -347,7 +372,12 @@ impl Builtins {
                         },
                     )
                     .await?;
-                json!({"id": r.id, "namespace": r.namespace, "created_at_ms": r.created_at_ms})
+                let mut out =
+                    json!({"id": r.id, "namespace": r.namespace, "created_at_ms": r.created_at_ms});
+                if let Some(notice) = self.recaller.notice(None) {
+                    out["notice"] = notice.into();
+                }
+                out
             }
             "memory.recall" => {
                 let mode = match arg_str(&args, "mode") {
@@ -379,7 +409,10 @@ impl Builtins {
                             "score": h.score, "similarity": h.similarity}),
                     })
                     .collect();
-                json!({"hits": hits})
+                match self.recaller.notice(Some(mode)) {
+                    Some(notice) => json!({"hits": hits, "notice": notice}),
+                    None => json!({"hits": hits}),
+                }
             }
             "memory.forget" => {
                 self.semantic.forget(&scope, arg_str(&args, "id")).await?;

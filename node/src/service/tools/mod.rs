@@ -563,6 +563,11 @@ impl ToolService {
     }
 
     fn validator(&self, tenant: &str, tool: &ToolRecord) -> Result<Compiled, NexusError> {
+        if tool.kind == ToolKind::Builtin {
+            if let Some(v) = self.builtins.validator(&tool.name) {
+                return Ok(v);
+            }
+        }
         let key = (tenant.to_string(), tool.name.clone(), tool.version.clone());
         if let Some(v) = self.validators.lock().unwrap().get(&key) {
             return Ok(v.clone());
@@ -644,7 +649,14 @@ impl ToolService {
                     format!("is {} bytes; at most {MAX_ARGS_BYTES}", args.len()),
                 ));
             }
-            let tool = self.describe(caller, name, ReadConsistency::Stale).await?;
+            // A built-in is found without a copy; any other tool is read (after no barrier: a
+            // call sees what this node has applied).
+            let tool: std::borrow::Cow<'static, ToolRecord> = match self.builtins.record_ref(name) {
+                Some(builtin) => std::borrow::Cow::Borrowed(builtin),
+                None => std::borrow::Cow::Owned(
+                    self.describe(caller, name, ReadConsistency::Stale).await?,
+                ),
+            };
             let args_text = if args.trim().is_empty() { "{}" } else { args };
             // Placeholders first: the schema sees the values (a secret may have to be a
             // number), and nothing but the tool sees them.
@@ -686,7 +698,12 @@ impl ToolService {
                 }
             }
             .map_err(redact_err)?;
-            Ok((redact_value(&redactor, &output), tool.version))
+            let output = if redactor.is_empty() {
+                output
+            } else {
+                redact_value(&redactor, &output)
+            };
+            Ok((output, tool.version.clone()))
         })
     }
 }
