@@ -759,6 +759,101 @@ async fn a_node_without_the_model_serves_words_only_and_says_how_to_get_it() {
     }
 }
 
+/// Memories stored while the node had no model are given vectors once it has one: the leader
+/// re-embeds them in the background (`semantic.embed`), and they are recalled by meaning.
+#[tokio::test]
+async fn memories_stored_without_the_model_are_embedded_once_it_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Nexus::start(
+        dir.path(),
+        &[("NEXUS_EMBEDDING__MODEL_DIR", "/nonexistent/model")],
+    )
+    .await;
+    let mut c = n.client().await;
+    let stored = remember(
+        &mut c,
+        "work",
+        "The Apollo launch slipped to the end of March",
+        &[],
+    )
+    .await;
+    assert_eq!(stored.model, "");
+    create_conversation(&mut c, "c").await;
+    let said = say(
+        &mut c,
+        "c",
+        "user",
+        "Our grocery budget for the week is eighty dollars.",
+        "",
+    )
+    .await;
+    let paraphrase = pb::RecallRequest {
+        query: "was the space mission postponed?".into(),
+        ..Default::default()
+    };
+    assert!(recall(&mut c, paraphrase.clone()).await.is_empty());
+    assert!(n.terminate().success());
+
+    // The same node, now with the model (the default model cache).
+    n.env.clear();
+    n.restart().await;
+    let mut c = n.client().await;
+    // Both found by meaning once the leader has re-embedded them.
+    let by_messages = pb::RecallRequest {
+        query: "how much money can we spend on food?".into(),
+        sources: vec![pb::RecallSource::Messages as i32],
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let memories = recall(&mut c, paraphrase.clone()).await;
+        let messages = recall(&mut c, by_messages.clone()).await;
+        let found = |hits: &[pb::RecallHit], id: &str| {
+            hits.first()
+                .is_some_and(|h| hit_id(h) == id && h.similarity.is_some())
+        };
+        if found(&memories, &stored.id) && found(&messages, &said.id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not re-embedded: {memories:?} {messages:?}\n{}",
+            n.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = c
+        .memory
+        .get_semantic(pb::GetSemanticRequest {
+            id: stored.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!m.model.is_empty(), "the vector records its model: {m:?}");
+    // The pass that did it reports what is left: nothing.
+    loop {
+        let status = c
+            .cluster
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let (ok, text) = common::http_get(&n.http("/metrics")).await;
+        assert_eq!(ok, 200);
+        if status.embedding_backlog == 0 && text.contains("nexus_embedding_backfilled_total 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backlog {} and metrics:\n{text}",
+            status.embedding_backlog
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Ids of the hits of one query, as a node answers it.
 async fn ids(n: &Nexus, query: &str) -> Vec<String> {
     let mut c = n.client().await;

@@ -504,6 +504,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.auth.enabled,
         stop_rx.clone(),
     ));
+    let reembed = tokio::spawn(reembedder(
+        node.clone(),
+        parts.semantic.clone(),
+        parts.conversations.clone(),
+        stop_rx.clone(),
+    ));
     let retention = tokio::spawn(audit_retention(
         node.clone(),
         crate::service::audit_retention::Retention::from_config(&config.audit, &config.data_dir),
@@ -534,6 +540,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let _ = stop_tx.send(true);
     sweeper.abort();
+    reembed.abort();
     retention.abort();
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
@@ -595,6 +602,59 @@ async fn ttl_sweeper(
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "removed expired memories"),
             Err(e) => tracing::debug!(error = %e, "TTL sweep"),
+        }
+    }
+}
+
+/// How many memories one re-embedding pass embeds (then the next pass starts at once).
+const REEMBED_BATCH: usize = 512;
+/// How long after a pass that found nothing to do the next one looks again (a memory a
+/// follower without the model took meanwhile).
+const REEMBED_IDLE: Duration = Duration::from_secs(300);
+
+/// On the leader, gives a vector of the current model to every semantic memory stored without
+/// one (no model when it was stored) or with another model's, in passes of
+/// [`REEMBED_BATCH`], with progress on `/metrics` (`nexus_embedding_backlog`) and in the log.
+async fn reembedder(
+    node: Arc<Cluster>,
+    semantic: Arc<crate::service::semantic::SemanticService>,
+    conversations: Arc<ConversationService>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if semantic.embedder().is_none() {
+        return;
+    }
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if node.status().role != "leader" {
+            wait = Duration::from_secs(1);
+            continue;
+        }
+        let pass = async {
+            let (m_done, m_left) = semantic.reembed(REEMBED_BATCH).await?;
+            let (c_done, c_left) = conversations.reembed(REEMBED_BATCH).await?;
+            crate::observe::metrics::EMBEDDING_BACKFILLED.inc_by(m_done + c_done);
+            crate::observe::metrics::EMBEDDING_BACKLOG.set((m_left + c_left) as i64);
+            Ok::<_, crate::error::NexusError>((m_done + c_done, m_left + c_left))
+        };
+        match pass.await {
+            Ok((0, 0)) => wait = REEMBED_IDLE,
+            Ok((done, left)) => {
+                tracing::info!(done, left, "re-embedded memories and messages stored without a vector of the current model");
+                wait = if left > 0 {
+                    Duration::ZERO
+                } else {
+                    REEMBED_IDLE
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-embedding semantic memories (retried)");
+                wait = Duration::from_secs(10);
+            }
         }
     }
 }

@@ -276,6 +276,9 @@ impl Op {
             Op::Conversation(C::Create { id, .. } | C::Delete { id }) => {
                 format!("conversation/{id}")
             }
+            Op::Conversation(C::EmbedMessages { items, .. }) => {
+                format!("{} message vectors", items.len())
+            }
             Op::Conversation(
                 C::Append {
                     conversation_id,
@@ -291,7 +294,7 @@ impl Op {
                 "conversation/{conversation_id} +{} messages",
                 messages.len()
             ),
-            Op::Semantic(S::Remember { id, .. } | S::Forget { id, .. }) => {
+            Op::Semantic(S::Remember { id, .. } | S::Forget { id, .. } | S::Embed { id, .. }) => {
                 format!("semantic/{id}")
             }
             Op::Iam(
@@ -387,8 +390,15 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
     }
     // Data stays within the tenant's stored items and bytes, or is undone. Not limited:
     // identities, and re-wrapping data keys (a master-key rotation must reach every tenant).
+    // Nor a vector the node itself adds to a memory stored without one (re-embedding): the
+    // tenant stored the memory within its limits.
     let limits = match op {
-        Op::Iam(_) | Op::Secret(crate::secrets::SecretOp::Rewrap { .. }) => None,
+        Op::Iam(_)
+        | Op::Secret(crate::secrets::SecretOp::Rewrap { .. })
+        | Op::Semantic(crate::memory::semantic::SemanticOp::Embed { .. })
+        | Op::Conversation(crate::memory::conversations::ConversationOp::EmbedMessages {
+            ..
+        }) => None,
         _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
     };
     let Some(limits) = limits else {

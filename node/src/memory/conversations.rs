@@ -76,6 +76,14 @@ pub struct MessageLocation {
     pub seq: u64,
 }
 
+/// One message's new vector ([`ConversationOp::EmbedMessages`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageEmbedding {
+    pub message_id: String,
+    pub from_model: String,
+    pub embedding: Vec<f32>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ConversationOp {
     Create {
@@ -101,6 +109,14 @@ pub enum ConversationOp {
         now_ms: i64,
         model: String,
         vectors: Vec<Vec<f32>>,
+    },
+    /// Vectors for messages stored without one, or with another model's: the leader's
+    /// re-embedding. Each applies only while the message is there with a vector of the model
+    /// the proposer read (`from_model`, empty for none); the others are skipped. (Appended
+    /// last: the log's encoding of the variants before it is unchanged.)
+    EmbedMessages {
+        model: String,
+        items: Vec<MessageEmbedding>,
     },
 }
 
@@ -131,6 +147,15 @@ impl ConversationOp {
                     + vectors.iter().map(|v| v.len() * 4 + 2).sum::<usize>()
             }
             ConversationOp::Delete { id } => id.len(),
+            ConversationOp::EmbedMessages { model, items } => {
+                model.len()
+                    + items
+                        .iter()
+                        .map(|m| {
+                            m.message_id.len() + m.from_model.len() + m.embedding.len() * 4 + 8
+                        })
+                        .sum::<usize>()
+            }
         }
     }
 
@@ -150,6 +175,7 @@ impl ConversationOp {
                 "conversation.append"
             }
             ConversationOp::Delete { .. } => "conversation.delete",
+            ConversationOp::EmbedMessages { .. } => "conversation.embed",
         }
     }
 }
@@ -165,7 +191,13 @@ fn messages_size(messages: &[NewMessage]) -> usize {
 pub enum ConversationReply {
     Conversation(ConversationRecord),
     Messages(Vec<MessageRecord>),
-    Deleted { messages: u64 },
+    Deleted {
+        messages: u64,
+    },
+    /// How many of the messages of an `EmbedMessages` got their vector.
+    Embedded {
+        count: u64,
+    },
 }
 
 pub fn not_found(id: &str) -> NexusError {
@@ -257,7 +289,88 @@ pub fn apply(
                 messages: conversation.message_count,
             }))
         }
+        ConversationOp::EmbedMessages { model, items } => embed_messages(ctx, tenant, model, items),
     }
+}
+
+/// Stores the first vector of message `m`: a new vector number, the vector, and its id's
+/// entry.
+fn add_vector(
+    ctx: &mut ApplyCtx<'_>,
+    tenant: &str,
+    m: &MessageRecord,
+    model: &str,
+    embedding: Vec<f32>,
+) -> Result<(), StoreError> {
+    let number = semantic::take_vector_number(ctx, tenant)?;
+    ctx.put(
+        CF_MESSAGE_VECTORS,
+        &keys::message_vector_key(tenant, number),
+        &MessageVector {
+            seq: number,
+            message_id: m.id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            created_at_ms: m.created_at_ms,
+            model: model.to_string(),
+            embedding,
+        },
+    );
+    ctx.put(
+        CF_MESSAGE_VECTOR_IDS,
+        &keys::message_vector_id_key(tenant, &m.id),
+        &number,
+    );
+    Ok(())
+}
+
+/// Gives messages their new vectors ([`ConversationOp::EmbedMessages`]).
+fn embed_messages(
+    ctx: &mut ApplyCtx<'_>,
+    tenant: &str,
+    model: &str,
+    items: &[MessageEmbedding],
+) -> Result<Result<ConversationReply, NexusError>, StoreError> {
+    let mut count = 0;
+    for item in items {
+        let Some(loc) = ctx.get_decoded::<MessageLocation>(
+            CF_MESSAGE_IDS,
+            &keys::message_id_key(tenant, &item.message_id),
+        )?
+        else {
+            continue;
+        };
+        let id_key = keys::message_vector_id_key(tenant, &item.message_id);
+        match ctx.get_decoded::<u64>(CF_MESSAGE_VECTOR_IDS, &id_key)? {
+            Some(number) => {
+                let key = keys::message_vector_key(tenant, number);
+                let Some(mut v) = ctx.get_decoded::<MessageVector>(CF_MESSAGE_VECTORS, &key)?
+                else {
+                    continue;
+                };
+                if v.model != item.from_model {
+                    continue;
+                }
+                v.model = model.to_string();
+                v.embedding = item.embedding.clone();
+                ctx.put(CF_MESSAGE_VECTORS, &key, &v);
+            }
+            None => {
+                if !item.from_model.is_empty() {
+                    continue;
+                }
+                let Some(m) = ctx.get_decoded::<MessageRecord>(
+                    CF_MESSAGES,
+                    &keys::message_key(tenant, &loc.conversation_id, loc.seq),
+                )?
+                else {
+                    continue;
+                };
+                add_vector(ctx, tenant, &m, model, item.embedding.clone())?;
+            }
+        }
+        count += 1;
+    }
+    Ok(Ok(ConversationReply::Embedded { count }))
 }
 
 /// Appends messages, with their vectors when `vectors` holds (model, one per message).
@@ -303,24 +416,7 @@ fn append(
             },
         );
         if let Some((model, vectors)) = vectors.filter(|(_, v)| !v[i].is_empty()) {
-            let number = semantic::take_vector_number(ctx, tenant)?;
-            ctx.put(
-                CF_MESSAGE_VECTORS,
-                &keys::message_vector_key(tenant, number),
-                &MessageVector {
-                    seq: number,
-                    message_id: m.id.clone(),
-                    conversation_id: conversation_id.to_string(),
-                    created_at_ms: now_ms,
-                    model: model.clone(),
-                    embedding: vectors[i].clone(),
-                },
-            );
-            ctx.put(
-                CF_MESSAGE_VECTOR_IDS,
-                &keys::message_vector_id_key(tenant, &m.id),
-                &number,
-            );
+            add_vector(ctx, tenant, &record, model, vectors[i].clone())?;
         }
         out.push(record);
     }

@@ -67,6 +67,17 @@ pub enum SemanticOp {
     /// `seq` is the one the proposer read for `id` (ids never change their number); it lets
     /// derived indexes remove the memory without keeping tombstones.
     Forget { id: String, seq: u64 },
+    /// A vector for a memory stored without one, or with another model's: the leader's
+    /// re-embedding (`service::semantic::SemanticService::reembed`). Applies only while the
+    /// memory is there with the model the proposer read (`from_model`): a forget, or another
+    /// re-embedding in between, makes it a rejection that writes nothing. (Appended last:
+    /// the log's encoding of the variants before it is unchanged.)
+    Embed {
+        id: String,
+        from_model: String,
+        model: String,
+        embedding: Vec<f32>,
+    },
 }
 
 impl SemanticOp {
@@ -74,6 +85,7 @@ impl SemanticOp {
         match self {
             SemanticOp::Remember { .. } => "semantic.remember",
             SemanticOp::Forget { .. } => "semantic.forget",
+            SemanticOp::Embed { .. } => "semantic.embed",
         }
     }
 
@@ -100,6 +112,12 @@ impl SemanticOp {
                     + 24
             }
             SemanticOp::Forget { id, .. } => id.len() + 8,
+            SemanticOp::Embed {
+                id,
+                from_model,
+                model,
+                embedding,
+            } => id.len() + from_model.len() + model.len() + embedding.len() * 4 + 8,
         }
     }
 }
@@ -161,6 +179,38 @@ pub fn apply(
                     "semantic memory {id} not found"
                 )))),
             }
+        }
+        SemanticOp::Embed {
+            id,
+            from_model,
+            model,
+            embedding,
+        } => {
+            let id_key = keys::semantic_id_key(tenant, id);
+            let Some(seq) = ctx.get_decoded::<u64>(CF_SEMANTIC_IDS, &id_key)? else {
+                return Ok(Err(NexusError::NotFound(format!(
+                    "semantic memory {id} not found"
+                ))));
+            };
+            let key = keys::semantic_key(tenant, seq);
+            let Some(mut record) = ctx.get_decoded::<SemanticRecord>(CF_SEMANTIC, &key)? else {
+                return Ok(Err(NexusError::NotFound(format!(
+                    "semantic memory {id} not found"
+                ))));
+            };
+            if record.model != *from_model {
+                return Ok(Err(NexusError::precondition(
+                    "from_model",
+                    format!(
+                        "semantic memory {id} has a vector of {:?} now, not of {from_model:?}",
+                        record.model
+                    ),
+                )));
+            }
+            record.model = model.clone();
+            record.embedding = embedding.clone();
+            ctx.put(CF_SEMANTIC, &key, &record);
+            Ok(Ok(SemanticReply::Remembered(record)))
         }
     }
 }

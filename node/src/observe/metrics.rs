@@ -136,6 +136,26 @@ pub static VECTOR_WATERMARK: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static EMBEDDING_BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
+    register(
+        IntGauge::new(
+            "embedding_backlog",
+            "semantic memories and conversation messages without a vector of the current model, as the leader's last re-embedding pass counted them",
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static EMBEDDING_BACKFILLED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "embedding_backfilled_total",
+            "semantic memories and messages given a vector after they were stored (no model then, or another one)",
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static VECTOR_INDEX_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new(
@@ -313,6 +333,8 @@ pub fn init() {
     LazyLock::force(&SEARCH_COMMITS);
     LazyLock::force(&VECTOR_WATERMARK);
     LazyLock::force(&VECTOR_INDEX_ERRORS);
+    LazyLock::force(&EMBEDDING_BACKLOG);
+    LazyLock::force(&EMBEDDING_BACKFILLED);
     LazyLock::force(&RAFT_TERM);
     LazyLock::force(&RAFT_IS_LEADER);
     LazyLock::force(&RAFT_COMMIT_INDEX);

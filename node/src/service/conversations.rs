@@ -293,6 +293,74 @@ impl ConversationService {
         }
     }
 
+    /// One pass of re-embedding messages, on the leader: up to `limit` messages of any tenant
+    /// stored without a vector (no model when they were appended) or with another model's,
+    /// embedded in batches and proposed per tenant (`ConversationOp::EmbedMessages`, which
+    /// skips a message deleted or re-embedded meanwhile). Returns (re-embedded, still to do
+    /// after this pass, as counted by the scan). Nothing without an embedder.
+    pub async fn reembed(&self, limit: usize) -> Result<(u64, u64), NexusError> {
+        const BATCH: usize = 32;
+        let Some(e) = self.embedder.clone() else {
+            return Ok((0, 0));
+        };
+        let model = e.model().to_string();
+        let store = self.node.store.clone();
+        let wanted = model.clone();
+        // (tenant, message id, the model read, content), at most `limit`; `pending` counts all.
+        let (todo, pending) = crate::store::blocking(move || {
+            let mut todo: Vec<(String, String, String, String)> = Vec::new();
+            let mut pending = 0u64;
+            store.scan_all(CF_MESSAGES, |k, v| {
+                let Some(tenant) = keys::parse_tenant(k) else {
+                    return Ok(());
+                };
+                let m: MessageRecord = codec::decode(v)?;
+                let from_model = match read_vector_of(&store, &tenant, &m.id)? {
+                    Some(v) if v.model == wanted => return Ok(()),
+                    Some(v) => v.model,
+                    None => String::new(),
+                };
+                pending += 1;
+                if todo.len() < limit {
+                    todo.push((tenant, m.id, from_model, m.content));
+                }
+                Ok(())
+            })?;
+            Ok::<_, StoreError>((todo, pending))
+        })
+        .await?;
+        let mut done = 0u64;
+        for batch in todo.chunks(BATCH) {
+            let texts: Vec<String> = batch.iter().map(|(_, _, _, t)| t.clone()).collect();
+            let vectors = embed_units(e.as_ref(), &texts).await?;
+            // One proposal per tenant of the batch (the scan is tenant-first, so few).
+            let mut by_tenant: Vec<(String, Vec<MessageEmbedding>)> = Vec::new();
+            for ((tenant, id, from_model, _), embedding) in batch.iter().zip(vectors) {
+                let item = MessageEmbedding {
+                    message_id: id.clone(),
+                    from_model: from_model.clone(),
+                    embedding,
+                };
+                match by_tenant.last_mut() {
+                    Some((t, items)) if t == tenant => items.push(item),
+                    _ => by_tenant.push((tenant.clone(), vec![item])),
+                }
+            }
+            for (tenant, items) in by_tenant {
+                let op = ConversationOp::EmbedMessages {
+                    model: model.clone(),
+                    items,
+                };
+                if let ConversationReply::Embedded { count } =
+                    self.propose(&Scope::system(&tenant), op).await?
+                {
+                    done += count;
+                }
+            }
+        }
+        Ok((done, pending.saturating_sub(done)))
+    }
+
     async fn propose(
         &self,
         scope: &Scope,

@@ -119,6 +119,63 @@ impl SemanticService {
             .ok_or_else(|| NexusError::NotFound(format!("semantic memory {id} not found")))
     }
 
+    /// One pass of re-embedding, on the leader: finds up to `limit` memories of any tenant
+    /// stored without a vector (no model at the time: this node or the one that took the
+    /// write had none) or with another model's, embeds their texts in batches and proposes
+    /// each vector (`SemanticOp::Embed`, which applies only if the memory is still there with
+    /// the model read here). Returns (re-embedded, still to do after this pass, as counted by
+    /// the scan). Nothing without an embedder.
+    pub async fn reembed(&self, limit: usize) -> Result<(u64, u64), NexusError> {
+        const BATCH: usize = 32;
+        let Some(e) = self.embedder.clone() else {
+            return Ok((0, 0));
+        };
+        let model = e.model().to_string();
+        // (tenant, id, the model read, text), at most `limit`; `pending` counts them all.
+        let store = self.node.store.clone();
+        let wanted = model.clone();
+        let (todo, pending) = crate::store::blocking(move || {
+            let mut todo: Vec<(String, String, String, String)> = Vec::new();
+            let mut pending = 0u64;
+            store.scan_all(crate::store::CF_SEMANTIC, |k, v| {
+                let Some((tenant, _)) = crate::store::keys::parse_semantic_key(k) else {
+                    return Ok(());
+                };
+                let r: SemanticRecord = crate::store::codec::decode(v)?;
+                if r.model == wanted && !r.embedding.is_empty() {
+                    return Ok(());
+                }
+                pending += 1;
+                if todo.len() < limit {
+                    todo.push((tenant, r.id, r.model, r.text));
+                }
+                Ok(())
+            })?;
+            Ok::<_, crate::store::StoreError>((todo, pending))
+        })
+        .await?;
+        let mut done = 0u64;
+        for batch in todo.chunks(BATCH) {
+            let texts: Vec<String> = batch.iter().map(|(_, _, _, t)| t.clone()).collect();
+            let vectors = embed_units(e.as_ref(), &texts).await?;
+            for ((tenant, id, from_model, _), embedding) in batch.iter().zip(vectors) {
+                let op = SemanticOp::Embed {
+                    id: id.clone(),
+                    from_model: from_model.clone(),
+                    model: model.clone(),
+                    embedding,
+                };
+                match self.propose(&Scope::system(tenant), op).await {
+                    Ok(_) => done += 1,
+                    // Forgotten, or re-embedded meanwhile: nothing to do.
+                    Err(NexusError::NotFound(_) | NexusError::FailedPrecondition { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok((done, pending.saturating_sub(done)))
+    }
+
     async fn propose(&self, scope: &Scope, op: SemanticOp) -> Result<SemanticReply, NexusError> {
         match command::propose(&self.node, scope, Op::Semantic(op)).await? {
             Reply::Semantic(r) => Ok(r),

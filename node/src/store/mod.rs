@@ -257,6 +257,27 @@ impl Store {
             .0)
     }
 
+    /// Calls `f` with every row of family `cf`, in key order, reading it in pages (a
+    /// background pass over a whole family: run it on the blocking pool).
+    pub fn scan_all(
+        &self,
+        cf: &str,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut seek: Vec<u8> = Vec::new();
+        loop {
+            let page = self.scan_prefix(cf, &[], &seek, 256)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            seek = last.clone();
+            seek.push(0);
+            for (k, v) in &page {
+                f(k, v)?;
+            }
+        }
+    }
+
     /// Like [`scan_prefix`](Self::scan_prefix), and stops before the row that would take the
     /// keys and values read past `max_bytes` (the first row is always read). The flag says
     /// it stopped for bytes while rows were left: a listing then ends its page there.

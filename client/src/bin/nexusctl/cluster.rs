@@ -61,7 +61,7 @@ pub async fn status(c: &mut Client, out: Output) -> Result<(), ClientError> {
             "leader_addr": s.leader_addr, "commit_index": s.commit_index,
             "applied_index": s.applied_index, "last_log_index": s.last_log_index,
             "snapshot_index": s.snapshot_index, "search_index_watermark": s.search_index_watermark,
-            "members": members, "version": s.version,
+            "members": members, "version": s.version, "embedding_backlog": s.embedding_backlog,
         }));
     } else {
         let mut t = table(&[
@@ -79,6 +79,12 @@ pub async fn status(c: &mut Client, out: Output) -> Result<(), ClientError> {
             s.version.clone(),
         ]);
         println!("{t}");
+        if s.embedding_backlog > 0 {
+            println!(
+                "re-embedding: {} memories and messages still to be given a vector of the current model",
+                s.embedding_backlog
+            );
+        }
         print_members(&s.members, out);
     }
     Ok(())

@@ -147,5 +147,6 @@ pub fn status(s: ClusterStatus, search_watermark: u64) -> pb::StatusResponse {
             .collect(),
         search_index_watermark: search_watermark,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        embedding_backlog: crate::observe::metrics::EMBEDDING_BACKLOG.get().max(0) as u64,
     }
 }

@@ -157,6 +157,8 @@ impl Indexer {
                         semantics.push((tenant.clone(), *seq));
                     }
                 }
+                // A new vector: the words are the same.
+                Op::Semantic(SemanticOp::Embed { .. }) => {}
             }
         }
         for (tenant, ns, key) in memories {

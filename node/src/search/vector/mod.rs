@@ -245,7 +245,7 @@ pub fn changes_of(
     for cmd in crate::cluster::follower::commands(entries) {
         let tenant = &cmd.tenant;
         match cmd.op.inner() {
-            Op::Semantic(SemanticOp::Remember { id, .. }) => {
+            Op::Semantic(SemanticOp::Remember { id, .. } | SemanticOp::Embed { id, .. }) => {
                 // Gone since (forgotten later): the later Forget removes it.
                 let Some(seq) = semantic::seq_of(store, tenant, id)? else {
                     continue;
@@ -269,6 +269,16 @@ pub fn changes_of(
                 for m in messages {
                     // Gone since (conversation deleted later): that deletion removes it.
                     if let Some(v) = conversations::read_vector_of(store, tenant, &m.id)? {
+                        push(
+                            VectorChange::Upsert(VectorPoint::of_message(tenant, &v)),
+                            &mut out,
+                        );
+                    }
+                }
+            }
+            Op::Conversation(ConversationOp::EmbedMessages { items, .. }) => {
+                for m in items {
+                    if let Some(v) = conversations::read_vector_of(store, tenant, &m.message_id)? {
                         push(
                             VectorChange::Upsert(VectorPoint::of_message(tenant, &v)),
                             &mut out,
