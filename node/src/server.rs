@@ -642,17 +642,20 @@ async fn reembedder(
             Ok::<_, crate::error::NexusError>((m_done + c_done, m_left + c_left))
         };
         match pass.await {
-            Ok((0, 0)) => wait = REEMBED_IDLE,
             Ok((done, left)) => {
-                tracing::info!(done, left, "re-embedded memories and messages stored without a vector of the current model");
-                wait = if left > 0 {
+                if done > 0 {
+                    tracing::info!(done, left, "re-embedded memories and messages stored without a vector of the current model");
+                }
+                // At once while passes make progress; items a pass could not re-embed (gone
+                // or changed meanwhile) are looked at again later, not in a loop.
+                wait = if left > 0 && done > 0 {
                     Duration::ZERO
                 } else {
                     REEMBED_IDLE
                 };
             }
             Err(e) => {
-                tracing::warn!(error = %e, "re-embedding semantic memories (retried)");
+                tracing::warn!(error = %e, "re-embedding memories and messages (retried)");
                 wait = Duration::from_secs(10);
             }
         }

@@ -78,9 +78,13 @@ impl McpMount {
     /// The URL of a mount reached over streamable HTTP (its headers are `env`); None for a
     /// stdio command.
     pub fn url(&self) -> Option<&str> {
-        (self.command.starts_with("http://") || self.command.starts_with("https://"))
-            .then_some(self.command.as_str())
+        is_http_url(&self.command).then_some(self.command.as_str())
     }
+}
+
+/// Whether `text` names an http or https URL (what tells an HTTP mount from a command).
+pub fn is_http_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -60,15 +60,11 @@ fn policy(p: HttpPolicy) -> pb::HttpPolicy {
 fn mount(m: McpMount) -> pb::McpMount {
     // An HTTP mount is stored with its URL as the command and its headers as the env.
     let http = m.url().is_some();
-    let (command, url) = if http {
-        (String::new(), m.command)
+    let env = m.env.into_iter().collect();
+    let (command, env, url, headers) = if http {
+        (String::new(), Default::default(), m.command, env)
     } else {
-        (m.command, String::new())
-    };
-    let (env, headers) = if http {
-        (Default::default(), m.env.into_iter().collect())
-    } else {
-        (m.env.into_iter().collect(), Default::default())
+        (m.command, env, String::new(), Default::default())
     };
     pb::McpMount {
         prefix: m.prefix,
@@ -93,7 +89,7 @@ fn mount_of(r: pb::McpMount) -> Result<McpMount, NexusError> {
                     "are for a mount with a url; a command has env",
                 ));
             }
-            if r.command.starts_with("http://") || r.command.starts_with("https://") {
+            if crate::tools::is_http_url(&r.command) {
                 return Err(NexusError::invalid("command", "is a URL: give it as url"));
             }
             (r.command, r.env)
@@ -105,7 +101,7 @@ fn mount_of(r: pb::McpMount) -> Result<McpMount, NexusError> {
                     "a mount with a url has headers, not args or env",
                 ));
             }
-            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+            if !crate::tools::is_http_url(&r.url) {
                 return Err(NexusError::invalid(
                     "url",
                     format!("{:?} is not an http or https URL", r.url),
@@ -253,36 +249,22 @@ impl ToolServiceRpc for ToolsApi {
         .await
     }
 
-    type WatchToolsStream = ReceiverStream<Result<pb::ToolsChanged, Status>>;
+    type WatchToolsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ToolsChanged, Status>> + Send>,
+    >;
 
     async fn watch_tools(
         &self,
         request: Request<pb::WatchToolsRequest>,
     ) -> Result<Response<Self::WatchToolsStream>, Status> {
         handle("tools.list", request, |p, _| async move {
-            let mut changes = self.tools.watch(&p.tenant)?;
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let _ = tx.try_send(Ok(pb::ToolsChanged { opened: true }));
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        // The client went away: the watch ends with it.
-                        _ = tx.closed() => return,
-                        changed = changes.recv() => {
-                            if changed.is_none() {
-                                return;
-                            }
-                            // At most one unread notice: a full channel already says "changed".
-                            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
-                                tx.try_send(Ok(pb::ToolsChanged { opened: false }))
-                            {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-            Ok(ReceiverStream::new(rx))
+            use tokio_stream::StreamExt;
+            // The first message says the watch is open; then one per notice. A client that
+            // goes away drops the stream, and with it the watch.
+            let changes = ReceiverStream::new(self.tools.watch(&p.tenant)?)
+                .map(|()| Ok(pb::ToolsChanged { opened: false }));
+            let stream = tokio_stream::once(Ok(pb::ToolsChanged { opened: true })).chain(changes);
+            Ok(Box::pin(stream) as Self::WatchToolsStream)
         })
         .await
     }

@@ -134,7 +134,7 @@ impl reqwest::dns::Resolve for CheckedResolver {
 }
 
 /// Checks a URL's scheme and host against the policy.
-pub(crate) fn check_url(policy: &HttpPolicy, url: &reqwest::Url) -> Result<(), String> {
+fn check_url(policy: &HttpPolicy, url: &reqwest::Url) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("{}: only http and https", url.scheme()));
     }
@@ -158,6 +158,20 @@ pub(crate) fn check_url(policy: &HttpPolicy, url: &reqwest::Url) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// `text` as a URL the policy lets the tenant reach: INVALID_ARGUMENT naming `field` when it
+/// is no URL, PERMISSION_DENIED (prefixed with `what`) when the policy does not allow it.
+pub(crate) fn allowed_url(
+    policy: &HttpPolicy,
+    field: &str,
+    what: &str,
+    text: &str,
+) -> Result<reqwest::Url, NexusError> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| NexusError::invalid(field, format!("is not a URL: {e}")))?;
+    check_url(policy, &url).map_err(|e| NexusError::PermissionDenied(format!("{what}: {e}")))?;
+    Ok(url)
 }
 
 /// An HTTP client that reaches only what `policy` allows: every address DNS gives checked
@@ -194,11 +208,12 @@ pub async fn request(
     args: &Value,
     reporter: &Reporter,
 ) -> Result<Value, NexusError> {
-    let url_text = args["url"].as_str().unwrap_or_default();
-    let url = reqwest::Url::parse(url_text)
-        .map_err(|e| NexusError::invalid("args.url", format!("is not a URL: {e}")))?;
-    check_url(policy, &url)
-        .map_err(|e| NexusError::PermissionDenied(format!("http.request: {e}")))?;
+    let url = allowed_url(
+        policy,
+        "args.url",
+        "http.request",
+        args["url"].as_str().unwrap_or_default(),
+    )?;
     let method = args["method"].as_str().unwrap_or("GET").to_uppercase();
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| NexusError::invalid("args.method", "is not an HTTP method"))?;

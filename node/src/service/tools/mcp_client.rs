@@ -211,11 +211,7 @@ impl McpClients {
             StreamableHttpClientTransport, StreamableHttpClientTransportConfig,
         };
         let policy = crate::tools::http_policy(&self.store, tenant)?;
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| NexusError::invalid("url", format!("is not a URL: {e}")))?;
-        super::http::check_url(&policy, &parsed).map_err(|e| {
-            NexusError::PermissionDenied(format!("MCP server {}: {e}", mount.prefix))
-        })?;
+        super::http::allowed_url(&policy, "url", &format!("MCP server {}", mount.prefix), url)?;
         let mut custom = HashMap::new();
         for (name, value) in headers {
             let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())

@@ -307,10 +307,7 @@ impl ToolService {
         // A server over HTTP: within the tenant's http policy now (and again on connecting).
         if let Some(url) = mount.url() {
             let policy = tools::http_policy(&self.node.store, &caller.tenant)?;
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|e| NexusError::invalid("url", format!("is not a URL: {e}")))?;
-            http::check_url(&policy, &parsed)
-                .map_err(|e| NexusError::PermissionDenied(format!("url: {e}")))?;
+            http::allowed_url(&policy, "url", "url", url)?;
         }
         let mount = McpMount {
             created_at_ms: now_ms(),
