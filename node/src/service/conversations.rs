@@ -315,6 +315,10 @@ impl ConversationService {
                     return Ok(());
                 };
                 let m: MessageRecord = codec::decode(v)?;
+                // A message without text gets no vector when appended, nor here.
+                if m.content.trim().is_empty() {
+                    return Ok(());
+                }
                 let from_model = match read_vector_of(&store, &tenant, &m.id)? {
                     Some(v) if v.model == wanted => return Ok(()),
                     Some(v) => v.model,
