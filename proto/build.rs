@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "nexus/v1/secrets.proto",
     "nexus/v1/audit.proto",
     "nexus/v1/tools.proto",
+    "nexus/v1/schedules.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

@@ -25,6 +25,7 @@ use pb::cluster_service_client::ClusterServiceClient;
 use pb::conversation_service_client::ConversationServiceClient;
 use pb::iam_service_client::IamServiceClient;
 use pb::memory_service_client::MemoryServiceClient;
+use pb::schedule_service_client::ScheduleServiceClient;
 use pb::search_service_client::SearchServiceClient;
 use pb::secrets_service_client::SecretsServiceClient;
 use pb::tool_service_client::ToolServiceClient;
@@ -104,6 +105,7 @@ pub struct Client {
     pub secrets: SecretsServiceClient<Transport>,
     pub audit: AuditServiceClient<Transport>,
     pub tools: ToolServiceClient<Transport>,
+    pub schedules: ScheduleServiceClient<Transport>,
 }
 
 impl Client {
@@ -169,7 +171,8 @@ impl Client {
             iam: IamServiceClient::new(t.clone()),
             secrets: SecretsServiceClient::new(t.clone()),
             audit: AuditServiceClient::new(t.clone()),
-            tools: ToolServiceClient::new(t),
+            tools: ToolServiceClient::new(t.clone()),
+            schedules: ScheduleServiceClient::new(t),
         }
     }
 }

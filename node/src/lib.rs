@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod iam;
 pub mod memory;
 pub mod observe;
+pub mod schedules;
 pub mod search;
 pub mod secrets;
 pub mod server;

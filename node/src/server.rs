@@ -12,6 +12,7 @@ use nexus_proto::v1::cluster_service_server::ClusterServiceServer;
 use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
 use nexus_proto::v1::iam_service_server::IamServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
+use nexus_proto::v1::schedule_service_server::ScheduleServiceServer;
 use nexus_proto::v1::search_service_server::SearchServiceServer;
 use nexus_proto::v1::secrets_service_server::SecretsServiceServer;
 use nexus_proto::v1::tool_service_server::ToolServiceServer;
@@ -20,7 +21,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc::{
-    AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SearchApi, SecretsApi, ToolsApi,
+    AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SchedulesApi, SearchApi, SecretsApi,
+    ToolsApi,
 };
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, is_loopback_host, Authenticator};
@@ -176,6 +178,7 @@ const PUBLIC_SERVICES: &[&str] = &[
     "nexus.v1.SecretsService",
     "nexus.v1.AuditService",
     "nexus.v1.ToolService",
+    "nexus.v1.ScheduleService",
 ];
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -219,6 +222,7 @@ struct Parts {
     secrets: Arc<SecretsService>,
     iam: Arc<IamService>,
     tools: Arc<ToolService>,
+    schedules: Arc<crate::service::schedules::ScheduleService>,
 }
 
 impl Parts {
@@ -276,7 +280,10 @@ impl Parts {
             ),
             crate::service::tools::wasm::Plugins::new(&config.plugins),
         ));
+        let schedules =
+            crate::service::schedules::ScheduleService::new(node.clone(), tools.clone());
         Ok(Parts {
+            schedules,
             kv,
             semantic,
             conversations,
@@ -373,6 +380,14 @@ impl Parts {
             .max_encoding_message_size(reply_max),
             auth.interceptor(),
         );
+        let schedules_svc = InterceptedService::new(
+            ScheduleServiceServer::new(SchedulesApi {
+                schedules: self.schedules.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
         Ok(tonic::transport::Server::builder()
             .timeout(Duration::from_millis(config.limits.request_timeout_ms))
             .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
@@ -388,7 +403,8 @@ impl Parts {
             .add_service(iam_svc)
             .add_service(secrets_svc)
             .add_service(audit_svc)
-            .add_service(tools_svc))
+            .add_service(tools_svc)
+            .add_service(schedules_svc))
     }
 }
 
@@ -510,6 +526,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         parts.conversations.clone(),
         stop_rx.clone(),
     ));
+    let scheduler = tokio::spawn(parts.schedules.clone().run(stop_rx.clone()));
     let retention = tokio::spawn(audit_retention(
         node.clone(),
         crate::service::audit_retention::Retention::from_config(&config.audit, &config.data_dir),
@@ -541,6 +558,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = stop_tx.send(true);
     sweeper.abort();
     reembed.abort();
+    // The scheduler aborts the attempts it runs when told to stop (the next leader starts
+    // them again).
+    let _ = tokio::time::timeout(Duration::from_secs(1), scheduler).await;
     retention.abort();
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

@@ -20,6 +20,7 @@ use crate::iam::{self, IamOp, IamReply};
 use crate::memory::conversations::{self, ConversationOp, ConversationReply};
 use crate::memory::kv::{self, KvOp, KvReply};
 use crate::memory::semantic::{self, SemanticOp, SemanticReply};
+use crate::schedules::{self, ScheduleOp, ScheduleReply};
 use crate::secrets::{self, SecretOp, SecretReply};
 use crate::store::{ApplyCtx, Store, StoreError, SM_FAMILIES};
 use crate::tools::{self, ToolOp, ToolReply};
@@ -76,12 +77,17 @@ impl Machine for Nexus {
         if commands.iter().any(|c| matches!(c.op.inner(), Op::Iam(_))) {
             store.identities_changed();
         }
-        // Tenants whose tool registry changed, each told once per entry.
-        let mut told: Vec<&str> = Vec::new();
-        for c in commands {
-            if matches!(c.op.inner(), Op::Tool(_)) && !told.contains(&c.tenant.as_str()) {
-                told.push(&c.tenant);
-                store.changed("tools", Some(&c.tenant));
+        // Tenants whose tool registry or schedules changed, each told once per entry.
+        for (topic, concerns) in [
+            ("tools", (|op| matches!(op, Op::Tool(_))) as fn(&Op) -> bool),
+            ("schedules", |op| matches!(op, Op::Schedule(_))),
+        ] {
+            let mut told: Vec<&str> = Vec::new();
+            for c in commands {
+                if concerns(c.op.inner()) && !told.contains(&c.tenant.as_str()) {
+                    told.push(&c.tenant);
+                    store.changed(topic, Some(&c.tenant));
+                }
             }
         }
     }
@@ -91,6 +97,7 @@ impl Machine for Nexus {
         bring_up_to_date(store)?;
         store.identities_changed();
         store.changed("tools", None);
+        store.changed("schedules", None);
         Ok(())
     }
 }
@@ -210,6 +217,8 @@ pub enum Op {
     AuditTrim(AuditTrimOp),
     /// The tool registry (`tools`).
     Tool(ToolOp),
+    /// Schedules and their runs (`schedules`).
+    Schedule(ScheduleOp),
 }
 
 impl Op {
@@ -232,6 +241,7 @@ impl Op {
             Op::Audit(_) => "audit.record",
             Op::AuditTrim(_) => "audit.trim",
             Op::Tool(op) => op.name(),
+            Op::Schedule(op) => op.name(),
         }
     }
 
@@ -247,6 +257,7 @@ impl Op {
             Op::Audit(r) => r.resource.len() + r.result.len() + 128,
             Op::AuditTrim(_) => 24,
             Op::Tool(op) => op.approx_size(),
+            Op::Schedule(op) => op.approx_size(),
         }
     }
 
@@ -325,6 +336,7 @@ impl Op {
             Op::Audit(r) => r.resource.clone(),
             Op::AuditTrim(t) => format!("audit/{tenant} through {}", t.through_seq),
             Op::Tool(op) => op.resource(),
+            Op::Schedule(op) => op.resource(),
         }
     }
 }
@@ -358,6 +370,7 @@ pub enum Reply {
         removed: u64,
     },
     Tool(ToolReply),
+    Schedule(ScheduleReply),
 }
 
 /// Applies one command in this step: its change and, when audited, its audit record.
@@ -391,7 +404,8 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
     // Data stays within the tenant's stored items and bytes, or is undone. Not limited:
     // identities, and re-wrapping data keys (a master-key rotation must reach every tenant).
     // Nor a vector the node itself adds to a memory stored without one (re-embedding): the
-    // tenant stored the memory within its limits.
+    // tenant stored the memory within its limits. Nor the leader's records of a schedule's
+    // runs: the tenant made the schedule within them, and its runs are kept by count.
     let limits = match op {
         Op::Iam(_)
         | Op::Secret(crate::secrets::SecretOp::Rewrap { .. })
@@ -399,6 +413,7 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
         | Op::Conversation(crate::memory::conversations::ConversationOp::EmbedMessages {
             ..
         }) => None,
+        Op::Schedule(op) if op.is_the_leaders() => None,
         _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
     };
     let Some(limits) = limits else {
@@ -453,6 +468,7 @@ fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response,
         Op::Iam(op) => iam::apply(ctx, tenant, op)?.map(Reply::Iam),
         Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
         Op::Tool(op) => tools::apply(ctx, tenant, op)?.map(Reply::Tool),
+        Op::Schedule(op) => schedules::apply(ctx, tenant, op)?.map(Reply::Schedule),
         Op::Audited { .. } | Op::Audit(_) | Op::AuditTrim(_) => unreachable!("handled above"),
     })
 }

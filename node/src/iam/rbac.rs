@@ -230,6 +230,11 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         // With the tool's name: tools:call:NAME (`api::gate::authorize`).
         "tools.call" => "tools:call",
         "iam.whoami" => return Ok(None),
+        "schedules.add" | "schedules.update" | "schedules.delete" | "schedules.pause"
+        | "schedules.resume" | "schedules.replay" => "schedules:write",
+        "schedules.list" | "schedules.get" | "schedules.next" | "schedules.runs" => {
+            "schedules:read"
+        }
         other => {
             return Err(NexusError::internal(format!(
                 "no permission is declared for method {other} (iam::rbac::permission_for)"
@@ -269,6 +274,13 @@ pub fn permission_for_command(command: &str) -> Result<Option<&'static str>, Nex
         (_, "secrets.rewrap") => "cluster:admin",
         (_, "tools.grant") => "tools:grant",
         ("tools", _) => "tools:write",
+        // A schedule's fires, attempts and outcomes are the leader's own, never forwarded.
+        (_, "schedules.fire" | "schedules.start" | "schedules.finish") => {
+            return Err(NexusError::PermissionDenied(format!(
+                "{command} is the leader's own and cannot be forwarded by a member"
+            )))
+        }
+        ("schedules", _) => "schedules:write",
         ("iam", _) => match permission_for(command)? {
             Some(p) => p,
             None => {

@@ -308,6 +308,32 @@ pub static TOOL_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static SCHEDULE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "schedule_runs_total",
+                "schedule attempts this node ran as leader, by outcome (succeeded, failed, dead), and due times fired by what they did (skipped, queued)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static SCHEDULE_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    register(
+        prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "schedule_fire_lateness_seconds",
+                "from a due time (with its jitter) to its first attempt's start, on the leader",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static TOOL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
@@ -335,6 +361,8 @@ pub fn init() {
     LazyLock::force(&VECTOR_INDEX_ERRORS);
     LazyLock::force(&EMBEDDING_BACKLOG);
     LazyLock::force(&EMBEDDING_BACKFILLED);
+    LazyLock::force(&SCHEDULE_RUNS);
+    LazyLock::force(&SCHEDULE_LATENESS);
     LazyLock::force(&RAFT_TERM);
     LazyLock::force(&RAFT_IS_LEADER);
     LazyLock::force(&RAFT_COMMIT_INDEX);

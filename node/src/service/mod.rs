@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod denials;
 pub mod iam;
 pub mod kv;
+pub mod schedules;
 pub mod secrets;
 pub mod semantic;
 pub mod tools;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 5;
+pub const CURRENT_FORMAT: u32 = 6;
 const FORMAT_FILE: &str = "FORMAT";
 const MAGIC: &str = "nexus-data-format";
 
@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
                after installing a snapshot from an older build): records keep their sequence \
                numbers and fields and get new links and hashes; the log may hold \
                Op::AuditTrim, which a format-4 build cannot decode",
+        run: |_| Ok(()),
+    },
+    Migration {
+        from: 5,
+        describe: "format 6: schedules and their runs. The schedules column family is                created on open and is empty; the log and snapshots may hold Op::Tool and                Op::Schedule commands and the schedules family, which a format-5 build                cannot decode; nothing existing is rewritten",
         run: |_| Ok(()),
     },
 ];

@@ -64,6 +64,8 @@ pub const CF_AUDIT: &str = "audit";
 pub const CF_USAGE: &str = "usage";
 /// Each tenant's registered tools and `http.request` policy (see `tools`).
 pub const CF_TOOLS: &str = "tools";
+/// Each tenant's schedules and their runs (see `schedules`).
+pub const CF_SCHEDULES: &str = "schedules";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -84,6 +86,7 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_AUDIT,
     CF_USAGE,
     CF_TOOLS,
+    CF_SCHEDULES,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -105,6 +108,7 @@ const ALL_FAMILIES: &[&str] = &[
     CF_AUDIT,
     CF_USAGE,
     CF_TOOLS,
+    CF_SCHEDULES,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::{codec, keys, Store, StoreError};
 use super::{
     CF_CONVERSATIONS, CF_KV, CF_MESSAGES, CF_MESSAGE_IDS, CF_MESSAGE_VECTORS,
-    CF_MESSAGE_VECTOR_IDS, CF_SECRETS, CF_SEMANTIC, CF_SEMANTIC_IDS, CF_TOOLS, CF_TTL, CF_USAGE,
+    CF_MESSAGE_VECTOR_IDS, CF_SCHEDULES, CF_SECRETS, CF_SEMANTIC, CF_SEMANTIC_IDS, CF_TOOLS,
+    CF_TTL, CF_USAGE,
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,7 @@ const METERED: &[(&str, bool)] = &[
     (CF_MESSAGE_VECTOR_IDS, false),
     (CF_SECRETS, false),
     (CF_TOOLS, false),
+    (CF_SCHEDULES, false),
 ];
 
 /// `Some(is an item)` for a metered family.

@@ -9,6 +9,7 @@ mod cluster;
 mod conv;
 mod iam;
 mod memory;
+mod schedule;
 mod search;
 
 use cluster::{ClusterCommand, MemberCommand};
@@ -118,6 +119,13 @@ enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
+    /// Schedules that call a tool: add, list, show, next, pause, resume, delete, runs,
+    /// replay.
+    #[command(alias = "schedules")]
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -193,6 +201,16 @@ impl Command {
                 ToolsCommand::List | ToolsCommand::Describe { .. } | ToolsCommand::Stats
             ),
             Command::Mcp { command } => matches!(command, McpCommand::List),
+            Command::Schedule { command } => matches!(
+                command,
+                schedule::ScheduleCommand::List
+                    | schedule::ScheduleCommand::Show { .. }
+                    | schedule::ScheduleCommand::Next { .. }
+                    | schedule::ScheduleCommand::Runs { .. }
+                    // Pausing or resuming twice leaves the same state.
+                    | schedule::ScheduleCommand::Pause { .. }
+                    | schedule::ScheduleCommand::Resume { .. }
+            ),
             Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
             Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
             Command::Binding { command } => {
@@ -275,6 +293,7 @@ async fn run(
         Command::Mcp { command } => {
             nexus_client::tools_cli::run_mcp(&mut c, command, out == Output::Json).await?
         }
+        Command::Schedule { command } => schedule::run(&mut c, out, command).await?,
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod audit_api;
 mod convert;
 mod iam;
+mod schedules_api;
 mod secrets;
 mod services;
 mod tools_api;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 pub use audit_api::AuditApi;
 pub use iam::IamApi;
+pub use schedules_api::SchedulesApi;
 pub use secrets::SecretsApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 pub use tools_api::ToolsApi;

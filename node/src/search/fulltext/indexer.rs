@@ -121,6 +121,7 @@ impl Indexer {
                 | Op::Audit(_)
                 | Op::AuditTrim(_)
                 | Op::Tool(_)
+                | Op::Schedule(_)
                 | Op::Audited { .. } => {}
                 Op::Kv(op) => {
                     for (ns, key) in op.touched() {

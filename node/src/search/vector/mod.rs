@@ -307,6 +307,7 @@ pub fn changes_of(
             | Op::Audit(_)
             | Op::AuditTrim(_)
             | Op::Tool(_)
+            | Op::Schedule(_)
             | Op::Audited { .. } => {}
         }
     }

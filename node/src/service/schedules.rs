@@ -1,0 +1,921 @@
+//! Schedules: what the API calls (add, update, pause, resume, delete, preview, runs, replay)
+//! and the leader's scheduler, which fires due times and runs their targets.
+//!
+//! The scheduler runs on every node and acts only while its node leads. Each pass reads every
+//! schedule (few per tenant; the pass costs a scan of the `schedules` family) and:
+//! - fires the next due time once it (plus its jitter) has come: one `ScheduleOp::Fire`, the
+//!   commit point, recording the run and the next due time together (and, after downtime, the
+//!   due times older than the catch-up window as one skipped record);
+//! - starts a run's next attempt when its retry is due, a queued due time once nothing is in
+//!   progress, and a new attempt for a run another leader started and never finished
+//!   (`Start`, conditional on the run's state and attempt);
+//! - runs each started attempt in a task of its own, as the schedule's owner with the grants
+//!   the owner has now, within the attempt's timeout, and records its outcome (`Finish`).
+//!
+//! Then it sleeps until the earliest next due time or retry, at most a second, or until a
+//! schedule changes. A node that stops leading aborts the attempts it runs; the next leader
+//! finds them running and starts them again (at-least-once start, docs/design.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::audit::AuditContext;
+use crate::cluster::ReadConsistency;
+use crate::command::{self, Cluster, OnBehalf, Op, Reply, Scope};
+use crate::error::NexusError;
+use crate::iam::{self, Principal};
+use crate::memory::now_ms;
+use crate::observe::metrics;
+use crate::schedules::{
+    self, Outcome, Overlap, RetryPolicy, RunRecord, RunState, ScheduleOp, ScheduleRecord,
+    ScheduleReply, Spec,
+};
+use crate::store::blocking;
+
+use super::tools::{Reporter, ToolService};
+use super::Caller;
+
+/// Most schedules a tenant may have (each is read by every pass of the leader).
+pub const MAX_SCHEDULES_PER_TENANT: usize = 1000;
+/// Longest description.
+const MAX_DESCRIPTION_BYTES: usize = 1024;
+/// Largest arguments, JSON text.
+const MAX_ARGS_BYTES: usize = 64 * 1024;
+/// Longest jitter and catch-up window.
+const MAX_JITTER_MS: u64 = 3_600_000;
+const MAX_CATCH_UP_MS: u64 = 7 * 24 * 3_600_000;
+/// Catch-up window when a schedule does not say.
+pub const DEFAULT_CATCH_UP_MS: u64 = 60_000;
+/// Bounds of the retry policy.
+const MAX_ATTEMPTS: u32 = 20;
+const MIN_BACKOFF_MS: u64 = 100;
+const MAX_BACKOFF_MS: u64 = 24 * 3_600_000;
+const MIN_TIMEOUT_MS: u64 = 100;
+/// Most due times a preview lists.
+pub const MAX_PREVIEW: usize = 100;
+/// Most due times counted as skipped by walking a cron expression (more count as this).
+const MAX_SKIPPED_COUNTED: u64 = 100_000;
+/// Longest the scheduler sleeps between passes.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// What a person asks for; the service fills in the rest.
+#[derive(Debug, Clone)]
+pub struct ScheduleInput {
+    pub name: String,
+    pub description: String,
+    pub spec: Spec,
+    pub tool: String,
+    pub args: String,
+    pub overlap: Overlap,
+    pub jitter_ms: u64,
+    /// None: [`DEFAULT_CATCH_UP_MS`].
+    pub catch_up_ms: Option<u64>,
+    pub retry: RetryPolicy,
+    /// 0: [`schedules::DEFAULT_KEEP_RUNS`].
+    pub keep_runs: u32,
+    pub paused: bool,
+}
+
+/// An attempt this node runs: (tenant, schedule, due time) -> (attempt, its task).
+type Running = HashMap<(String, String, i64), (u32, tokio::task::AbortHandle)>;
+
+pub struct ScheduleService {
+    node: Arc<Cluster>,
+    tools: Arc<ToolService>,
+    running: Mutex<Running>,
+}
+
+impl ScheduleService {
+    pub fn new(node: Arc<Cluster>, tools: Arc<ToolService>) -> Arc<Self> {
+        Arc::new(ScheduleService {
+            node,
+            tools,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes a schedule (`replace`: or replaces the one of that name, keeping its runs).
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        input: ScheduleInput,
+        replace: bool,
+    ) -> Result<ScheduleRecord, NexusError> {
+        schedules::validate_name("name", &input.name)?;
+        input.spec.validate()?;
+        if input.description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(NexusError::invalid(
+                "description",
+                format!(
+                    "is {} bytes; at most {MAX_DESCRIPTION_BYTES}",
+                    input.description.len()
+                ),
+            ));
+        }
+        validate_args(&input.args)?;
+        if input.jitter_ms > MAX_JITTER_MS {
+            return Err(NexusError::invalid("jitter", "is longer than an hour"));
+        }
+        let catch_up_ms = input.catch_up_ms.unwrap_or(DEFAULT_CATCH_UP_MS);
+        if catch_up_ms > MAX_CATCH_UP_MS {
+            return Err(NexusError::invalid("catch_up", "is longer than 7 days"));
+        }
+        validate_retry(&input.retry)?;
+        let keep_runs = match input.keep_runs {
+            0 => schedules::DEFAULT_KEEP_RUNS,
+            n if n > schedules::MAX_KEEP_RUNS => {
+                return Err(NexusError::invalid(
+                    "keep_runs",
+                    format!("is {n}; at most {}", schedules::MAX_KEEP_RUNS),
+                ))
+            }
+            n => n,
+        };
+        // The tool must exist for the caller, and the caller must be allowed to call it: a
+        // schedule calls nothing its maker could not.
+        if input.tool.is_empty() {
+            return Err(NexusError::invalid("tool", "is required"));
+        }
+        self.tools
+            .describe(caller, &input.tool, ReadConsistency::Linearizable)
+            .await
+            .map_err(|e| match e {
+                NexusError::NotFound(m) => NexusError::invalid("tool", m),
+                NexusError::InvalidArgument { message, .. } => NexusError::invalid("tool", message),
+                other => other,
+            })?;
+        iam::rbac::authorize("tools.call", &input.tool, caller)?;
+        let tenant = caller.tenant.clone();
+        self.node
+            .read_barrier(ReadConsistency::Linearizable)
+            .await?;
+        let existing = schedules::read(&self.node.store, &tenant, &input.name)?;
+        match (&existing, replace) {
+            (Some(_), false) => {
+                return Err(NexusError::AlreadyExists(format!(
+                    "schedule {} exists; update it or delete it first",
+                    input.name
+                )))
+            }
+            (None, true) => {
+                return Err(NexusError::NotFound(format!(
+                    "schedule {} not found",
+                    input.name
+                )))
+            }
+            (None, false) => {
+                let (store, t) = (self.node.store.clone(), tenant.clone());
+                let count = blocking(move || schedules::list(&store, &t)).await?.len();
+                if count >= MAX_SCHEDULES_PER_TENANT {
+                    return Err(NexusError::ResourceExhausted {
+                        limit: "schedules per tenant".into(),
+                        message: format!(
+                            "tenant {tenant} has {count} schedules, the most it may have"
+                        ),
+                    });
+                }
+            }
+            (Some(_), true) => {}
+        }
+        let now = now_ms();
+        // An interval counts from when the schedule was first made.
+        let anchor = existing.as_ref().map_or(now, |s| s.created_at_ms);
+        let next_due_ms = input.spec.next_after(anchor, now)?.unwrap_or(0);
+        if next_due_ms == 0 {
+            let field = if matches!(input.spec, Spec::At { .. }) {
+                "at"
+            } else {
+                "cron"
+            };
+            return Err(NexusError::invalid(field, "is never due after now"));
+        }
+        let record = ScheduleRecord {
+            name: input.name,
+            description: input.description,
+            spec: input.spec,
+            tool: input.tool,
+            args: input.args,
+            owner: caller.subject.clone(),
+            overlap: input.overlap,
+            jitter_ms: input.jitter_ms,
+            catch_up_ms,
+            retry: input.retry,
+            keep_runs,
+            paused: input.paused,
+            next_due_ms,
+            active: 0,
+            queued_due_ms: 0,
+            runs: 0,
+            fired: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        match self
+            .propose(&caller.scope(), ScheduleOp::Put { schedule: record })
+            .await?
+        {
+            ScheduleReply::Schedule(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete(&self, caller: &Caller, name: &str) -> Result<u64, NexusError> {
+        schedules::validate_name("name", name)?;
+        match self
+            .propose(&caller.scope(), ScheduleOp::Delete { name: name.into() })
+            .await?
+        {
+            ScheduleReply::Deleted { runs } => Ok(runs),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Pauses or resumes; a resumed schedule's next due time is the first after now.
+    pub async fn set_paused(
+        &self,
+        caller: &Caller,
+        name: &str,
+        paused: bool,
+    ) -> Result<ScheduleRecord, NexusError> {
+        let s = self
+            .get(&caller.tenant, name, ReadConsistency::Linearizable)
+            .await?;
+        let now = now_ms();
+        let next_due_ms = s.spec.next_after(s.created_at_ms, now)?.unwrap_or(0);
+        match self
+            .propose(
+                &caller.scope(),
+                ScheduleOp::SetPaused {
+                    name: name.into(),
+                    paused,
+                    next_due_ms,
+                    at_ms: now,
+                },
+            )
+            .await?
+        {
+            ScheduleReply::Schedule(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a dead run again (its first attempt at once, then its retries).
+    pub async fn replay(
+        &self,
+        caller: &Caller,
+        name: &str,
+        due_ms: i64,
+    ) -> Result<RunRecord, NexusError> {
+        schedules::validate_name("name", name)?;
+        match self
+            .propose(
+                &caller.scope(),
+                ScheduleOp::Replay {
+                    name: name.into(),
+                    due_ms,
+                    at_ms: now_ms(),
+                },
+            )
+            .await?
+        {
+            ScheduleReply::Run(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        tenant: &str,
+        name: &str,
+        consistency: ReadConsistency,
+    ) -> Result<ScheduleRecord, NexusError> {
+        schedules::validate_name("name", name)?;
+        self.node.read_barrier(consistency).await?;
+        schedules::read(&self.node.store, tenant, name)?
+            .ok_or_else(|| NexusError::NotFound(format!("schedule {name} not found")))
+    }
+
+    pub async fn list(
+        &self,
+        tenant: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<ScheduleRecord>, NexusError> {
+        self.node.read_barrier(consistency).await?;
+        let (store, tenant) = (self.node.store.clone(), tenant.to_string());
+        Ok(blocking(move || schedules::list(&store, &tenant)).await?)
+    }
+
+    /// The next `count` due times from now (each with its jitter: when it will start).
+    pub async fn preview(
+        &self,
+        tenant: &str,
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<(i64, i64)>, NexusError> {
+        if count == 0 || count > MAX_PREVIEW {
+            return Err(NexusError::invalid(
+                "count",
+                format!("is {count}; 1 to {MAX_PREVIEW}"),
+            ));
+        }
+        let s = self.get(tenant, name, ReadConsistency::Stale).await?;
+        let mut out = Vec::with_capacity(count);
+        let mut due = s.next_due_ms;
+        while due != 0 && out.len() < count {
+            out.push((
+                due,
+                due + jitter_ms(tenant, &s.name, due, s.jitter_ms) as i64,
+            ));
+            due = s.spec.next_after(s.created_at_ms, due)?.unwrap_or(0);
+        }
+        Ok(out)
+    }
+
+    /// A schedule's runs, newest first (`dead`: only the dead-letter list).
+    pub async fn runs(
+        &self,
+        tenant: &str,
+        name: &str,
+        limit: usize,
+        dead: bool,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<RunRecord>, NexusError> {
+        self.get(tenant, name, consistency).await?;
+        let (store, t, n) = (
+            self.node.store.clone(),
+            tenant.to_string(),
+            name.to_string(),
+        );
+        let mut runs = blocking(move || {
+            schedules::runs(&store, &t, &n, schedules::MAX_KEEP_RUNS as usize + 8)
+        })
+        .await?;
+        if dead {
+            runs.retain(|r| r.state == RunState::Dead);
+        }
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    async fn propose(&self, scope: &Scope, op: ScheduleOp) -> Result<ScheduleReply, NexusError> {
+        match command::propose(&self.node, scope, Op::Schedule(op)).await? {
+            Reply::Schedule(r) => Ok(r),
+            other => Err(NexusError::internal(format!("unexpected reply: {other:?}"))),
+        }
+    }
+
+    /// The scheduler: on every node, acting while the node leads, until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut changes = self.node.store.watch_changes();
+        let mut led = false;
+        loop {
+            let leads = self.node.status().role == "leader";
+            if led && !leads {
+                self.abort_all();
+            }
+            led = leads;
+            let wait = if leads {
+                match self.pass().await {
+                    Ok(wait) => wait,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scheduler pass (retried)");
+                        MAX_IDLE
+                    }
+                }
+            } else {
+                Duration::from_millis(200)
+            };
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = stop.wait_for(|s| *s) => {
+                        self.abort_all();
+                        return;
+                    }
+                    change = changes.recv() => match change {
+                        Ok(c) if c.topic == "schedules" => break,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(_) => {}
+                    },
+                }
+            }
+        }
+    }
+
+    /// Aborts every attempt this node runs (it no longer leads): the next leader starts them
+    /// again.
+    fn abort_all(&self) {
+        let mut running = self.running.lock().expect("scheduler lock");
+        for (_, (_, task)) in running.drain() {
+            task.abort();
+        }
+    }
+
+    fn runs_here(&self, tenant: &str, name: &str, due_ms: i64, attempt: u32) -> bool {
+        self.running
+            .lock()
+            .expect("scheduler lock")
+            .get(&(tenant.to_string(), name.to_string(), due_ms))
+            .is_some_and(|(a, _)| *a == attempt)
+    }
+
+    /// One pass over every schedule; returns how long to sleep.
+    async fn pass(self: &Arc<Self>) -> Result<Duration, NexusError> {
+        let store = self.node.store.clone();
+        let all = blocking(move || schedules::all(&store)).await?;
+        let now = now_ms();
+        let mut wake = now + MAX_IDLE.as_millis() as i64;
+        for (tenant, s) in all {
+            if !s.paused && s.next_due_ms != 0 {
+                let start_at =
+                    s.next_due_ms + jitter_ms(&tenant, &s.name, s.next_due_ms, s.jitter_ms) as i64;
+                if now >= start_at {
+                    if let Err(e) = self.fire(&tenant, &s, now).await {
+                        tracing::debug!(error = %e, tenant, schedule = s.name, "firing");
+                    }
+                    // Catching up: look again at once.
+                    wake = now;
+                } else {
+                    wake = wake.min(start_at);
+                }
+            }
+            if s.active > 0 || s.queued_due_ms != 0 {
+                match self.tend(&tenant, &s, now).await {
+                    Ok(next) => wake = wake.min(next),
+                    Err(e) => {
+                        tracing::debug!(error = %e, tenant, schedule = s.name, "starting attempts")
+                    }
+                }
+            }
+        }
+        Ok(Duration::from_millis((wake - now_ms()).max(0) as u64))
+    }
+
+    /// Fires `s`'s next due time: the catch-up decision, then the `Fire` commit point, then
+    /// the attempt.
+    async fn fire(
+        self: &Arc<Self>,
+        tenant: &str,
+        s: &ScheduleRecord,
+        now: i64,
+    ) -> Result<(), NexusError> {
+        let expected = s.next_due_ms;
+        // Due times older than the window are skipped together; the oldest within it fires.
+        let horizon = now - s.catch_up_ms as i64;
+        let (skipped, skipped_through_ms, due) = if expected >= horizon {
+            (0, 0, Some(expected))
+        } else {
+            // The due times too old: from `expected` through the last before the horizon.
+            let last_skipped = last_before(&s.spec, s.created_at_ms, expected, horizon)?;
+            let skipped = s.spec.count_between(
+                s.created_at_ms,
+                expected - 1,
+                last_skipped,
+                MAX_SKIPPED_COUNTED,
+            )?;
+            let within = s
+                .spec
+                .next_after(s.created_at_ms, last_skipped)?
+                .filter(|t| *t <= now);
+            (skipped, last_skipped, within)
+        };
+        let next_due_ms = match due {
+            Some(d) => s.spec.next_after(s.created_at_ms, d)?,
+            None => s.spec.next_after(s.created_at_ms, now)?,
+        }
+        .unwrap_or(0);
+        let op = ScheduleOp::Fire {
+            name: s.name.clone(),
+            expected_ms: expected,
+            skipped,
+            skipped_through_ms,
+            due_ms: due,
+            next_due_ms,
+            node: self.node.id,
+            at_ms: now,
+        };
+        let ScheduleReply::Fired { run } = self.propose(&Scope::system(tenant), op).await? else {
+            return Err(NexusError::internal("unexpected reply to fire"));
+        };
+        if skipped > 0 {
+            metrics::SCHEDULE_RUNS
+                .with_label_values(&["skipped"])
+                .inc_by(skipped);
+            tracing::warn!(
+                tenant,
+                schedule = s.name,
+                skipped,
+                "due times older than the catch-up window were skipped"
+            );
+        }
+        if let Some(run) = run {
+            match run.state {
+                RunState::Running => {
+                    let late = now
+                        - run.due_ms
+                        - jitter_ms(tenant, &s.name, run.due_ms, s.jitter_ms) as i64;
+                    metrics::SCHEDULE_LATENESS.observe(late.max(0) as f64 / 1000.0);
+                    self.spawn(tenant, s.clone(), run);
+                }
+                other => metrics::SCHEDULE_RUNS
+                    .with_label_values(&[other.name()])
+                    .inc(),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts what `s`'s runs need: due retries (and replays), a queued due time once nothing
+    /// is in progress, and new attempts of runs no one here runs (a leader started them and
+    /// stopped leading). Returns when to look again.
+    async fn tend(
+        self: &Arc<Self>,
+        tenant: &str,
+        s: &ScheduleRecord,
+        now: i64,
+    ) -> Result<i64, NexusError> {
+        let (store, t, n) = (self.node.store.clone(), tenant.to_string(), s.name.clone());
+        let runs = blocking(move || {
+            schedules::runs(&store, &t, &n, schedules::MAX_KEEP_RUNS as usize + 8)
+        })
+        .await?;
+        let mut wake = i64::MAX;
+        for r in runs {
+            match r.state {
+                RunState::Waiting if r.retry_at_ms <= now => {
+                    self.start(tenant, s, &r, RunState::Waiting, now).await?;
+                }
+                RunState::Waiting => wake = wake.min(r.retry_at_ms),
+                RunState::Running if !self.runs_here(tenant, &s.name, r.due_ms, r.attempt) => {
+                    if r.attempt < s.retry.max_attempts {
+                        tracing::warn!(tenant, run = r.id(), attempt = r.attempt, "a run's attempt was started by a leader that stopped leading; starting it again");
+                        self.start(tenant, s, &r, RunState::Running, now).await?;
+                    } else {
+                        let op = ScheduleOp::Finish {
+                            name: s.name.clone(),
+                            due_ms: r.due_ms,
+                            attempt: r.attempt,
+                            outcome: Outcome::Failed {
+                                error: "the leader running its last attempt stopped leading before it finished".into(),
+                                retry_at_ms: 0,
+                            },
+                            at_ms: now,
+                        };
+                        self.propose(&Scope::system(tenant), op).await?;
+                        metrics::SCHEDULE_RUNS.with_label_values(&["dead"]).inc();
+                    }
+                }
+                RunState::Queued if s.active == 0 => {
+                    self.start(tenant, s, &r, RunState::Queued, now).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(wake)
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        tenant: &str,
+        s: &ScheduleRecord,
+        r: &RunRecord,
+        from: RunState,
+        now: i64,
+    ) -> Result<(), NexusError> {
+        let op = ScheduleOp::Start {
+            name: s.name.clone(),
+            due_ms: r.due_ms,
+            from,
+            from_attempt: r.attempt,
+            attempt: r.attempt + 1,
+            node: self.node.id,
+            at_ms: now,
+        };
+        match self.propose(&Scope::system(tenant), op).await? {
+            ScheduleReply::Run(run) => {
+                self.spawn(tenant, s.clone(), run);
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a started attempt in a task of its own and records its outcome.
+    fn spawn(self: &Arc<Self>, tenant: &str, s: ScheduleRecord, run: RunRecord) {
+        let key = (tenant.to_string(), s.name.clone(), run.due_ms);
+        let this = self.clone();
+        let tenant = tenant.to_string();
+        let attempt = run.attempt;
+        let mut running = self.running.lock().expect("scheduler lock");
+        let task = tokio::spawn(async move {
+            let timeout = Duration::from_millis(s.retry.timeout_ms);
+            let result =
+                match tokio::time::timeout(timeout, this.call_target(&tenant, &s, &run)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(NexusError::unavailable(format!(
+                        "the attempt did not finish within its timeout of {} ms",
+                        s.retry.timeout_ms
+                    ))),
+                };
+            let now = now_ms();
+            let outcome = match result {
+                Ok(output) => Outcome::Succeeded { output },
+                Err(e) => {
+                    let retry_at_ms = if run.attempt < s.retry.max_attempts && retryable(&e) {
+                        let seed = seed(&tenant, &s.name, run.due_ms, u64::from(run.attempt));
+                        now + s.retry.backoff_ms(run.attempt, seed) as i64
+                    } else {
+                        0
+                    };
+                    Outcome::Failed {
+                        error: e.to_string(),
+                        retry_at_ms,
+                    }
+                }
+            };
+            let label = match &outcome {
+                Outcome::Succeeded { .. } => "succeeded",
+                Outcome::Failed { retry_at_ms: 0, .. } => "dead",
+                Outcome::Failed { .. } => "failed",
+            };
+            metrics::SCHEDULE_RUNS.with_label_values(&[label]).inc();
+            let op = ScheduleOp::Finish {
+                name: s.name.clone(),
+                due_ms: run.due_ms,
+                attempt: run.attempt,
+                outcome,
+                at_ms: now,
+            };
+            if let Err(e) = this.propose(&Scope::system(&tenant), op).await {
+                // The next leader finds the attempt running and starts it again.
+                tracing::warn!(error = %e, tenant, run = run.id(), "recording a run's outcome");
+            }
+            let mut running = this.running.lock().expect("scheduler lock");
+            if running
+                .get(&(tenant.clone(), s.name.clone(), run.due_ms))
+                .is_some_and(|(a, _)| *a == run.attempt)
+            {
+                running.remove(&(tenant, s.name.clone(), run.due_ms));
+            }
+        });
+        running.insert(key, (attempt, task.abort_handle()));
+    }
+
+    /// Calls the schedule's tool as its owner, with the owner's grants as they are now.
+    async fn call_target(
+        &self,
+        tenant: &str,
+        s: &ScheduleRecord,
+        run: &RunRecord,
+    ) -> Result<String, NexusError> {
+        let principal = self.owner(tenant, &s.owner)?;
+        iam::rbac::authorize("tools.call", &s.tool, &principal)?;
+        let args = fill_run(&s.args, run);
+        let on_behalf = OnBehalf {
+            context: AuditContext {
+                request_id: format!("{}#{}", run.id(), run.attempt),
+                principal: s.owner.clone(),
+                tenant: tenant.to_string(),
+                action: "schedules.run".into(),
+                at_ms: now_ms(),
+            },
+            credential: None,
+        };
+        let caller = Caller::new(principal, Some(on_behalf));
+        let out = self
+            .tools
+            .call(&caller, &s.tool, &args, Reporter::default())
+            .await?;
+        Ok(out.output.to_string())
+    }
+
+    /// The owner as a principal now: its tenant must be active, and its grants are its
+    /// roles' as they are bound now (`root` and `local` hold every permission).
+    fn owner(&self, tenant: &str, owner: &str) -> Result<Principal, NexusError> {
+        match iam::tenant(&self.node.store, tenant)? {
+            Some(t) if t.state == iam::TenantState::Suspended => {
+                return Err(NexusError::PermissionDenied(format!(
+                    "tenant {tenant} is suspended"
+                )))
+            }
+            _ => {}
+        }
+        let grants = match owner {
+            "root" | "local" => iam::rbac::Grants::root(),
+            subject => iam::grants_of(&self.node.store, tenant, subject)?,
+        };
+        Ok(Principal {
+            tenant: tenant.to_string(),
+            subject: owner.to_string(),
+            grants,
+        })
+    }
+}
+
+fn unexpected(reply: ScheduleReply) -> NexusError {
+    NexusError::internal(format!("unexpected reply: {reply:?}"))
+}
+
+/// Whether a failed attempt is worth another: not when the request itself is at fault (bad
+/// arguments, a tool that does not exist, a permission the owner lacks), which another
+/// attempt would repeat.
+fn retryable(e: &NexusError) -> bool {
+    !matches!(
+        e,
+        NexusError::InvalidArgument { .. }
+            | NexusError::NotFound(_)
+            | NexusError::PermissionDenied(_)
+            | NexusError::Unauthenticated(_)
+    )
+}
+
+/// The last due time before `horizon` from `expected` on (expected itself when none later).
+fn last_before(spec: &Spec, anchor: i64, expected: i64, horizon: i64) -> Result<i64, NexusError> {
+    let mut last = expected;
+    if let Spec::Every { every_ms } = spec {
+        let every = *every_ms as i64;
+        let n = (horizon - 1 - anchor).div_euclid(every);
+        return Ok((anchor + n * every).max(expected));
+    }
+    let mut at = expected;
+    for _ in 0..MAX_SKIPPED_COUNTED {
+        match spec.next_after(anchor, at)? {
+            Some(t) if t < horizon => {
+                last = t;
+                at = t;
+            }
+            _ => break,
+        }
+    }
+    Ok(last)
+}
+
+/// A stable hash of a run, the same on every node (FNV-1a).
+fn seed(tenant: &str, name: &str, due_ms: i64, salt: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tenant
+        .bytes()
+        .chain([0])
+        .chain(name.bytes())
+        .chain(due_ms.to_be_bytes())
+        .chain(salt.to_be_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The jitter of one due time: the same on every node, up to `jitter_ms`.
+pub fn jitter_ms(tenant: &str, name: &str, due_ms: i64, jitter_ms: u64) -> u64 {
+    if jitter_ms == 0 {
+        0
+    } else {
+        seed(tenant, name, due_ms, 0) % (jitter_ms + 1)
+    }
+}
+
+/// Arguments: a JSON object, or text with placeholders (`${secrets.NAME}`, `${run.id}`) that
+/// makes one once they are filled.
+fn validate_args(args: &str) -> Result<(), NexusError> {
+    if args.len() > MAX_ARGS_BYTES {
+        return Err(NexusError::invalid(
+            "args",
+            format!("is {} bytes; at most {MAX_ARGS_BYTES}", args.len()),
+        ));
+    }
+    if args.trim().is_empty() || args.contains("${") {
+        return Ok(());
+    }
+    match serde_json::from_str::<Value>(args) {
+        Ok(v) if v.is_object() => Ok(()),
+        Ok(_) => Err(NexusError::invalid("args", "must be a JSON object")),
+        Err(e) => Err(NexusError::invalid("args", format!("is not JSON: {e}"))),
+    }
+}
+
+fn validate_retry(r: &RetryPolicy) -> Result<(), NexusError> {
+    if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
+        return Err(NexusError::invalid(
+            "retry.max_attempts",
+            format!("is {}; 1 (no retry) to {MAX_ATTEMPTS}", r.max_attempts),
+        ));
+    }
+    for (field, v) in [
+        ("retry.initial_backoff", r.initial_backoff_ms),
+        ("retry.max_backoff", r.max_backoff_ms),
+    ] {
+        if !(MIN_BACKOFF_MS..=MAX_BACKOFF_MS).contains(&v) {
+            return Err(NexusError::invalid(
+                field,
+                format!("is {v} ms; 100 ms to 24 h"),
+            ));
+        }
+    }
+    if r.max_backoff_ms < r.initial_backoff_ms {
+        return Err(NexusError::invalid(
+            "retry.max_backoff",
+            "is shorter than the initial backoff",
+        ));
+    }
+    let max_timeout = super::tools::CALL_TIMEOUT.as_millis() as u64;
+    if !(MIN_TIMEOUT_MS..=max_timeout).contains(&r.timeout_ms) {
+        return Err(NexusError::invalid(
+            "retry.timeout",
+            format!(
+                "is {} ms; 100 ms to {} s (a tool call's longest)",
+                r.timeout_ms,
+                max_timeout / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Fills `${run.id}`, `${run.due_ms}` and `${run.attempt}` (JSON-safe: a run id is a schedule
+/// name, a slash and digits).
+fn fill_run(args: &str, run: &RunRecord) -> String {
+    if !args.contains("${run.") {
+        return args.to_string();
+    }
+    args.replace("${run.id}", &run.id())
+        .replace("${run.due_ms}", &run.due_ms.to_string())
+        .replace("${run.attempt}", &run.attempt.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipping_after_downtime_keeps_the_window() {
+        let every = Spec::Every { every_ms: 1000 };
+        // Made at 0; down from 1000 to 100_500 with a 10 s window: 1000..=90_000 skipped.
+        assert_eq!(last_before(&every, 0, 1000, 90_500).unwrap(), 90_000);
+        assert_eq!(every.count_between(0, 999, 90_499, 100).unwrap(), 90);
+        let cron = Spec::Cron {
+            expr: "* * * * * *".into(),
+            zone: "UTC".into(),
+        };
+        assert_eq!(last_before(&cron, 0, 1000, 5500).unwrap(), 5000);
+    }
+
+    #[test]
+    fn jitter_is_the_same_everywhere_and_bounded() {
+        let a = jitter_ms("acme", "tick", 5000, 300);
+        assert_eq!(a, jitter_ms("acme", "tick", 5000, 300));
+        assert!(a <= 300);
+        assert_eq!(jitter_ms("acme", "tick", 5000, 0), 0);
+        let spread: std::collections::BTreeSet<u64> = (0..50)
+            .map(|i| jitter_ms("acme", "tick", i * 1000, 300))
+            .collect();
+        assert!(spread.len() > 10, "{spread:?}");
+    }
+
+    #[test]
+    fn args_and_retry_policies_are_checked() {
+        validate_args(r#"{"a": 1}"#).unwrap();
+        validate_args(r#"{"n": ${secrets.count}}"#).unwrap();
+        validate_args("").unwrap();
+        for bad in ["[1]", "{", "3"] {
+            assert!(validate_args(bad).is_err(), "{bad}");
+        }
+        validate_retry(&RetryPolicy::default()).unwrap();
+        let bad = RetryPolicy {
+            max_attempts: 0,
+            ..RetryPolicy::default()
+        };
+        assert!(validate_retry(&bad).is_err());
+        let bad = RetryPolicy {
+            timeout_ms: 10,
+            ..RetryPolicy::default()
+        };
+        assert!(validate_retry(&bad).is_err());
+        let r = RunRecord {
+            schedule: "tick".into(),
+            due_ms: 5000,
+            state: RunState::Running,
+            attempt: 2,
+            node: 1,
+            first_started_ms: 0,
+            started_ms: 0,
+            finished_ms: 0,
+            output: String::new(),
+            error: String::new(),
+            retry_at_ms: 0,
+            interrupted: 0,
+            skipped: 0,
+            skipped_through_ms: 0,
+        };
+        assert_eq!(
+            fill_run(r#"{"key": "${run.id}", "n": ${run.attempt}}"#, &r),
+            r#"{"key": "tick/5000", "n": 2}"#
+        );
+    }
+}
