@@ -41,6 +41,8 @@ mod processes;
 mod recall;
 #[path = "nexus-bench/refusals.rs"]
 mod refusals;
+#[path = "nexus-bench/schedules.rs"]
+mod schedules;
 #[path = "nexus-bench/tools.rs"]
 mod tools;
 
@@ -74,6 +76,9 @@ enum Bench {
     /// Tool calls per second and latency: echo over gRPC and over MCP, and a WebAssembly
     /// echo, without and with authentication.
     Tools(tools::ToolsArgs),
+    /// How late schedules start: every-second schedules on an idle node, then under a
+    /// write load.
+    Schedules(schedules::ScheduleArgs),
 }
 
 #[derive(clap::Args)]
@@ -538,5 +543,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Auth(a) => auth_bench(a).await,
         Bench::Refusals(a) => refusals::refusals_bench(a).await,
         Bench::Tools(a) => tools::tools_bench(a).await,
+        Bench::Schedules(a) => schedules::schedules_bench(a).await,
     }
 }

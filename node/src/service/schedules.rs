@@ -60,6 +60,10 @@ pub const MAX_PREVIEW: usize = 100;
 const MAX_SKIPPED_COUNTED: u64 = 100_000;
 /// Longest the scheduler sleeps between passes.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How long after a change the scheduler looks, gathering a burst into one pass.
+const COALESCE: Duration = Duration::from_millis(10);
+/// How soon a fire that failed is tried again.
+const RETRY_FIRE: Duration = Duration::from_millis(200);
 
 /// What a person asks for; the service fills in the rest.
 #[derive(Debug, Clone)]
@@ -390,6 +394,7 @@ impl ScheduleService {
             };
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
+            let (mut changed, mut closed) = (false, false);
             loop {
                 tokio::select! {
                     _ = &mut sleep => break,
@@ -398,12 +403,29 @@ impl ScheduleService {
                         return;
                     }
                     change = changes.recv() => match change {
-                        Ok(c) if c.topic == "schedules" => break,
+                        Ok(c) if c.topic == "schedules" => {
+                            changed = true;
+                            break;
+                        }
                         Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            changed = true;
+                            break;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            closed = true;
+                            break;
+                        }
                     },
                 }
+            }
+            if closed {
+                // No change is told any more (the store is closing): the timer alone.
+                sleep.await;
+            } else if changed {
+                // A burst of changes (every fire and outcome is one) makes one pass.
+                tokio::time::sleep(COALESCE).await;
+                while changes.try_recv().is_ok() {}
             }
         }
     }
@@ -436,11 +458,16 @@ impl ScheduleService {
                 let start_at =
                     s.next_due_ms + jitter_ms(&tenant, &s.name, s.next_due_ms, s.jitter_ms) as i64;
                 if now >= start_at {
-                    if let Err(e) = self.fire(&tenant, &s, now).await {
-                        tracing::debug!(error = %e, tenant, schedule = s.name, "firing");
+                    match self.fire(&tenant, &s, now).await {
+                        // Catching up: look again at once.
+                        Ok(()) => wake = now,
+                        // Refused (this node's state is behind the log, the tenant is gone)
+                        // or not committed: looked at again shortly, not in a loop.
+                        Err(e) => {
+                            tracing::debug!(error = %e, tenant, schedule = s.name, "firing");
+                            wake = wake.min(now + RETRY_FIRE.as_millis() as i64);
+                        }
                     }
-                    // Catching up: look again at once.
-                    wake = now;
                 } else {
                     wake = wake.min(start_at);
                 }
