@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "nexus/v1/audit.proto",
     "nexus/v1/tools.proto",
     "nexus/v1/schedules.proto",
+    "nexus/v1/events.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

@@ -23,6 +23,7 @@ pub use nexus_proto::v1 as pb;
 use pb::audit_service_client::AuditServiceClient;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::conversation_service_client::ConversationServiceClient;
+use pb::event_service_client::EventServiceClient;
 use pb::iam_service_client::IamServiceClient;
 use pb::memory_service_client::MemoryServiceClient;
 use pb::schedule_service_client::ScheduleServiceClient;
@@ -106,6 +107,7 @@ pub struct Client {
     pub audit: AuditServiceClient<Transport>,
     pub tools: ToolServiceClient<Transport>,
     pub schedules: ScheduleServiceClient<Transport>,
+    pub events: EventServiceClient<Transport>,
 }
 
 impl Client {
@@ -172,7 +174,8 @@ impl Client {
             secrets: SecretsServiceClient::new(t.clone()),
             audit: AuditServiceClient::new(t.clone()),
             tools: ToolServiceClient::new(t.clone()),
-            schedules: ScheduleServiceClient::new(t),
+            schedules: ScheduleServiceClient::new(t.clone()),
+            events: EventServiceClient::new(t).max_decoding_message_size(MAX_RESPONSE_BYTES),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod command;
 pub mod config;
 pub mod embed;
 pub mod error;
+pub mod events;
 pub mod fuzz;
 pub mod iam;
 pub mod memory;

@@ -10,6 +10,7 @@ use nexus_proto::raft::v1::raft_service_server::RaftServiceServer;
 use nexus_proto::v1::audit_service_server::AuditServiceServer;
 use nexus_proto::v1::cluster_service_server::ClusterServiceServer;
 use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
+use nexus_proto::v1::event_service_server::EventServiceServer;
 use nexus_proto::v1::iam_service_server::IamServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
 use nexus_proto::v1::schedule_service_server::ScheduleServiceServer;
@@ -21,8 +22,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc::{
-    AuditApi, ClusterApi, ConversationApi, IamApi, MemoryApi, SchedulesApi, SearchApi, SecretsApi,
-    ToolsApi,
+    AuditApi, ClusterApi, ConversationApi, EventsApi, IamApi, MemoryApi, SchedulesApi, SearchApi,
+    SecretsApi, ToolsApi,
 };
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, is_loopback_host, Authenticator};
@@ -179,6 +180,7 @@ const PUBLIC_SERVICES: &[&str] = &[
     "nexus.v1.AuditService",
     "nexus.v1.ToolService",
     "nexus.v1.ScheduleService",
+    "nexus.v1.EventService",
 ];
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -223,6 +225,7 @@ struct Parts {
     iam: Arc<IamService>,
     tools: Arc<ToolService>,
     schedules: Arc<crate::service::schedules::ScheduleService>,
+    events: Arc<crate::service::events::EventService>,
 }
 
 impl Parts {
@@ -283,6 +286,7 @@ impl Parts {
         let schedules =
             crate::service::schedules::ScheduleService::new(node.clone(), tools.clone());
         Ok(Parts {
+            events: Arc::new(crate::service::events::EventService::new(node.clone())),
             schedules,
             kv,
             semantic,
@@ -388,6 +392,14 @@ impl Parts {
             .max_encoding_message_size(reply_max),
             auth.interceptor(),
         );
+        let events_svc = InterceptedService::new(
+            EventServiceServer::new(EventsApi {
+                events: self.events.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
         Ok(tonic::transport::Server::builder()
             .timeout(Duration::from_millis(config.limits.request_timeout_ms))
             .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
@@ -404,7 +416,8 @@ impl Parts {
             .add_service(secrets_svc)
             .add_service(audit_svc)
             .add_service(tools_svc)
-            .add_service(schedules_svc))
+            .add_service(schedules_svc)
+            .add_service(events_svc))
     }
 }
 

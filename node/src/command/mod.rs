@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{self, AuditContext, AuditRecordOp, AuditTrimOp};
 use crate::cluster::{ClusterNode, Machine};
 use crate::error::NexusError;
+use crate::events::{self, EventOp, EventReply};
 use crate::iam::{self, IamOp, IamReply};
 use crate::memory::conversations::{self, ConversationOp, ConversationReply};
 use crate::memory::kv::{self, KvOp, KvReply};
@@ -81,6 +82,12 @@ impl Machine for Nexus {
         for (topic, concerns) in [
             ("tools", (|op| matches!(op, Op::Tool(_))) as fn(&Op) -> bool),
             ("schedules", |op| matches!(op, Op::Schedule(_))),
+            ("events", |op| {
+                matches!(
+                    op,
+                    Op::Event(_) | Op::Kv(_) | Op::Semantic(_) | Op::Conversation(_)
+                )
+            }),
         ] {
             let mut told: Vec<&str> = Vec::new();
             for c in commands {
@@ -98,6 +105,7 @@ impl Machine for Nexus {
         store.identities_changed();
         store.changed("tools", None);
         store.changed("schedules", None);
+        store.changed("events", None);
         Ok(())
     }
 }
@@ -219,6 +227,8 @@ pub enum Op {
     Tool(ToolOp),
     /// Schedules and their runs (`schedules`).
     Schedule(ScheduleOp),
+    /// Events published through the API (`events`; memory changes add theirs in apply).
+    Event(EventOp),
 }
 
 impl Op {
@@ -242,6 +252,7 @@ impl Op {
             Op::AuditTrim(_) => "audit.trim",
             Op::Tool(op) => op.name(),
             Op::Schedule(op) => op.name(),
+            Op::Event(op) => op.name(),
         }
     }
 
@@ -258,6 +269,7 @@ impl Op {
             Op::AuditTrim(_) => 24,
             Op::Tool(op) => op.approx_size(),
             Op::Schedule(op) => op.approx_size(),
+            Op::Event(op) => op.approx_size(),
         }
     }
 
@@ -337,6 +349,7 @@ impl Op {
             Op::AuditTrim(t) => format!("audit/{tenant} through {}", t.through_seq),
             Op::Tool(op) => op.resource(),
             Op::Schedule(op) => op.resource(),
+            Op::Event(op) => op.resource(),
         }
     }
 }
@@ -371,6 +384,7 @@ pub enum Reply {
     },
     Tool(ToolReply),
     Schedule(ScheduleReply),
+    Event(EventReply),
 }
 
 /// Applies one command in this step: its change and, when audited, its audit record.
@@ -461,6 +475,29 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
 }
 
 fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
+    // A forgotten memory's namespace, for its event, read before it goes.
+    let forgotten = match op {
+        Op::Semantic(crate::memory::semantic::SemanticOp::Forget { seq, .. }) => ctx
+            .get_decoded::<crate::memory::semantic::SemanticRecord>(
+                crate::store::CF_SEMANTIC,
+                &crate::store::keys::semantic_key(tenant, *seq),
+            )?
+            .map(|r| r.namespace),
+        _ => None,
+    };
+    let response = apply_family(ctx, tenant, op)?;
+    // A memory change publishes its event in the same step: a subscriber sees every change
+    // that applied, in order, on every node.
+    if response.is_ok() {
+        let (changes, at_ms) = memory_events(op, forgotten.as_deref());
+        if !changes.is_empty() {
+            events::append(ctx, tenant, &changes, "nexus", at_ms)?;
+        }
+    }
+    Ok(response)
+}
+
+fn apply_family(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, StoreError> {
     Ok(match op {
         Op::Kv(op) => kv::apply(ctx, tenant, op)?.map(Reply::Kv),
         Op::Conversation(op) => conversations::apply(ctx, tenant, op)?.map(Reply::Conversation),
@@ -469,6 +506,68 @@ fn apply_data(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response,
         Op::Secret(op) => secrets::apply(ctx, tenant, op)?.map(Reply::Secret),
         Op::Tool(op) => tools::apply(ctx, tenant, op)?.map(Reply::Tool),
         Op::Schedule(op) => schedules::apply(ctx, tenant, op)?.map(Reply::Schedule),
+        Op::Event(op) => events::apply(ctx, tenant, op)?.map(Reply::Event),
         Op::Audited { .. } | Op::Audit(_) | Op::AuditTrim(_) => unreachable!("handled above"),
     })
+}
+
+/// The state machine's own events for a memory change that applied, given what the op
+/// removed (a forgotten memory's namespace, read before it applied), and the op's time.
+pub fn memory_events(
+    op: &Op,
+    forgotten_namespace: Option<&str>,
+) -> (Vec<events::NewEvent>, Option<i64>) {
+    use crate::memory::conversations::ConversationOp as C;
+    use crate::memory::kv::KvOp as K;
+    use crate::memory::semantic::SemanticOp as S;
+    let event = |topic: String, data: serde_json::Value| events::NewEvent {
+        topic,
+        data: data.to_string(),
+    };
+    let events = match op {
+        Op::Kv(K::Put { namespace, key, .. }) => vec![event(
+            format!("memory.put.{namespace}"),
+            serde_json::json!({"namespace": namespace, "key": key}),
+        )],
+        Op::Kv(K::Delete { namespace, key, .. }) => vec![event(
+            format!("memory.delete.{namespace}"),
+            serde_json::json!({"namespace": namespace, "key": key}),
+        )],
+        Op::Semantic(S::Remember { id, namespace, .. }) => vec![event(
+            format!("memory.remember.{namespace}"),
+            serde_json::json!({"namespace": namespace, "id": id}),
+        )],
+        Op::Semantic(S::Forget { id, .. }) => match forgotten_namespace {
+            Some(namespace) => vec![event(
+                format!("memory.forget.{namespace}"),
+                serde_json::json!({"namespace": namespace, "id": id}),
+            )],
+            None => Vec::new(),
+        },
+        Op::Conversation(
+            C::Append {
+                conversation_id,
+                messages,
+                ..
+            }
+            | C::AppendWithVectors {
+                conversation_id,
+                messages,
+                ..
+            },
+        ) => vec![event(
+            format!("conversation.append.{conversation_id}"),
+            serde_json::json!({"conversation_id": conversation_id, "messages": messages.len()}),
+        )],
+        _ => Vec::new(),
+    };
+    let at = match op {
+        Op::Kv(K::Put { now_ms, .. } | K::Delete { now_ms, .. })
+        | Op::Semantic(S::Remember { now_ms, .. })
+        | Op::Conversation(C::Append { now_ms, .. } | C::AppendWithVectors { now_ms, .. }) => {
+            Some(*now_ms)
+        }
+        _ => None,
+    };
+    (events, at)
 }

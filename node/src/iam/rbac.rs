@@ -28,6 +28,8 @@ pub const PERMISSIONS: &[&str] = &[
     "tools:grant",
     "schedules:read",
     "schedules:write",
+    "events:read",
+    "events:write",
     "iam:read",
     "iam:write",
     "audit:read",
@@ -47,6 +49,7 @@ pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
             "audit:read",
             "iam:read",
             "schedules:*",
+            "events:read",
             "tools:read",
             "secrets:list",
         ],
@@ -61,12 +64,22 @@ pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
             "tools:write",
             "tools:call",
             "schedules:*",
+            "events:*",
             "secrets:write",
             "secrets:list",
         ],
     ),
     // An agent at run time: its memory and its tools.
-    ("agent", &["memory:read", "memory:write", "tools:call"]),
+    (
+        "agent",
+        &[
+            "memory:read",
+            "memory:write",
+            "tools:call",
+            "events:read",
+            "events:write",
+        ],
+    ),
     ("reader", &["memory:read"]),
 ];
 
@@ -235,6 +248,8 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         "schedules.list" | "schedules.get" | "schedules.next" | "schedules.runs" => {
             "schedules:read"
         }
+        "events.publish" => "events:write",
+        "events.subscribe" | "events.list" => "events:read",
         other => {
             return Err(NexusError::internal(format!(
                 "no permission is declared for method {other} (iam::rbac::permission_for)"
@@ -281,6 +296,7 @@ pub fn permission_for_command(command: &str) -> Result<Option<&'static str>, Nex
             )))
         }
         ("schedules", _) => "schedules:write",
+        ("events", _) => "events:write",
         ("iam", _) => match permission_for(command)? {
             Some(p) => p,
             None => {

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod audit_retention;
 pub mod conversations;
 pub mod denials;
+pub mod events;
 pub mod iam;
 pub mod kv;
 pub mod schedules;

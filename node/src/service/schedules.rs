@@ -453,27 +453,39 @@ impl ScheduleService {
         let all = blocking(move || schedules::all(&store)).await?;
         let now = now_ms();
         let mut wake = now + MAX_IDLE.as_millis() as i64;
-        for (tenant, s) in all {
+        // Due ones fire together: their proposals share Raft entries instead of queueing
+        // one behind another.
+        let mut fires = tokio::task::JoinSet::new();
+        for (tenant, s) in &all {
             if !s.paused && s.next_due_ms != 0 {
                 let start_at =
-                    s.next_due_ms + jitter_ms(&tenant, &s.name, s.next_due_ms, s.jitter_ms) as i64;
+                    s.next_due_ms + jitter_ms(tenant, &s.name, s.next_due_ms, s.jitter_ms) as i64;
                 if now >= start_at {
-                    match self.fire(&tenant, &s, now).await {
-                        // Catching up: look again at once.
-                        Ok(()) => wake = now,
-                        // Refused (this node's state is behind the log, the tenant is gone)
-                        // or not committed: looked at again shortly, not in a loop.
-                        Err(e) => {
+                    let (this, tenant, s) = (self.clone(), tenant.clone(), s.clone());
+                    fires.spawn(async move {
+                        let r = this.fire(&tenant, &s, now).await;
+                        if let Err(e) = &r {
                             tracing::debug!(error = %e, tenant, schedule = s.name, "firing");
-                            wake = wake.min(now + RETRY_FIRE.as_millis() as i64);
                         }
-                    }
+                        r.is_ok()
+                    });
                 } else {
                     wake = wake.min(start_at);
                 }
             }
+        }
+        while let Some(fired) = fires.join_next().await {
+            wake = match fired {
+                // Catching up: look again at once.
+                Ok(true) => wake.min(now),
+                // Refused (this node's state is behind the log, the tenant is gone) or not
+                // committed: looked at again shortly, not in a loop.
+                _ => wake.min(now + RETRY_FIRE.as_millis() as i64),
+            };
+        }
+        for (tenant, s) in &all {
             if s.active > 0 || s.queued_due_ms != 0 {
-                match self.tend(&tenant, &s, now).await {
+                match self.tend(tenant, s, now).await {
                     Ok(next) => wake = wake.min(next),
                     Err(e) => {
                         tracing::debug!(error = %e, tenant, schedule = s.name, "starting attempts")

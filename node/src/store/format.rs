@@ -67,7 +67,10 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         from: 5,
-        describe: "format 6: schedules and their runs. The schedules column family is                created on open and is empty; the log and snapshots may hold Op::Tool and                Op::Schedule commands and the schedules family, which a format-5 build                cannot decode; nothing existing is rewritten",
+        describe: "format 6: schedules and their runs, and events. The schedules and \
+               events column families are created on open and are empty; the log and \
+               snapshots may hold Op::Tool, Op::Schedule and Op::Event commands and those \
+               families, which a format-5 build cannot decode; nothing existing is rewritten",
         run: |_| Ok(()),
     },
 ];

@@ -66,6 +66,8 @@ pub const CF_USAGE: &str = "usage";
 pub const CF_TOOLS: &str = "tools";
 /// Each tenant's schedules and their runs (see `schedules`).
 pub const CF_SCHEDULES: &str = "schedules";
+/// Each tenant's events (see `events`).
+pub const CF_EVENTS: &str = "events";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -87,6 +89,7 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_USAGE,
     CF_TOOLS,
     CF_SCHEDULES,
+    CF_EVENTS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -109,6 +112,7 @@ const ALL_FAMILIES: &[&str] = &[
     CF_USAGE,
     CF_TOOLS,
     CF_SCHEDULES,
+    CF_EVENTS,
 ];
 
 #[derive(Debug, thiserror::Error)]

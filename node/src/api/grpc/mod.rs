@@ -2,6 +2,7 @@
 
 mod audit_api;
 mod convert;
+mod events_api;
 mod iam;
 mod schedules_api;
 mod secrets;
@@ -12,6 +13,7 @@ use std::future::Future;
 use std::time::Instant;
 
 pub use audit_api::AuditApi;
+pub use events_api::EventsApi;
 pub use iam::IamApi;
 pub use schedules_api::SchedulesApi;
 pub use secrets::SecretsApi;

@@ -122,6 +122,7 @@ impl Indexer {
                 | Op::AuditTrim(_)
                 | Op::Tool(_)
                 | Op::Schedule(_)
+                | Op::Event(_)
                 | Op::Audited { .. } => {}
                 Op::Kv(op) => {
                     for (ns, key) in op.touched() {

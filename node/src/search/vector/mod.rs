@@ -308,6 +308,7 @@ pub fn changes_of(
             | Op::AuditTrim(_)
             | Op::Tool(_)
             | Op::Schedule(_)
+            | Op::Event(_)
             | Op::Audited { .. } => {}
         }
     }

@@ -3,9 +3,12 @@
 //! (memory.put under the run id) run once; retries with backoff against a receiver on
 //! loopback that fails twice, the dead-letter list and a replay; bad input refused with the
 //! field named and nothing changed; the owner's grants read again at each run; nothing
-//! crosses tenants; `nexusctl schedule` tables and JSON.
+//! crosses tenants; `nexusctl schedule` tables and JSON. Events (tests/automation/events.rs):
+//! wildcards, resume, memory changes, tenants, refusals and a slow subscriber dropped.
 
 mod common;
+#[path = "automation/events.rs"]
+mod events;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -754,8 +757,16 @@ async fn runs_act_as_the_owner_with_its_grants_now_and_tenants_stay_apart() {
         .await
         .unwrap();
     // Each tenant's runs wrote into its own memory only.
+    wait_runs(&mut other, "note", Duration::from_secs(10), |r| {
+        r.iter().any(|r| r.state == "succeeded")
+    })
+    .await;
     let globex_notes = versions(&mut other, "notes").await;
-    assert!(!globex_notes.is_empty());
+    assert!(
+        !globex_notes.is_empty(),
+        "{:#?}",
+        runs(&mut other, "note", false).await
+    );
     let acme_notes = versions(&mut admin, "notes").await;
     assert!(globex_notes
         .keys()
