@@ -4,11 +4,14 @@
 //! loopback that fails twice, the dead-letter list and a replay; bad input refused with the
 //! field named and nothing changed; the owner's grants read again at each run; nothing
 //! crosses tenants; `nexusctl schedule` tables and JSON. Events (tests/automation/events.rs):
-//! wildcards, resume, memory changes, tenants, refusals and a slow subscriber dropped.
+//! wildcards, resume, memory changes, tenants, refusals and a slow subscriber dropped. The
+//! WebSocket API (tests/automation/ws.rs).
 
 mod common;
 #[path = "automation/events.rs"]
 mod events;
+#[path = "automation/ws.rs"]
+mod ws;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -854,4 +857,48 @@ async fn nexusctl_schedule_prints_tables_and_json() {
     let (code, out, _) = run(&["schedule", "delete", "beat"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("deleted beat and "), "{out}");
+
+    // Events: publish, list, and tail (which follows until it is stopped).
+    let (code, out, err) = run(&["events", "publish", "task.done", "--data", r#"{"id": 7}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("published task.done as #"), "{out}");
+    let (code, _, err) = run(&["events", "publish", "task.*"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid events[0].topic:"), "{err}");
+    let (_, out, _) = run(&["events", "list", "task.*", "-o", "json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["events"][0]["data"]["id"], 7, "{listed}");
+    let (_, out, _) = run(&["events", "list", "memory.*.beats"]);
+    assert!(
+        out.contains("memory.put.beats") && out.contains("nexus"),
+        "{out}"
+    );
+    let mut tail = std::process::Command::new(&ctl)
+        .args([
+            "--endpoint",
+            &n.endpoint(),
+            "events",
+            "tail",
+            "task.>",
+            "--after",
+            "0",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(tail.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let first: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (first["topic"].as_str(), first["data"]["id"].as_i64()),
+        (Some("task.done"), Some(7))
+    );
 }

@@ -502,7 +502,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         },
         mcp_hosts,
         config.mcp.allowed_origins.clone(),
-    ));
+    ))
+    .merge(crate::api::ws::router(crate::api::ws::WsState::new(
+        auth.clone(),
+        parts.events.clone(),
+        parts.tools.clone(),
+    )));
     let http_bounds = crate::api::http::HttpBounds::from_config(&config.limits);
     // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for
     // a client certificate (kubelet probes have none).

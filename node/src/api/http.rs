@@ -149,7 +149,11 @@ where
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(bounds.header_read);
-            let conn = builder.serve_connection(TokioIo::new(io), service);
+            // With upgrades: `/ws` (an upgraded connection leaves this loop's count; `api::ws`
+            // bounds its sessions itself).
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let stopping = async move {
                 // The guard `wait_for` returns is not Send: drop it before the next await.

@@ -1,5 +1,5 @@
-//! The edges of the node: gRPC services (`grpc`), the HTTP endpoints (`http`) and the MCP
-//! server (`mcp`). Handlers
+//! The edges of the node: gRPC services (`grpc`), the HTTP endpoints (`http`), the MCP
+//! server (`mcp`) and the WebSocket API (`ws`). Handlers
 //! authenticate the caller (`auth`), convert between wire and domain types, and map domain
 //! errors to statuses in one place.
 
@@ -7,3 +7,4 @@ pub mod gate;
 pub mod grpc;
 pub mod http;
 pub mod mcp;
+pub mod ws;

@@ -230,6 +230,9 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         // A request to `/mcp`: authenticated; each tool call then needs tools:call:NAME and
         // each resource read its tool's permission, as over gRPC.
         "mcp" => return Ok(None),
+        // A WebSocket session (`/ws`): authenticated; each message then needs the permission
+        // of the method it stands for (`api::ws`).
+        "ws" => return Ok(None),
         "tools.describe" | "tools.stats" | "tools.get_http_policy" | "tools.list_mounts" => {
             "tools:read"
         }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod cluster;
 mod conv;
+mod events;
 mod iam;
 mod memory;
 mod schedule;
@@ -126,6 +127,12 @@ enum Command {
         #[command(subcommand)]
         command: schedule::ScheduleCommand,
     },
+    /// Events: publish, list, tail (follow with wildcards).
+    #[command(alias = "event")]
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -201,6 +208,9 @@ impl Command {
                 ToolsCommand::List | ToolsCommand::Describe { .. } | ToolsCommand::Stats
             ),
             Command::Mcp { command } => matches!(command, McpCommand::List),
+            Command::Events { command } => {
+                !matches!(command, events::EventsCommand::Publish { .. })
+            }
             Command::Schedule { command } => matches!(
                 command,
                 schedule::ScheduleCommand::List
@@ -294,6 +304,7 @@ async fn run(
             nexus_client::tools_cli::run_mcp(&mut c, command, out == Output::Json).await?
         }
         Command::Schedule { command } => schedule::run(&mut c, out, command).await?,
+        Command::Events { command } => events::run(&mut c, out, command).await?,
     }
     Ok(())
 }
