@@ -35,6 +35,8 @@ use nexus_proto::v1::memory_service_client::MemoryServiceClient;
 mod auth;
 #[path = "nexus-bench/cluster.rs"]
 mod cluster;
+#[path = "nexus-bench/events.rs"]
+mod events;
 #[path = "nexus-bench/processes.rs"]
 mod processes;
 #[path = "nexus-bench/recall.rs"]
@@ -79,6 +81,9 @@ enum Bench {
     /// How late schedules start: every-second schedules on an idle node, then under a
     /// write load.
     Schedules(schedules::ScheduleArgs),
+    /// Events per second and publish-to-subscriber latency, 1 and 100 subscribers, over
+    /// gRPC streaming and WebSocket.
+    Events(events::EventArgs),
 }
 
 #[derive(clap::Args)]
@@ -544,5 +549,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Refusals(a) => refusals::refusals_bench(a).await,
         Bench::Tools(a) => tools::tools_bench(a).await,
         Bench::Schedules(a) => schedules::schedules_bench(a).await,
+        Bench::Events(a) => events::events_bench(a).await,
     }
 }
