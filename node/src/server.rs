@@ -507,6 +507,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         auth.clone(),
         parts.events.clone(),
         parts.tools.clone(),
+        config.mcp.allowed_origins.clone(),
     )));
     let http_bounds = crate::api::http::HttpBounds::from_config(&config.limits);
     // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for

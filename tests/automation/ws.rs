@@ -338,3 +338,24 @@ async fn a_websocket_client_that_stops_reading_is_dropped_and_another_keeps_rece
     );
     eprintln!("the slow client got {received} events, then: {ended}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_open_a_socket_on_a_node_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Nexus::start(dir.path(), &[]).await;
+    let mut request = n
+        .http("/ws")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A client that is not a browser (no Origin) is the local user.
+    let mut ws = connect(&n, None).await.unwrap();
+    assert_eq!(recv(&mut ws).await["subject"], "local");
+}

@@ -58,6 +58,9 @@ pub struct WsState {
     pub events: Arc<EventService>,
     pub tools: Arc<ToolService>,
     pub sessions: Arc<Semaphore>,
+    /// Web origins whose pages may open a socket on a node without authentication
+    /// (`[mcp] allowed_origins`).
+    pub allowed_origins: Arc<Vec<String>>,
 }
 
 impl WsState {
@@ -65,12 +68,14 @@ impl WsState {
         auth: Arc<Authenticator>,
         events: Arc<EventService>,
         tools: Arc<ToolService>,
+        allowed_origins: Vec<String>,
     ) -> Self {
         WsState {
             auth,
             events,
             tools,
             sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+            allowed_origins: Arc::new(allowed_origins),
         }
     }
 }
@@ -114,6 +119,21 @@ async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Without authentication anything that reaches the port acts as the local user: a web
+    // page the user visits must not (cross-site WebSocket hijacking, DNS rebinding). A
+    // browser always sends Origin; other clients send none.
+    if !s.auth.enabled() {
+        if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default();
+            if !s.allowed_origins.iter().any(|o| o == origin) {
+                return (
+                    StatusCode::FORBIDDEN,
+                    format!("origin {origin:?} may not open a socket on a node without authentication; list it in [mcp] allowed_origins\n"),
+                )
+                    .into_response();
+            }
+        }
+    }
     let Ok(permit) = s.sessions.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
