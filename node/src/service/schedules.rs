@@ -62,6 +62,9 @@ const MAX_SKIPPED_COUNTED: u64 = 100_000;
 const MAX_IDLE: Duration = Duration::from_secs(1);
 /// How long after a change the scheduler looks, gathering a burst into one pass.
 const COALESCE: Duration = Duration::from_millis(10);
+/// How late a due time may start and still count as on time (a window of 0 skips only what
+/// is later than this).
+const ON_TIME: Duration = Duration::from_secs(1);
 /// How soon a fire that failed is tried again.
 const RETRY_FIRE: Duration = Duration::from_millis(200);
 
@@ -505,30 +508,7 @@ impl ScheduleService {
         now: i64,
     ) -> Result<(), NexusError> {
         let expected = s.next_due_ms;
-        // Due times older than the window are skipped together; the oldest within it fires.
-        let horizon = now - s.catch_up_ms as i64;
-        let (skipped, skipped_through_ms, due) = if expected >= horizon {
-            (0, 0, Some(expected))
-        } else {
-            // The due times too old: from `expected` through the last before the horizon.
-            let last_skipped = last_before(&s.spec, s.created_at_ms, expected, horizon)?;
-            let skipped = s.spec.count_between(
-                s.created_at_ms,
-                expected - 1,
-                last_skipped,
-                MAX_SKIPPED_COUNTED,
-            )?;
-            let within = s
-                .spec
-                .next_after(s.created_at_ms, last_skipped)?
-                .filter(|t| *t <= now);
-            (skipped, last_skipped, within)
-        };
-        let next_due_ms = match due {
-            Some(d) => s.spec.next_after(s.created_at_ms, d)?,
-            None => s.spec.next_after(s.created_at_ms, now)?,
-        }
-        .unwrap_or(0);
+        let (skipped, skipped_through_ms, due, next_due_ms) = plan_fire(s, now)?;
         let op = ScheduleOp::Fire {
             name: s.name.clone(),
             expected_ms: expected,
@@ -757,6 +737,40 @@ impl ScheduleService {
     }
 }
 
+/// What firing `s` now does, from its stored next due time: how many due times are too late
+/// to run (and the last of them), the due time to start (None: none is due within the
+/// window), and the next due time after them all.
+fn plan_fire(s: &ScheduleRecord, now: i64) -> Result<(u64, i64, Option<i64>, i64), NexusError> {
+    let expected = s.next_due_ms;
+    // Due times older than the window are skipped together; the oldest within it fires.
+    // Late is counted from when a due time was to start (its jitter, at most `jitter_ms`)
+    // and past a grace that any pass may take (so a window of 0 still runs what is on time).
+    let horizon = now - s.catch_up_ms as i64 - s.jitter_ms as i64 - ON_TIME.as_millis() as i64;
+    let (skipped, skipped_through_ms, due) = if expected >= horizon {
+        (0, 0, Some(expected))
+    } else {
+        // The due times too old: from `expected` through the last before the horizon.
+        let last_skipped = last_before(&s.spec, s.created_at_ms, expected, horizon)?;
+        let skipped = s.spec.count_between(
+            s.created_at_ms,
+            expected - 1,
+            last_skipped,
+            MAX_SKIPPED_COUNTED,
+        )?;
+        let within = s
+            .spec
+            .next_after(s.created_at_ms, last_skipped)?
+            .filter(|t| *t <= now);
+        (skipped, last_skipped, within)
+    };
+    let next_due_ms = match due {
+        Some(d) => s.spec.next_after(s.created_at_ms, d)?,
+        None => s.spec.next_after(s.created_at_ms, now)?,
+    }
+    .unwrap_or(0);
+    Ok((skipped, skipped_through_ms, due, next_due_ms))
+}
+
 fn unexpected(reply: ScheduleReply) -> NexusError {
     NexusError::internal(format!("unexpected reply: {reply:?}"))
 }
@@ -903,6 +917,49 @@ mod tests {
             zone: "UTC".into(),
         };
         assert_eq!(last_before(&cron, 0, 1000, 5500).unwrap(), 5000);
+    }
+
+    #[test]
+    fn late_due_times_are_skipped_only_past_the_window() {
+        let mut s = ScheduleRecord {
+            name: "tick".into(),
+            description: String::new(),
+            spec: Spec::Every { every_ms: 1000 },
+            tool: "echo".into(),
+            args: "{}".into(),
+            owner: "local".into(),
+            overlap: Overlap::Skip,
+            jitter_ms: 0,
+            catch_up_ms: 0,
+            retry: RetryPolicy::default(),
+            keep_runs: 10,
+            paused: false,
+            next_due_ms: 10_000,
+            active: 0,
+            queued_due_ms: 0,
+            runs: 0,
+            fired: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        // A few ms late with a window of 0: on time.
+        assert_eq!(plan_fire(&s, 10_005).unwrap(), (0, 0, Some(10_000), 11_000));
+        // Down from 10 s to 100.5 s, a window of 10 s: 10..=89 s skipped (80), 90 s runs.
+        s.catch_up_ms = 10_000;
+        assert_eq!(
+            plan_fire(&s, 100_500).unwrap(),
+            (80, 89_000, Some(90_000), 91_000)
+        );
+        // A window of 0 after downtime: all skipped, the next one after now.
+        s.catch_up_ms = 0;
+        assert_eq!(
+            plan_fire(&s, 100_500).unwrap(),
+            (90, 99_000, Some(100_000), 101_000)
+        );
+        // Half an hour late because of a jitter of up to an hour: not late.
+        s.jitter_ms = 3_600_000;
+        s.catch_up_ms = 60_000;
+        assert_eq!(plan_fire(&s, 10_000 + 1_800_000).unwrap().0, 0);
     }
 
     #[test]
