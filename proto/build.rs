@@ -16,6 +16,8 @@ const PROTOS: &[&str] = &[
     "nexus/v1/tools.proto",
     "nexus/v1/schedules.proto",
     "nexus/v1/events.proto",
+    "nexus/v1/workflows.proto",
+    "nexus/v1/hooks.proto",
     "nexus/raft/v1/raft.proto",
 ];
 

@@ -47,9 +47,9 @@ async fn a_data_directory_of_the_previous_release_serves_every_item() {
     )
     .await;
     // Migrated to the current format (4: the log and Raft's metadata keyed by group; 5: the
-    // audit log as one chain per tenant, re-chained on open; 6: schedules).
+    // audit log as one chain per tenant, re-chained on open; 6: schedules; 7: workflows and hooks).
     let format = std::fs::read_to_string(dir.path().join("data/FORMAT")).unwrap();
-    assert_eq!(format.trim(), "nexus-data-format 6");
+    assert_eq!(format.trim(), "nexus-data-format 7");
     assert!(
         node.log_text()
             .contains("the format-4 audit chain verifies; re-chaining it per tenant"),

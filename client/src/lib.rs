@@ -24,12 +24,14 @@ use pb::audit_service_client::AuditServiceClient;
 use pb::cluster_service_client::ClusterServiceClient;
 use pb::conversation_service_client::ConversationServiceClient;
 use pb::event_service_client::EventServiceClient;
+use pb::hook_service_client::HookServiceClient;
 use pb::iam_service_client::IamServiceClient;
 use pb::memory_service_client::MemoryServiceClient;
 use pb::schedule_service_client::ScheduleServiceClient;
 use pb::search_service_client::SearchServiceClient;
 use pb::secrets_service_client::SecretsServiceClient;
 use pb::tool_service_client::ToolServiceClient;
+use pb::workflow_service_client::WorkflowServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -108,6 +110,8 @@ pub struct Client {
     pub tools: ToolServiceClient<Transport>,
     pub schedules: ScheduleServiceClient<Transport>,
     pub events: EventServiceClient<Transport>,
+    pub workflows: WorkflowServiceClient<Transport>,
+    pub hooks: HookServiceClient<Transport>,
 }
 
 impl Client {
@@ -175,6 +179,9 @@ impl Client {
             audit: AuditServiceClient::new(t.clone()),
             tools: ToolServiceClient::new(t.clone()),
             schedules: ScheduleServiceClient::new(t.clone()),
+            workflows: WorkflowServiceClient::new(t.clone())
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            hooks: HookServiceClient::new(t.clone()),
             events: EventServiceClient::new(t).max_decoding_message_size(MAX_RESPONSE_BYTES),
         }
     }

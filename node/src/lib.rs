@@ -11,6 +11,7 @@ pub mod embed;
 pub mod error;
 pub mod events;
 pub mod fuzz;
+pub mod hooks;
 pub mod iam;
 pub mod memory;
 pub mod observe;
@@ -22,6 +23,7 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod tools;
+pub mod workflows;
 
 #[cfg(test)]
 mod module_graph;

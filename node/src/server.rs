@@ -11,19 +11,21 @@ use nexus_proto::v1::audit_service_server::AuditServiceServer;
 use nexus_proto::v1::cluster_service_server::ClusterServiceServer;
 use nexus_proto::v1::conversation_service_server::ConversationServiceServer;
 use nexus_proto::v1::event_service_server::EventServiceServer;
+use nexus_proto::v1::hook_service_server::HookServiceServer;
 use nexus_proto::v1::iam_service_server::IamServiceServer;
 use nexus_proto::v1::memory_service_server::MemoryServiceServer;
 use nexus_proto::v1::schedule_service_server::ScheduleServiceServer;
 use nexus_proto::v1::search_service_server::SearchServiceServer;
 use nexus_proto::v1::secrets_service_server::SecretsServiceServer;
 use nexus_proto::v1::tool_service_server::ToolServiceServer;
+use nexus_proto::v1::workflow_service_server::WorkflowServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc::{
-    AuditApi, ClusterApi, ConversationApi, EventsApi, IamApi, MemoryApi, SchedulesApi, SearchApi,
-    SecretsApi, ToolsApi,
+    AuditApi, ClusterApi, ConversationApi, EventsApi, HooksApi, IamApi, MemoryApi, SchedulesApi,
+    SearchApi, SecretsApi, ToolsApi, WorkflowsApi,
 };
 use crate::api::http::{router, HttpState};
 use crate::auth::{is_loopback, is_loopback_host, Authenticator};
@@ -181,6 +183,8 @@ const PUBLIC_SERVICES: &[&str] = &[
     "nexus.v1.ToolService",
     "nexus.v1.ScheduleService",
     "nexus.v1.EventService",
+    "nexus.v1.WorkflowService",
+    "nexus.v1.HookService",
 ];
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -226,6 +230,8 @@ struct Parts {
     tools: Arc<ToolService>,
     schedules: Arc<crate::service::schedules::ScheduleService>,
     events: Arc<crate::service::events::EventService>,
+    workflows: Arc<crate::service::workflows::WorkflowService>,
+    hooks: Arc<crate::service::hooks::HookService>,
 }
 
 impl Parts {
@@ -267,6 +273,10 @@ impl Parts {
             &config.search,
         ));
         let secrets = Arc::new(SecretsService::new(node.clone(), master_keys));
+        let events = Arc::new(crate::service::events::EventService::new(node.clone()));
+        // The workflow service calls tools, and the workflow.start tool calls it: the
+        // built-ins get it once it is made.
+        let workflow_slot = Arc::new(std::sync::OnceLock::new());
         let tools = Arc::new(ToolService::new(
             node.clone(),
             Builtins {
@@ -276,6 +286,8 @@ impl Parts {
                 conversations: conversations.clone(),
                 recaller: recaller.clone(),
                 secrets: secrets.clone(),
+                events: events.clone(),
+                workflows: workflow_slot.clone(),
             },
             crate::service::tools::mcp_client::McpClients::new(
                 &config.mcp_client,
@@ -285,9 +297,16 @@ impl Parts {
         ));
         let schedules =
             crate::service::schedules::ScheduleService::new(node.clone(), tools.clone());
+        let workflows =
+            crate::service::workflows::WorkflowService::new(node.clone(), tools.clone());
+        let _ = workflow_slot.set(workflows.clone());
+        let hooks =
+            crate::service::hooks::HookService::new(node.clone(), tools.clone(), secrets.clone());
         Ok(Parts {
-            events: Arc::new(crate::service::events::EventService::new(node.clone())),
+            events,
             schedules,
+            workflows,
+            hooks,
             kv,
             semantic,
             conversations,
@@ -400,6 +419,22 @@ impl Parts {
             .max_encoding_message_size(reply_max),
             auth.interceptor(),
         );
+        let workflows_svc = InterceptedService::new(
+            WorkflowServiceServer::new(WorkflowsApi {
+                workflows: self.workflows.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
+        let hooks_svc = InterceptedService::new(
+            HookServiceServer::new(HooksApi {
+                hooks: self.hooks.clone(),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(reply_max),
+            auth.interceptor(),
+        );
         Ok(tonic::transport::Server::builder()
             .timeout(Duration::from_millis(config.limits.request_timeout_ms))
             .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
@@ -417,7 +452,9 @@ impl Parts {
             .add_service(audit_svc)
             .add_service(tools_svc)
             .add_service(schedules_svc)
-            .add_service(events_svc))
+            .add_service(events_svc)
+            .add_service(workflows_svc)
+            .add_service(hooks_svc))
     }
 }
 
@@ -508,7 +545,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         parts.events.clone(),
         parts.tools.clone(),
         config.mcp.allowed_origins.clone(),
-    )));
+    )))
+    .merge(crate::api::inbound::router(parts.hooks.clone()));
     let http_bounds = crate::api::http::HttpBounds::from_config(&config.limits);
     // The HTTP port (probes, metrics) over TLS with the API's certificate, never asking for
     // a client certificate (kubelet probes have none).
@@ -546,6 +584,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
     ));
     let scheduler = tokio::spawn(parts.schedules.clone().run(stop_rx.clone()));
+    let workflow_driver = tokio::spawn(parts.workflows.clone().drive(stop_rx.clone()));
+    let hook_driver = tokio::spawn(parts.hooks.clone().drive(stop_rx.clone()));
     let retention = tokio::spawn(audit_retention(
         node.clone(),
         crate::service::audit_retention::Retention::from_config(&config.audit, &config.data_dir),
@@ -577,9 +617,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = stop_tx.send(true);
     sweeper.abort();
     reembed.abort();
-    // The scheduler aborts the attempts it runs when told to stop (the next leader starts
+    // The drivers abort the attempts they run when told to stop (the next leader starts
     // them again).
     let _ = tokio::time::timeout(Duration::from_secs(1), scheduler).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), workflow_driver).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), hook_driver).await;
     retention.abort();
     if let Err(e) = node.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");

@@ -6,5 +6,6 @@
 pub mod gate;
 pub mod grpc;
 pub mod http;
+pub mod inbound;
 pub mod mcp;
 pub mod ws;

@@ -17,6 +17,7 @@ use crate::audit::{self, AuditContext, AuditRecordOp, AuditTrimOp};
 use crate::cluster::{ClusterNode, Machine};
 use crate::error::NexusError;
 use crate::events::{self, EventOp, EventReply};
+use crate::hooks::{self, HookOp, HookReply};
 use crate::iam::{self, IamOp, IamReply};
 use crate::memory::conversations::{self, ConversationOp, ConversationReply};
 use crate::memory::kv::{self, KvOp, KvReply};
@@ -25,6 +26,7 @@ use crate::schedules::{self, ScheduleOp, ScheduleReply};
 use crate::secrets::{self, SecretOp, SecretReply};
 use crate::store::{ApplyCtx, Store, StoreError, SM_FAMILIES};
 use crate::tools::{self, ToolOp, ToolReply};
+use crate::workflows::{self, WorkflowOp, WorkflowReply};
 
 /// The state machine Nexus replicates.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,10 +84,16 @@ impl Machine for Nexus {
         for (topic, concerns) in [
             ("tools", (|op| matches!(op, Op::Tool(_))) as fn(&Op) -> bool),
             ("schedules", |op| matches!(op, Op::Schedule(_))),
+            ("workflows", |op| matches!(op, Op::Workflow(_))),
+            ("hooks", |op| matches!(op, Op::Hook(_))),
             ("events", |op| {
                 matches!(
                     op,
-                    Op::Event(_) | Op::Kv(_) | Op::Semantic(_) | Op::Conversation(_)
+                    Op::Event(_)
+                        | Op::Kv(_)
+                        | Op::Semantic(_)
+                        | Op::Conversation(_)
+                        | Op::Hook(crate::hooks::HookOp::Receive { .. })
                 )
             }),
         ] {
@@ -106,6 +114,8 @@ impl Machine for Nexus {
         store.changed("tools", None);
         store.changed("schedules", None);
         store.changed("events", None);
+        store.changed("workflows", None);
+        store.changed("hooks", None);
         Ok(())
     }
 }
@@ -229,6 +239,10 @@ pub enum Op {
     Schedule(ScheduleOp),
     /// Events published through the API (`events`; memory changes add theirs in apply).
     Event(EventOp),
+    /// Workflow definitions and runs (`workflows`).
+    Workflow(WorkflowOp),
+    /// Triggers, webhooks, inbound endpoints and deliveries (`hooks`).
+    Hook(HookOp),
 }
 
 impl Op {
@@ -253,6 +267,8 @@ impl Op {
             Op::Tool(op) => op.name(),
             Op::Schedule(op) => op.name(),
             Op::Event(op) => op.name(),
+            Op::Workflow(op) => op.name(),
+            Op::Hook(op) => op.name(),
         }
     }
 
@@ -270,6 +286,8 @@ impl Op {
             Op::Tool(op) => op.approx_size(),
             Op::Schedule(op) => op.approx_size(),
             Op::Event(op) => op.approx_size(),
+            Op::Workflow(op) => op.approx_size(),
+            Op::Hook(op) => op.approx_size(),
         }
     }
 
@@ -350,6 +368,8 @@ impl Op {
             Op::Tool(op) => op.resource(),
             Op::Schedule(op) => op.resource(),
             Op::Event(op) => op.resource(),
+            Op::Workflow(op) => op.resource(),
+            Op::Hook(op) => op.resource(),
         }
     }
 }
@@ -385,6 +405,8 @@ pub enum Reply {
     Tool(ToolReply),
     Schedule(ScheduleReply),
     Event(EventReply),
+    Workflow(WorkflowReply),
+    Hook(HookReply),
 }
 
 /// Applies one command in this step: its change and, when audited, its audit record.
@@ -428,6 +450,8 @@ fn apply_op(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Response, S
             ..
         }) => None,
         Op::Schedule(op) if op.is_the_leaders() => None,
+        Op::Workflow(op) if op.is_the_leaders() => None,
+        Op::Hook(op) if op.is_the_leaders() => None,
         _ => iam::limits_in(ctx, tenant)?.filter(|l| l.max_items > 0 || l.max_bytes > 0),
     };
     let Some(limits) = limits else {
@@ -507,6 +531,8 @@ fn apply_family(ctx: &mut ApplyCtx<'_>, tenant: &str, op: &Op) -> Result<Respons
         Op::Tool(op) => tools::apply(ctx, tenant, op)?.map(Reply::Tool),
         Op::Schedule(op) => schedules::apply(ctx, tenant, op)?.map(Reply::Schedule),
         Op::Event(op) => events::apply(ctx, tenant, op)?.map(Reply::Event),
+        Op::Workflow(op) => workflows::apply(ctx, tenant, op)?.map(Reply::Workflow),
+        Op::Hook(op) => hooks::apply(ctx, tenant, op)?.map(Reply::Hook),
         Op::Audited { .. } | Op::Audit(_) | Op::AuditTrim(_) => unreachable!("handled above"),
     })
 }

@@ -214,6 +214,19 @@ pub fn append(
     Ok((first, log.next_seq - 1))
 }
 
+/// A tenant's last event number as this apply step sees it (0: none yet).
+pub fn last_seq_in(ctx: &ApplyCtx<'_>, tenant: &str) -> Result<u64, StoreError> {
+    Ok(ctx
+        .get_decoded::<EventLog>(CF_EVENTS, &meta_key(tenant))?
+        .unwrap_or_default()
+        .last_seq())
+}
+
+/// Event `seq` of `tenant`, if retention kept it.
+pub fn get(store: &Store, tenant: &str, seq: u64) -> Result<Option<EventRecord>, StoreError> {
+    store.get_decoded(CF_EVENTS, &event_key(tenant, seq))
+}
+
 /// A tenant's log position.
 pub fn log(store: &Store, tenant: &str) -> Result<EventLog, StoreError> {
     Ok(store

@@ -30,6 +30,10 @@ pub const PERMISSIONS: &[&str] = &[
     "schedules:write",
     "events:read",
     "events:write",
+    "workflows:read",
+    "workflows:write",
+    "webhooks:read",
+    "webhooks:write",
     "iam:read",
     "iam:write",
     "audit:read",
@@ -49,6 +53,8 @@ pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
             "audit:read",
             "iam:read",
             "schedules:*",
+            "workflows:*",
+            "webhooks:*",
             "events:read",
             "tools:read",
             "secrets:list",
@@ -64,6 +70,8 @@ pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
             "tools:write",
             "tools:call",
             "schedules:*",
+            "workflows:*",
+            "webhooks:*",
             "events:*",
             "secrets:write",
             "secrets:list",
@@ -78,6 +86,8 @@ pub const BUILTIN_ROLES: &[(&str, &[&str])] = &[
             "tools:call",
             "events:read",
             "events:write",
+            "workflows:read",
+            "workflows:write",
         ],
     ),
     ("reader", &["memory:read"]),
@@ -253,6 +263,20 @@ pub fn permission_for(method: &str) -> Result<Option<&'static str>, NexusError> 
         }
         "events.publish" => "events:write",
         "events.subscribe" | "events.list" => "events:read",
+        "workflows.put" | "workflows.delete" | "workflows.start" | "workflows.cancel" => {
+            "workflows:write"
+        }
+        "workflows.get" | "workflows.list" | "workflows.get_run" | "workflows.list_runs" => {
+            "workflows:read"
+        }
+        "hooks.put"
+        | "hooks.delete"
+        | "hooks.pause"
+        | "hooks.resume"
+        | "hooks.replay"
+        | "hooks.put_inbound"
+        | "hooks.delete_inbound" => "webhooks:write",
+        "hooks.get" | "hooks.list" | "hooks.deliveries" | "hooks.list_inbound" => "webhooks:read",
         other => {
             return Err(NexusError::internal(format!(
                 "no permission is declared for method {other} (iam::rbac::permission_for)"
@@ -300,6 +324,26 @@ pub fn permission_for_command(command: &str) -> Result<Option<&'static str>, Nex
         }
         ("schedules", _) => "schedules:write",
         ("events", _) => "events:write",
+        // A workflow's steps and a hook's deliveries are the leader's own too.
+        (
+            _,
+            "workflows.step_start"
+            | "workflows.step_skip"
+            | "workflows.step_finish"
+            | "hooks.begin"
+            | "hooks.pass"
+            | "hooks.start"
+            | "hooks.finish",
+        ) => {
+            return Err(NexusError::PermissionDenied(format!(
+                "{command} is the leader's own and cannot be forwarded by a member"
+            )))
+        }
+        // An inbound webhook's request, checked against its signature by the member that
+        // took it (which holds the signing secret anyway).
+        (_, "hooks.receive") => return Ok(None),
+        ("workflows", _) => "workflows:write",
+        ("hooks", _) => "webhooks:write",
         ("iam", _) => match permission_for(command)? {
             Some(p) => p,
             None => {

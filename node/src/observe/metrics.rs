@@ -321,6 +321,45 @@ pub static SCHEDULE_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static WORKFLOW_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "workflow_runs_total",
+                "workflow runs started through this node, and runs this node's driver saw end, by state (started, succeeded, failed, cancelled)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static WORKFLOW_STEPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "workflow_steps_total",
+                "workflow step attempts this node ran as leader, by outcome (succeeded, retried, failed), and steps it skipped",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static HOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "hook_deliveries_total",
+                "trigger and webhook delivery attempts this node ran as leader, by kind (trigger, webhook) and outcome (succeeded, retried, dead)",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static SCHEDULE_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
     register(
         prometheus::Histogram::with_opts(
@@ -363,6 +402,9 @@ pub fn init() {
     LazyLock::force(&EMBEDDING_BACKFILLED);
     LazyLock::force(&SCHEDULE_RUNS);
     LazyLock::force(&SCHEDULE_LATENESS);
+    LazyLock::force(&WORKFLOW_RUNS);
+    LazyLock::force(&WORKFLOW_STEPS);
+    LazyLock::force(&HOOK_DELIVERIES);
     LazyLock::force(&RAFT_TERM);
     LazyLock::force(&RAFT_IS_LEADER);
     LazyLock::force(&RAFT_COMMIT_INDEX);

@@ -8,15 +8,18 @@
 
 pub mod audit;
 pub mod audit_retention;
+pub mod automation;
 pub mod conversations;
 pub mod denials;
 pub mod events;
+pub mod hooks;
 pub mod iam;
 pub mod kv;
 pub mod schedules;
 pub mod secrets;
 pub mod semantic;
 pub mod tools;
+pub mod workflows;
 
 use crate::command::{OnBehalf, Scope};
 use crate::iam::Principal;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The format this build writes.
-pub const CURRENT_FORMAT: u32 = 6;
+pub const CURRENT_FORMAT: u32 = 7;
 const FORMAT_FILE: &str = "FORMAT";
 const MAGIC: &str = "nexus-data-format";
 
@@ -71,6 +71,15 @@ pub const MIGRATIONS: &[Migration] = &[
                events column families are created on open and are empty; the log and \
                snapshots may hold Op::Tool, Op::Schedule and Op::Event commands and those \
                families, which a format-5 build cannot decode; nothing existing is rewritten",
+        run: |_| Ok(()),
+    },
+    Migration {
+        from: 6,
+        describe: "format 7: workflows and their runs, triggers, webhooks and their \
+               deliveries. The workflows and hooks column families are created on open and \
+               are empty; the log and snapshots may hold Op::Workflow and Op::Hook commands \
+               and those families, which a format-6 build cannot decode; nothing existing is \
+               rewritten",
         run: |_| Ok(()),
     },
 ];

@@ -68,6 +68,10 @@ pub const CF_TOOLS: &str = "tools";
 pub const CF_SCHEDULES: &str = "schedules";
 /// Each tenant's events (see `events`).
 pub const CF_EVENTS: &str = "events";
+/// Each tenant's workflow definitions and runs (see `workflows`).
+pub const CF_WORKFLOWS: &str = "workflows";
+/// Each tenant's triggers, webhooks and their deliveries (see `hooks`).
+pub const CF_HOOKS: &str = "hooks";
 
 /// The families that make up the replicated state machine, and so a snapshot. The order is
 /// part of the snapshot format: a family is written as its index in this list.
@@ -90,6 +94,8 @@ pub const SM_FAMILIES: &[&str] = &[
     CF_TOOLS,
     CF_SCHEDULES,
     CF_EVENTS,
+    CF_WORKFLOWS,
+    CF_HOOKS,
 ];
 
 const ALL_FAMILIES: &[&str] = &[
@@ -113,6 +119,8 @@ const ALL_FAMILIES: &[&str] = &[
     CF_TOOLS,
     CF_SCHEDULES,
     CF_EVENTS,
+    CF_WORKFLOWS,
+    CF_HOOKS,
 ];
 
 #[derive(Debug, thiserror::Error)]

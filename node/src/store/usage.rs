@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{codec, keys, Store, StoreError};
 use super::{
-    CF_CONVERSATIONS, CF_KV, CF_MESSAGES, CF_MESSAGE_IDS, CF_MESSAGE_VECTORS,
+    CF_CONVERSATIONS, CF_HOOKS, CF_KV, CF_MESSAGES, CF_MESSAGE_IDS, CF_MESSAGE_VECTORS,
     CF_MESSAGE_VECTOR_IDS, CF_SCHEDULES, CF_SECRETS, CF_SEMANTIC, CF_SEMANTIC_IDS, CF_TOOLS,
-    CF_TTL, CF_USAGE,
+    CF_TTL, CF_USAGE, CF_WORKFLOWS,
 };
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,8 @@ const METERED: &[(&str, bool)] = &[
     (CF_SECRETS, false),
     (CF_TOOLS, false),
     (CF_SCHEDULES, false),
+    (CF_WORKFLOWS, false),
+    (CF_HOOKS, false),
 ];
 
 /// `Some(is an item)` for a metered family.

@@ -8,10 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod cluster;
 mod conv;
 mod events;
+mod hook;
 mod iam;
 mod memory;
 mod schedule;
 mod search;
+mod workflow;
 
 use cluster::{ClusterCommand, MemberCommand};
 use conv::ConvCommand;
@@ -133,6 +135,24 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Workflows: put, list, show, delete, start, status, cancel, runs.
+    #[command(alias = "workflows")]
+    Workflow {
+        #[command(subcommand)]
+        command: workflow::WorkflowCommand,
+    },
+    /// Triggers and webhooks on events: add, list, show, pause, resume, delete,
+    /// deliveries, replay.
+    #[command(alias = "hooks")]
+    Hook {
+        #[command(subcommand)]
+        command: hook::HookCommand,
+    },
+    /// Inbound webhook endpoints that publish signed requests as events: add, list, delete.
+    Inbound {
+        #[command(subcommand)]
+        command: hook::InboundCommand,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -221,6 +241,22 @@ impl Command {
                     | schedule::ScheduleCommand::Pause { .. }
                     | schedule::ScheduleCommand::Resume { .. }
             ),
+            Command::Workflow { command } => matches!(
+                command,
+                workflow::WorkflowCommand::List
+                    | workflow::WorkflowCommand::Show { .. }
+                    | workflow::WorkflowCommand::Status { .. }
+                    | workflow::WorkflowCommand::Runs { .. }
+            ),
+            Command::Hook { command } => matches!(
+                command,
+                hook::HookCommand::List
+                    | hook::HookCommand::Show { .. }
+                    | hook::HookCommand::Deliveries { .. }
+                    | hook::HookCommand::Pause { .. }
+                    | hook::HookCommand::Resume { .. }
+            ),
+            Command::Inbound { command } => matches!(command, hook::InboundCommand::List),
             Command::Key { command } => matches!(command, iam::KeyCommand::List { .. }),
             Command::Role { command } => matches!(command, iam::RoleCommand::List { .. }),
             Command::Binding { command } => {
@@ -305,6 +341,9 @@ async fn run(
         }
         Command::Schedule { command } => schedule::run(&mut c, out, command).await?,
         Command::Events { command } => events::run(&mut c, out, command).await?,
+        Command::Workflow { command } => workflow::run(&mut c, out, command).await?,
+        Command::Hook { command } => hook::run(&mut c, out, command).await?,
+        Command::Inbound { command } => hook::run_inbound(&mut c, out, command).await?,
     }
     Ok(())
 }

@@ -3,22 +3,26 @@
 mod audit_api;
 mod convert;
 mod events_api;
+mod hooks_api;
 mod iam;
 mod schedules_api;
 mod secrets;
 mod services;
 mod tools_api;
+mod workflows_api;
 
 use std::future::Future;
 use std::time::Instant;
 
 pub use audit_api::AuditApi;
 pub use events_api::EventsApi;
+pub use hooks_api::HooksApi;
 pub use iam::IamApi;
 pub use schedules_api::SchedulesApi;
 pub use secrets::SecretsApi;
 pub use services::{ClusterApi, ConversationApi, MemoryApi, SearchApi};
 pub use tools_api::ToolsApi;
+pub use workflows_api::WorkflowsApi;
 
 use crate::auth::AuthHandle;
 use crate::cluster::ReadConsistency;

@@ -36,12 +36,7 @@ fn schedule(s: ScheduleRecord) -> pb::Schedule {
         } as i32,
         jitter_ms: s.jitter_ms,
         catch_up_ms: Some(s.catch_up_ms),
-        retry: Some(pb::RetryPolicy {
-            max_attempts: s.retry.max_attempts,
-            initial_backoff_ms: s.retry.initial_backoff_ms,
-            max_backoff_ms: s.retry.max_backoff_ms,
-            timeout_ms: s.retry.timeout_ms,
-        }),
+        retry: Some(retry_pb(&s.retry)),
         keep_runs: s.keep_runs,
         paused: s.paused,
         owner: s.owner,
@@ -72,6 +67,35 @@ fn run(r: RunRecord) -> pb::Run {
         interrupted: r.interrupted,
         skipped: r.skipped,
         skipped_through_ms: r.skipped_through_ms,
+    }
+}
+
+/// A request's retry policy, each field not given (0) its default.
+pub(super) fn retry_policy(r: Option<pb::RetryPolicy>) -> RetryPolicy {
+    let defaults = RetryPolicy::default();
+    let Some(r) = r else { return defaults };
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    RetryPolicy {
+        max_attempts: if r.max_attempts == 0 {
+            defaults.max_attempts
+        } else {
+            r.max_attempts
+        },
+        initial_backoff_ms: or(r.initial_backoff_ms, defaults.initial_backoff_ms),
+        max_backoff_ms: or(
+            r.max_backoff_ms,
+            defaults.max_backoff_ms.max(r.initial_backoff_ms),
+        ),
+        timeout_ms: or(r.timeout_ms, defaults.timeout_ms),
+    }
+}
+
+pub(super) fn retry_pb(r: &RetryPolicy) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        max_attempts: r.max_attempts,
+        initial_backoff_ms: r.initial_backoff_ms,
+        max_backoff_ms: r.max_backoff_ms,
+        timeout_ms: r.timeout_ms,
     }
 }
 
@@ -113,32 +137,7 @@ fn input(s: pb::Schedule) -> Result<ScheduleInput, NexusError> {
             ))
         }
     };
-    let defaults = RetryPolicy::default();
-    let retry = match s.retry {
-        None => defaults,
-        Some(r) => RetryPolicy {
-            max_attempts: if r.max_attempts == 0 {
-                defaults.max_attempts
-            } else {
-                r.max_attempts
-            },
-            initial_backoff_ms: if r.initial_backoff_ms == 0 {
-                defaults.initial_backoff_ms
-            } else {
-                r.initial_backoff_ms
-            },
-            max_backoff_ms: if r.max_backoff_ms == 0 {
-                defaults.max_backoff_ms.max(r.initial_backoff_ms)
-            } else {
-                r.max_backoff_ms
-            },
-            timeout_ms: if r.timeout_ms == 0 {
-                defaults.timeout_ms
-            } else {
-                r.timeout_ms
-            },
-        },
-    };
+    let retry = retry_policy(s.retry);
     Ok(ScheduleInput {
         name: s.name,
         description: s.description,

@@ -122,6 +122,8 @@ impl Indexer {
                 | Op::AuditTrim(_)
                 | Op::Tool(_)
                 | Op::Schedule(_)
+                | Op::Workflow(_)
+                | Op::Hook(_)
                 | Op::Event(_)
                 | Op::Audited { .. } => {}
                 Op::Kv(op) => {

@@ -308,6 +308,8 @@ pub fn changes_of(
             | Op::AuditTrim(_)
             | Op::Tool(_)
             | Op::Schedule(_)
+            | Op::Workflow(_)
+            | Op::Hook(_)
             | Op::Event(_)
             | Op::Audited { .. } => {}
         }

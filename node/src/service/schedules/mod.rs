@@ -8,8 +8,7 @@ mod scheduler;
 pub use scheduler::jitter_ms;
 use scheduler::Running;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -38,11 +37,6 @@ const MAX_JITTER_MS: u64 = 3_600_000;
 const MAX_CATCH_UP_MS: u64 = 7 * 24 * 3_600_000;
 /// Catch-up window when a schedule does not say.
 pub const DEFAULT_CATCH_UP_MS: u64 = 60_000;
-/// Bounds of the retry policy.
-const MAX_ATTEMPTS: u32 = 20;
-const MIN_BACKOFF_MS: u64 = 100;
-const MAX_BACKOFF_MS: u64 = 24 * 3_600_000;
-const MIN_TIMEOUT_MS: u64 = 100;
 /// Most due times a preview lists.
 pub const MAX_PREVIEW: usize = 100;
 
@@ -67,7 +61,7 @@ pub struct ScheduleInput {
 pub struct ScheduleService {
     node: Arc<Cluster>,
     tools: Arc<ToolService>,
-    running: Mutex<Running>,
+    running: Arc<Running>,
 }
 
 impl ScheduleService {
@@ -75,7 +69,7 @@ impl ScheduleService {
         Arc::new(ScheduleService {
             node,
             tools,
-            running: Mutex::new(HashMap::new()),
+            running: Arc::default(),
         })
     }
 
@@ -105,7 +99,7 @@ impl ScheduleService {
         if catch_up_ms > MAX_CATCH_UP_MS {
             return Err(NexusError::invalid("catch_up", "is longer than 7 days"));
         }
-        validate_retry(&input.retry)?;
+        super::automation::validate_retry("retry", &input.retry)?;
         let keep_runs = match input.keep_runs {
             0 => schedules::DEFAULT_KEEP_RUNS,
             n if n > schedules::MAX_KEEP_RUNS => {
@@ -371,42 +365,4 @@ fn validate_args(args: &str) -> Result<(), NexusError> {
         Ok(_) => Err(NexusError::invalid("args", "must be a JSON object")),
         Err(e) => Err(NexusError::invalid("args", format!("is not JSON: {e}"))),
     }
-}
-
-fn validate_retry(r: &RetryPolicy) -> Result<(), NexusError> {
-    if !(1..=MAX_ATTEMPTS).contains(&r.max_attempts) {
-        return Err(NexusError::invalid(
-            "retry.max_attempts",
-            format!("is {}; 1 (no retry) to {MAX_ATTEMPTS}", r.max_attempts),
-        ));
-    }
-    for (field, v) in [
-        ("retry.initial_backoff", r.initial_backoff_ms),
-        ("retry.max_backoff", r.max_backoff_ms),
-    ] {
-        if !(MIN_BACKOFF_MS..=MAX_BACKOFF_MS).contains(&v) {
-            return Err(NexusError::invalid(
-                field,
-                format!("is {v} ms; 100 ms to 24 h"),
-            ));
-        }
-    }
-    if r.max_backoff_ms < r.initial_backoff_ms {
-        return Err(NexusError::invalid(
-            "retry.max_backoff",
-            "is shorter than the initial backoff",
-        ));
-    }
-    let max_timeout = super::tools::CALL_TIMEOUT.as_millis() as u64;
-    if !(MIN_TIMEOUT_MS..=max_timeout).contains(&r.timeout_ms) {
-        return Err(NexusError::invalid(
-            "retry.timeout",
-            format!(
-                "is {} ms; 100 ms to {} s (a tool call's longest)",
-                r.timeout_ms,
-                max_timeout / 1000
-            ),
-        ));
-    }
-    Ok(())
 }

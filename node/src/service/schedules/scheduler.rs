@@ -15,14 +15,11 @@
 //! schedule changes. A node that stops leading aborts the attempts it runs; the next leader
 //! finds them running and starts them again (at-least-once start, docs/design.md).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::audit::AuditContext;
-use crate::command::{OnBehalf, Scope};
+use crate::command::Scope;
 use crate::error::NexusError;
-use crate::iam::{self, Principal};
 use crate::memory::now_ms;
 use crate::observe::metrics;
 use crate::schedules::{
@@ -30,104 +27,54 @@ use crate::schedules::{
 };
 use crate::store::blocking;
 
-use super::super::tools::Reporter;
-use super::super::Caller;
+use super::super::automation::{self, Driver};
 use super::{unexpected, ScheduleService};
 
 /// Most due times counted as skipped by walking a cron expression (more count as this).
 const MAX_SKIPPED_COUNTED: u64 = 100_000;
 /// Longest the scheduler sleeps between passes.
-const MAX_IDLE: Duration = Duration::from_secs(1);
-/// How long after a change the scheduler looks, gathering a burst into one pass.
-const COALESCE: Duration = Duration::from_millis(10);
+const MAX_IDLE: Duration = automation::MAX_IDLE;
 /// How late a due time may start and still count as on time (a window of 0 skips only what
 /// is later than this).
 const ON_TIME: Duration = Duration::from_secs(1);
 /// How soon a fire that failed is tried again.
 const RETRY_FIRE: Duration = Duration::from_millis(200);
 
-/// An attempt this node runs: (tenant, schedule, due time) -> (attempt, its task).
-pub(super) type Running = HashMap<(String, String, i64), (u32, tokio::task::AbortHandle)>;
+/// The attempts this node runs, by (tenant, schedule, due time).
+pub(super) type Running = automation::Attempts<(String, String, i64)>;
 
-impl ScheduleService {
-    /// The scheduler: on every node, acting while the node leads, until `stop`.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut changes = self.node.store.watch_changes();
-        let mut led = false;
-        loop {
-            let leads = self.node.status().role == "leader";
-            if led && !leads {
-                self.abort_all();
-            }
-            led = leads;
-            let wait = if leads {
-                match self.pass().await {
-                    Ok(wait) => wait,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "scheduler pass (retried)");
-                        MAX_IDLE
-                    }
-                }
-            } else {
-                Duration::from_millis(200)
-            };
-            let sleep = tokio::time::sleep(wait);
-            tokio::pin!(sleep);
-            let (mut changed, mut closed) = (false, false);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    _ = stop.wait_for(|s| *s) => {
-                        self.abort_all();
-                        return;
-                    }
-                    change = changes.recv() => match change {
-                        Ok(c) if c.topic == "schedules" => {
-                            changed = true;
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            changed = true;
-                            break;
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            closed = true;
-                            break;
-                        }
-                    },
-                }
-            }
-            if closed {
-                // No change is told any more (the store is closing): the timer alone.
-                sleep.await;
-            } else if changed {
-                // A burst of changes (every fire and outcome is one) makes one pass.
-                tokio::time::sleep(COALESCE).await;
-                while changes.try_recv().is_ok() {}
-            }
-        }
+impl Driver for ScheduleService {
+    const TOPICS: &'static [&'static str] = &["schedules"];
+    const NAME: &'static str = "scheduler";
+
+    fn node(&self) -> &crate::command::Cluster {
+        &self.node
+    }
+
+    async fn pass(self: &Arc<Self>) -> Result<Duration, NexusError> {
+        self.pass_once().await
     }
 
     /// Aborts every attempt this node runs (it no longer leads): the next leader starts them
     /// again.
     fn abort_all(&self) {
-        let mut running = self.running.lock().expect("scheduler lock");
-        for (_, (_, task)) in running.drain() {
-            task.abort();
-        }
+        self.running.abort_all();
+    }
+}
+
+impl ScheduleService {
+    /// The scheduler: on every node, acting while the node leads, until `stop`.
+    pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        automation::drive(self, stop).await
     }
 
     fn runs_here(&self, tenant: &str, name: &str, due_ms: i64, attempt: u32) -> bool {
         self.running
-            .lock()
-            .expect("scheduler lock")
-            .get(&(tenant.to_string(), name.to_string(), due_ms))
-            .is_some_and(|(a, _)| *a == attempt)
+            .runs(&(tenant.to_string(), name.to_string(), due_ms), attempt)
     }
 
     /// One pass over every schedule; returns how long to sleep.
-    async fn pass(self: &Arc<Self>) -> Result<Duration, NexusError> {
+    async fn pass_once(self: &Arc<Self>) -> Result<Duration, NexusError> {
         let store = self.node.store.clone();
         let all = blocking(move || schedules::all(&store)).await?;
         let now = now_ms();
@@ -307,32 +254,22 @@ impl ScheduleService {
         let this = self.clone();
         let tenant = tenant.to_string();
         let attempt = run.attempt;
-        let mut running = self.running.lock().expect("scheduler lock");
-        let task = tokio::spawn(async move {
-            let timeout = Duration::from_millis(s.retry.timeout_ms);
+        self.running.spawn(key, attempt, async move {
             let result =
-                match tokio::time::timeout(timeout, this.call_target(&tenant, &s, &run)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(NexusError::unavailable(format!(
-                        "the attempt did not finish within its timeout of {} ms",
-                        s.retry.timeout_ms
-                    ))),
-                };
+                automation::within(s.retry.timeout_ms, this.call_target(&tenant, &s, &run)).await;
             let now = now_ms();
             let outcome = match result {
                 Ok(output) => Outcome::Succeeded { output },
-                Err(e) => {
-                    let retry_at_ms = if run.attempt < s.retry.max_attempts && retryable(&e) {
-                        let seed = seed(&tenant, &s.name, run.due_ms, u64::from(run.attempt));
-                        now + s.retry.backoff_ms(run.attempt, seed) as i64
-                    } else {
-                        0
-                    };
-                    Outcome::Failed {
-                        error: e.to_string(),
-                        retry_at_ms,
-                    }
-                }
+                Err(e) => Outcome::Failed {
+                    retry_at_ms: automation::retry_at(
+                        &s.retry,
+                        run.attempt,
+                        &e,
+                        automation::seed(&tenant, &s.name, run.due_ms, u64::from(run.attempt)),
+                        now,
+                    ),
+                    error: e.to_string(),
+                },
             };
             let label = match &outcome {
                 Outcome::Succeeded { .. } => "succeeded",
@@ -351,15 +288,7 @@ impl ScheduleService {
                 // The next leader finds the attempt running and starts it again.
                 tracing::warn!(error = %e, tenant, run = run.id(), "recording a run's outcome");
             }
-            let mut running = this.running.lock().expect("scheduler lock");
-            if running
-                .get(&(tenant.clone(), s.name.clone(), run.due_ms))
-                .is_some_and(|(a, _)| *a == run.attempt)
-            {
-                running.remove(&(tenant, s.name.clone(), run.due_ms));
-            }
         });
-        running.insert(key, (attempt, task.abort_handle()));
     }
 
     /// Calls the schedule's tool as its owner, with the owner's grants as they are now.
@@ -369,47 +298,19 @@ impl ScheduleService {
         s: &ScheduleRecord,
         run: &RunRecord,
     ) -> Result<String, NexusError> {
-        let principal = self.owner(tenant, &s.owner)?;
-        iam::rbac::authorize("tools.call", &s.tool, &principal)?;
-        let args = fill_run(&s.args, run);
-        let on_behalf = OnBehalf {
-            context: AuditContext {
+        automation::call_as_owner(
+            &self.tools,
+            &self.node.store,
+            automation::Acting {
+                tenant,
+                owner: &s.owner,
                 request_id: format!("{}#{}", run.id(), run.attempt),
-                principal: s.owner.clone(),
-                tenant: tenant.to_string(),
-                action: "schedules.run".into(),
-                at_ms: now_ms(),
+                action: "schedules.run",
             },
-            credential: None,
-        };
-        let caller = Caller::new(principal, Some(on_behalf));
-        let out = self
-            .tools
-            .call(&caller, &s.tool, &args, Reporter::default())
-            .await?;
-        Ok(out.output.to_string())
-    }
-
-    /// The owner as a principal now: its tenant must be active, and its grants are its
-    /// roles' as they are bound now (`root` and `local` hold every permission).
-    fn owner(&self, tenant: &str, owner: &str) -> Result<Principal, NexusError> {
-        match iam::tenant(&self.node.store, tenant)? {
-            Some(t) if t.state == iam::TenantState::Suspended => {
-                return Err(NexusError::PermissionDenied(format!(
-                    "tenant {tenant} is suspended"
-                )))
-            }
-            _ => {}
-        }
-        let grants = match owner {
-            "root" | "local" => iam::rbac::Grants::root(),
-            subject => iam::grants_of(&self.node.store, tenant, subject)?,
-        };
-        Ok(Principal {
-            tenant: tenant.to_string(),
-            subject: owner.to_string(),
-            grants,
-        })
+            &s.tool,
+            &fill_run(&s.args, run),
+        )
+        .await
     }
 }
 
@@ -447,19 +348,6 @@ fn plan_fire(s: &ScheduleRecord, now: i64) -> Result<(u64, i64, Option<i64>, i64
     Ok((skipped, skipped_through_ms, due, next_due_ms))
 }
 
-/// Whether a failed attempt is worth another: not when the request itself is at fault (bad
-/// arguments, a tool that does not exist, a permission the owner lacks), which another
-/// attempt would repeat.
-fn retryable(e: &NexusError) -> bool {
-    !matches!(
-        e,
-        NexusError::InvalidArgument { .. }
-            | NexusError::NotFound(_)
-            | NexusError::PermissionDenied(_)
-            | NexusError::Unauthenticated(_)
-    )
-}
-
 /// The last due time before `horizon` from `expected` on (expected itself when none later).
 fn last_before(spec: &Spec, anchor: i64, expected: i64, horizon: i64) -> Result<i64, NexusError> {
     let mut last = expected;
@@ -481,28 +369,12 @@ fn last_before(spec: &Spec, anchor: i64, expected: i64, horizon: i64) -> Result<
     Ok(last)
 }
 
-/// A stable hash of a run, the same on every node (FNV-1a).
-fn seed(tenant: &str, name: &str, due_ms: i64, salt: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in tenant
-        .bytes()
-        .chain([0])
-        .chain(name.bytes())
-        .chain(due_ms.to_be_bytes())
-        .chain(salt.to_be_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// The jitter of one due time: the same on every node, up to `jitter_ms`.
 pub fn jitter_ms(tenant: &str, name: &str, due_ms: i64, jitter_ms: u64) -> u64 {
     if jitter_ms == 0 {
         0
     } else {
-        seed(tenant, name, due_ms, 0) % (jitter_ms + 1)
+        automation::seed(tenant, name, due_ms, 0) % (jitter_ms + 1)
     }
 }
 
@@ -519,9 +391,10 @@ fn fill_run(args: &str, run: &RunRecord) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{validate_args, validate_retry};
+    use super::super::validate_args;
     use super::*;
     use crate::schedules::{Overlap, RetryPolicy};
+    use crate::service::automation::validate_retry;
 
     #[test]
     fn skipping_after_downtime_keeps_the_window() {
@@ -599,17 +472,17 @@ mod tests {
         for bad in ["[1]", "{", "3"] {
             assert!(validate_args(bad).is_err(), "{bad}");
         }
-        validate_retry(&RetryPolicy::default()).unwrap();
+        validate_retry("retry", &RetryPolicy::default()).unwrap();
         let bad = RetryPolicy {
             max_attempts: 0,
             ..RetryPolicy::default()
         };
-        assert!(validate_retry(&bad).is_err());
+        assert!(validate_retry("retry", &bad).is_err());
         let bad = RetryPolicy {
             timeout_ms: 10,
             ..RetryPolicy::default()
         };
-        assert!(validate_retry(&bad).is_err());
+        assert!(validate_retry("retry", &bad).is_err());
         let r = RunRecord {
             schedule: "tick".into(),
             due_ms: 5000,

@@ -4,7 +4,7 @@
 //! same services as the API, so every write is validated, replicated and audited as usual.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use serde_json::{json, Value};
 
@@ -17,9 +17,11 @@ use crate::memory::semantic::RememberRequest;
 use crate::search::fulltext::{HitItem, SearchRequest};
 use crate::search::recall::{RecallItem, RecallMode, RecallRequest, Recaller};
 use crate::service::conversations::ConversationService;
+use crate::service::events::EventService;
 use crate::service::kv::KvService;
 use crate::service::secrets::SecretsService;
 use crate::service::semantic::SemanticService;
+use crate::service::workflows::WorkflowService;
 use crate::service::Caller;
 use crate::tools::{ToolKind, ToolRecord};
 
@@ -179,6 +181,20 @@ const DEFS: &[Def] = &[
         requires: &[],
     },
     Def {
+        name: "events.publish",
+        description: "Publishes an event (any JSON data) on a topic of the caller's tenant; subscribers, triggers, webhooks and waiting workflow steps receive it.",
+        input: r#"{"type": "object", "required": ["topic"], "properties": {"topic": {"type": "string", "minLength": 1}, "data": {}}, "additionalProperties": false}"#,
+        output: r#"{"type": "object", "properties": {"seq": {"type": "integer"}, "topic": {"type": "string"}}}"#,
+        requires: &["events:write"],
+    },
+    Def {
+        name: "workflow.start",
+        description: "Starts a run of a workflow with a JSON input; with an id, starting again returns the run of that id instead of starting another.",
+        input: r#"{"type": "object", "required": ["workflow"], "properties": {"workflow": {"type": "string", "minLength": 1}, "input": {"type": "object"}, "id": {"type": "string"}}, "additionalProperties": false}"#,
+        output: r#"{"type": "object", "properties": {"id": {"type": "string"}, "workflow": {"type": "string"}, "state": {"type": "string"}, "existing": {"type": "boolean"}}}"#,
+        requires: &["workflows:write"],
+    },
+    Def {
         name: "uuid.new",
         description: "A new UUID (version 7: time-ordered).",
         input: r#"{"type": "object", "additionalProperties": false}"#,
@@ -212,6 +228,9 @@ pub struct Builtins {
     pub conversations: Arc<ConversationService>,
     pub recaller: Arc<Recaller>,
     pub secrets: Arc<SecretsService>,
+    pub events: Arc<EventService>,
+    /// Set once the workflow service is made (it calls tools itself).
+    pub workflows: Arc<OnceLock<Arc<WorkflowService>>>,
 }
 
 fn arg_str<'a>(args: &'a Value, name: &str) -> &'a str {
@@ -294,6 +313,37 @@ impl Builtins {
         let scope = caller.scope();
         Ok(match name {
             "echo" => json!({"text": args["text"]}),
+            "events.publish" => {
+                let topic = arg_str(&args, "topic").to_string();
+                let data = args.get("data").cloned().unwrap_or(Value::Null).to_string();
+                let (seq, _) = self
+                    .events
+                    .publish(
+                        caller,
+                        vec![crate::events::NewEvent {
+                            topic: topic.clone(),
+                            data,
+                        }],
+                    )
+                    .await?;
+                json!({"seq": seq, "topic": topic})
+            }
+            "workflow.start" => {
+                let workflows = self
+                    .workflows
+                    .get()
+                    .ok_or_else(|| NexusError::unavailable("workflows are not running yet"))?;
+                let input = args.get("input").map_or("{}".to_string(), Value::to_string);
+                let (run, existing) = workflows
+                    .start(
+                        caller,
+                        arg_str(&args, "workflow"),
+                        &input,
+                        arg_str(&args, "id"),
+                    )
+                    .await?;
+                json!({"id": run.id, "workflow": run.workflow, "state": run.state.name(), "existing": existing})
+            }
             "memory.put" => {
                 let value = args["value"].to_string();
                 let item = self
