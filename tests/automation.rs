@@ -5,13 +5,18 @@
 //! field named and nothing changed; the owner's grants read again at each run; nothing
 //! crosses tenants; `nexusctl schedule` tables and JSON. Events (tests/automation/events.rs):
 //! wildcards, resume, memory changes, tenants, refusals and a slow subscriber dropped. The
-//! WebSocket API (tests/automation/ws.rs).
+//! WebSocket API (tests/automation/ws.rs). Workflows (tests/automation/workflows.rs), and
+//! triggers, webhooks and inbound endpoints (tests/automation/hooks.rs).
 
 mod common;
 #[path = "automation/events.rs"]
 mod events;
+#[path = "automation/hooks.rs"]
+mod hooks;
 #[path = "automation/schedule_api.rs"]
 mod schedule_api;
+#[path = "automation/workflows.rs"]
+mod workflows;
 #[path = "automation/ws.rs"]
 mod ws;
 
