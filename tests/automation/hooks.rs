@@ -139,7 +139,10 @@ async fn post(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Strin
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -236,13 +239,41 @@ async fn webhooks_are_signed_redelivered_after_downtime_and_received_once_in_ord
     let mut no_target = webhook("x", &["a"], &url, "whkey", 1);
     no_target.target = None;
     for (h, code, field) in [
-        (webhook("x", &[], &url, "whkey", 1), Code::InvalidArgument, "topics"),
-        (webhook("x", &["a..b"], &url, "whkey", 1), Code::InvalidArgument, "topics[0]"),
-        (webhook("x", &["a"], &url, "missing", 1), Code::InvalidArgument, "secret"),
-        (webhook("x", &["a"], "ftp://127.0.0.1/", "whkey", 1), Code::PermissionDenied, "webhook"),
-        (webhook("x", &["a"], "http://example.com/in", "whkey", 1), Code::PermissionDenied, "webhook"),
-        (webhook("x", &["a"], &url, "whkey", 99), Code::InvalidArgument, "retry.max_attempts"),
-        (webhook("Bad Name", &["a"], &url, "whkey", 1), Code::InvalidArgument, "name"),
+        (
+            webhook("x", &[], &url, "whkey", 1),
+            Code::InvalidArgument,
+            "topics",
+        ),
+        (
+            webhook("x", &["a..b"], &url, "whkey", 1),
+            Code::InvalidArgument,
+            "topics[0]",
+        ),
+        (
+            webhook("x", &["a"], &url, "missing", 1),
+            Code::InvalidArgument,
+            "secret",
+        ),
+        (
+            webhook("x", &["a"], "ftp://127.0.0.1/", "whkey", 1),
+            Code::PermissionDenied,
+            "webhook",
+        ),
+        (
+            webhook("x", &["a"], "http://example.com/in", "whkey", 1),
+            Code::PermissionDenied,
+            "webhook",
+        ),
+        (
+            webhook("x", &["a"], &url, "whkey", 99),
+            Code::InvalidArgument,
+            "retry.max_attempts",
+        ),
+        (
+            webhook("Bad Name", &["a"], &url, "whkey", 1),
+            Code::InvalidArgument,
+            "name",
+        ),
         (no_target, Code::InvalidArgument, "target"),
     ] {
         let e = c.hooks.put_hook(h.clone()).await.unwrap_err();
@@ -346,10 +377,14 @@ async fn webhooks_are_signed_redelivered_after_downtime_and_received_once_in_ord
         .unwrap()
         .into_inner();
     assert!(replayed.replayed);
-    wait_for("the replay to die again", Duration::from_secs(20), async || {
-        let d = deliveries(&mut c, "bad", true).await;
-        (d.len() == 1 && d[0].first_started_ms > dead.finished_ms).then_some(())
-    })
+    wait_for(
+        "the replay to die again",
+        Duration::from_secs(20),
+        async || {
+            let d = deliveries(&mut c, "bad", true).await;
+            (d.len() == 1 && d[0].first_started_ms > dead.finished_ms).then_some(())
+        },
+    )
     .await;
     let fails = got
         .lock()
@@ -413,7 +448,10 @@ async fn triggers_start_workflows_and_inbound_endpoints_take_signed_requests_onl
             .ok()
     })
     .await;
-    let run = wait_run(&mut c, &id, Duration::from_secs(20), |r| r.state != "running").await;
+    let run = wait_run(&mut c, &id, Duration::from_secs(20), |r| {
+        r.state != "running"
+    })
+    .await;
     assert_eq!(run.state, "succeeded", "{run:#?}");
     let item = c
         .memory
@@ -431,7 +469,10 @@ async fn triggers_start_workflows_and_inbound_endpoints_take_signed_requests_onl
     let d = deliveries(&mut c, "on-signup", false).await;
     assert_eq!(d.len(), 1);
     let out: Value = serde_json::from_str(&d[0].output).unwrap();
-    assert_eq!((out["id"].as_str(), out["existing"].as_bool()), (Some(id.as_str()), Some(false)));
+    assert_eq!(
+        (out["id"].as_str(), out["existing"].as_bool()),
+        (Some(id.as_str()), Some(false))
+    );
 
     // Inbound: signed requests become events; anything else changes nothing.
     c.secrets
@@ -468,7 +509,9 @@ async fn triggers_start_workflows_and_inbound_endpoints_take_signed_requests_onl
     let body = br#"{"ref": "main"}"#;
     let (code, text) = post(&url, &[("Nexus-Signature", sign(now_s(), body))], body).await;
     assert_eq!(code, 202, "{text}");
-    let seq: u64 = serde_json::from_str::<Value>(&text).unwrap()["seq"].as_u64().unwrap();
+    let seq: u64 = serde_json::from_str::<Value>(&text).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
     // GitHub's form.
     let k = hmac::Key::new(hmac::HMAC_SHA256, KEY);
     let hub = format!("sha256={}", hex(hmac::sign(&k, body).as_ref()));
@@ -476,18 +519,40 @@ async fn triggers_start_workflows_and_inbound_endpoints_take_signed_requests_onl
     assert_eq!(code, 202);
     for (headers, code, why) in [
         (vec![], 401, "no signature"),
-        (vec![("Nexus-Signature", sign(now_s(), b"{}"))], 401, "another body's"),
-        (vec![("Nexus-Signature", sign(now_s() - 3600, body))], 401, "an hour old"),
-        (vec![("X-Hub-Signature-256", "sha256=00".to_string())], 401, "a wrong one"),
+        (
+            vec![("Nexus-Signature", sign(now_s(), b"{}"))],
+            401,
+            "another body's",
+        ),
+        (
+            vec![("Nexus-Signature", sign(now_s() - 3600, body))],
+            401,
+            "an hour old",
+        ),
+        (
+            vec![("X-Hub-Signature-256", "sha256=00".to_string())],
+            401,
+            "a wrong one",
+        ),
     ] {
         let (got, text) = post(&url, &headers, body).await;
         assert_eq!(got, code, "{why}: {text}");
     }
     let not_json = b"not json";
-    let (code, _) = post(&url, &[("Nexus-Signature", sign(now_s(), not_json))], not_json).await;
+    let (code, _) = post(
+        &url,
+        &[("Nexus-Signature", sign(now_s(), not_json))],
+        not_json,
+    )
+    .await;
     assert_eq!(code, 400);
     for path in ["/hooks/default/nope", "/hooks/other-tenant/gh"] {
-        let (code, _) = post(&n.http(path), &[("Nexus-Signature", sign(now_s(), body))], body).await;
+        let (code, _) = post(
+            &n.http(path),
+            &[("Nexus-Signature", sign(now_s(), body))],
+            body,
+        )
+        .await;
         assert_eq!(code, 404, "{path}");
     }
     let events = c
@@ -503,7 +568,10 @@ async fn triggers_start_workflows_and_inbound_endpoints_take_signed_requests_onl
     assert_eq!(events.len(), 2, "{events:#?}");
     assert_eq!(events[0].seq, seq);
     assert_eq!(events[0].source, "webhook:gh");
-    assert_eq!(serde_json::from_str::<Value>(&events[0].data).unwrap(), json!({"ref": "main"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[0].data).unwrap(),
+        json!({"ref": "main"})
+    );
     let listed = c
         .hooks
         .list_inbound(pb::ListHooksRequest::default())

@@ -146,7 +146,11 @@ async fn a_workflow_finishes_on_the_new_leader_after_a_kill_between_steps_each_s
     assert_eq!(event["data"]["color"], "red");
     for id in ["three", "side", "four"] {
         let s = step(&r, id);
-        assert_eq!((s.state.as_str(), s.attempt, s.node), ("succeeded", 1, new_id), "{s:?}");
+        assert_eq!(
+            (s.state.as_str(), s.attempt, s.node),
+            ("succeeded", 1, new_id),
+            "{s:?}"
+        );
     }
     assert_eq!(step(&r, "never").state, "skipped");
     // Each tool step wrote its memory once (version 1), with what earlier steps gave it.
@@ -188,11 +192,26 @@ async fn definitions_inputs_retries_failures_and_cancellation() {
     // Bad definitions: the field is named and nothing is stored.
     for (doc, field) in [
         (json!({"name": "x", "steps": []}), "steps"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "no.such.tool"}]}), "steps[0].tool"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "echo", "args": {"text": "${steps.b.output}"}}]}), "steps[0].args"),
-        (json!({"name": "x", "steps": [{"id": "a", "after": ["a"], "tool": "echo"}]}), "steps[0].after"),
-        (json!({"name": "x", "steps": [{"id": "a", "tool": "echo", "retry": {"max_attempts": 50}}]}), "steps[0].retry.max_attempts"),
-        (json!({"name": "x", "retry": {"timeout_ms": 5}, "steps": [{"id": "a", "sleep_ms": 5}]}), "retry.timeout"),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "no.such.tool"}]}),
+            "steps[0].tool",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "echo", "args": {"text": "${steps.b.output}"}}]}),
+            "steps[0].args",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "after": ["a"], "tool": "echo"}]}),
+            "steps[0].after",
+        ),
+        (
+            json!({"name": "x", "steps": [{"id": "a", "tool": "echo", "retry": {"max_attempts": 50}}]}),
+            "steps[0].retry.max_attempts",
+        ),
+        (
+            json!({"name": "x", "retry": {"timeout_ms": 5}, "steps": [{"id": "a", "sleep_ms": 5}]}),
+            "retry.timeout",
+        ),
     ] {
         let e = define(&mut c, doc.clone()).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{doc}: {e:?}");
@@ -359,17 +378,165 @@ async fn definitions_inputs_retries_failures_and_cancellation() {
     .await
     .unwrap();
     let out = std::process::Command::new(super::common::nexus_bin().with_file_name("nexusctl"))
-        .args(["--endpoint", &n.endpoint(), "workflow", "start", "hello", "--input", r#"{"who":"ada"}"#, "--id", "h1", "--wait"])
+        .args([
+            "--endpoint",
+            &n.endpoint(),
+            "workflow",
+            "start",
+            "hello",
+            "--input",
+            r#"{"who":"ada"}"#,
+            "--id",
+            "h1",
+            "--wait",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("succeeded") && text.contains("hi ada"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("succeeded") && text.contains("hi ada"),
+        "{text}"
+    );
     let out = std::process::Command::new(super::common::nexus_bin().with_file_name("nexusctl"))
-        .args(["--endpoint", &n.endpoint(), "-o", "json", "workflow", "runs", "--workflow", "hello"])
+        .args([
+            "--endpoint",
+            &n.endpoint(),
+            "-o",
+            "json",
+            "workflow",
+            "runs",
+            "--workflow",
+            "hello",
+        ])
         .output()
         .unwrap();
     let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs[0]["id"], "h1");
     assert_eq!(runs[0]["steps"][0]["output"]["text"], "hi ada");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_and_hooks_stay_in_their_tenant_behind_their_permissions_and_are_audited() {
+    use super::common::{api_key, create_tenants};
+    let dir = tempfile::tempdir().unwrap();
+    let root_key = "root-key-for-workflow-tests-0123456789abcdef";
+    let env = [
+        ("NEXUS_AUTH__ENABLED", "true"),
+        ("NEXUS_ROOT_KEY", root_key),
+    ];
+    let n = Nexus::start(dir.path(), &env).await;
+    let root = n.client().await;
+    create_tenants(&root, &["acme", "globex"]).await;
+    let mut dev = n
+        .client_with(Some(
+            &api_key(&root, "acme", "dev", &["developer"], 0).await,
+        ))
+        .await;
+    let mut reader = n
+        .client_with(Some(&api_key(&root, "acme", "peek", &["reader"], 0).await))
+        .await;
+    let mut other = n
+        .client_with(Some(
+            &api_key(&root, "globex", "dev", &["developer"], 0).await,
+        ))
+        .await;
+    let doc = json!({"name": "note", "steps": [{"id": "put", "tool": "memory.put",
+        "args": {"namespace": "notes", "key": "${run.id}", "value": "${input.text}"}}]});
+    // A reader may not define or start one.
+    let e = define(&mut reader, doc.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    define(&mut dev, doc.clone()).await.unwrap();
+    // Another tenant neither sees it nor starts it; its own of the same name is its own.
+    let e = other
+        .workflows
+        .start_workflow(pb::StartWorkflowRequest {
+            workflow: "note".into(),
+            id: "n1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let run = dev
+        .workflows
+        .start_workflow(pb::StartWorkflowRequest {
+            workflow: "note".into(),
+            input: json!({"text": "hi"}).to_string(),
+            id: "n1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(run.owner, "sa:dev");
+    let done = wait_run(&mut dev, "n1", Duration::from_secs(20), |r| {
+        r.state != "running"
+    })
+    .await;
+    assert_eq!(done.state, "succeeded", "{done:#?}");
+    let e = other
+        .workflows
+        .get_workflow_run(pb::GetWorkflowRunRequest {
+            id: "n1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    define(&mut other, doc).await.unwrap();
+    let theirs = other
+        .workflows
+        .start_workflow(pb::StartWorkflowRequest {
+            workflow: "note".into(),
+            id: "n1".into(),
+            input: json!({"text": "theirs"}).to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !theirs.existing,
+        "the same id in another tenant is another run"
+    );
+    assert!(other
+        .hooks
+        .list_hooks(pb::ListHooksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .hooks
+        .is_empty());
+    let e = reader
+        .hooks
+        .list_hooks(pb::ListHooksRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // The definition and the start are on acme's audit log, as the developer.
+    let records = root
+        .clone()
+        .audit
+        .tail(pb::AuditTailRequest {
+            limit: 100,
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    for resource in ["workflow/note", "workflow/note run n1"] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.resource == resource && r.principal == "sa:dev"),
+            "{resource}: {records:#?}"
+        );
+    }
 }
