@@ -2,7 +2,7 @@
 //! checks the condition it carries (the cursor, a delivery's state and attempt), and writes.
 
 use crate::error::NexusError;
-use crate::schedules::{Outcome, RunState};
+use crate::schedules::RunState;
 use crate::store::{ApplyCtx, StoreError, CF_HOOKS};
 
 use super::{
@@ -192,23 +192,14 @@ pub fn apply(
                 ))));
             }
             d.finished_ms = *at_ms;
-            match outcome {
-                Outcome::Succeeded { output } => {
-                    d.state = RunState::Succeeded;
-                    d.output = crate::error::excerpt(output, MAX_DELIVERY_TEXT_BYTES);
-                    d.error.clear();
-                    h.delivered += 1;
-                }
-                Outcome::Failed { error, retry_at_ms } => {
-                    d.error = crate::error::excerpt(error, MAX_DELIVERY_TEXT_BYTES);
-                    if *retry_at_ms > 0 {
-                        d.state = RunState::Waiting;
-                        d.retry_at_ms = *retry_at_ms;
-                    } else {
-                        d.state = RunState::Dead;
-                        h.dead += 1;
-                    }
-                }
+            let settled = outcome.settle(MAX_DELIVERY_TEXT_BYTES);
+            d.state = settled.state;
+            d.output = settled.output;
+            d.error = settled.error;
+            match settled.state {
+                RunState::Succeeded => h.delivered += 1,
+                RunState::Waiting => d.retry_at_ms = settled.retry_at_ms,
+                _ => h.dead += 1,
             }
             // The in-order delivery done either way: the cursor moves past its event.
             if !d.state.in_progress() {

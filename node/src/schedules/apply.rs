@@ -5,7 +5,7 @@ use crate::error::NexusError;
 use crate::store::{ApplyCtx, StoreError, CF_SCHEDULES};
 
 use super::{
-    run_id, run_key, runs_prefix, schedule_key, Outcome, Overlap, RunRecord, RunState, ScheduleOp,
+    run_id, run_key, runs_prefix, schedule_key, Overlap, RunRecord, RunState, ScheduleOp,
     ScheduleRecord, ScheduleReply, MAX_RUN_TEXT_BYTES,
 };
 
@@ -221,22 +221,12 @@ pub fn apply(
                 ))));
             }
             r.finished_ms = *at_ms;
-            match outcome {
-                Outcome::Succeeded { output } => {
-                    r.state = RunState::Succeeded;
-                    r.output = crate::error::excerpt(output, MAX_RUN_TEXT_BYTES);
-                    r.error.clear();
-                }
-                Outcome::Failed { error, retry_at_ms } => {
-                    r.error = crate::error::excerpt(error, MAX_RUN_TEXT_BYTES);
-                    r.output.clear();
-                    if *retry_at_ms > 0 {
-                        r.state = RunState::Waiting;
-                        r.retry_at_ms = *retry_at_ms;
-                    } else {
-                        r.state = RunState::Dead;
-                    }
-                }
+            let settled = outcome.settle(MAX_RUN_TEXT_BYTES);
+            r.state = settled.state;
+            r.output = settled.output;
+            r.error = settled.error;
+            if settled.state == RunState::Waiting {
+                r.retry_at_ms = settled.retry_at_ms;
             }
             if !r.state.in_progress() {
                 s.active = s.active.saturating_sub(1);

@@ -231,6 +231,41 @@ pub enum Outcome {
     },
 }
 
+/// What a finished attempt leaves on its record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// Succeeded, Waiting (for a retry at `retry_at_ms`) or Dead.
+    pub state: RunState,
+    pub output: String,
+    pub error: String,
+    pub retry_at_ms: i64,
+}
+
+impl Outcome {
+    /// The record's state and texts after this outcome (texts cut to `max` bytes): a
+    /// schedule's run and a hook's delivery alike.
+    pub fn settle(&self, max: usize) -> Settled {
+        match self {
+            Outcome::Succeeded { output } => Settled {
+                state: RunState::Succeeded,
+                output: crate::error::excerpt(output, max),
+                error: String::new(),
+                retry_at_ms: 0,
+            },
+            Outcome::Failed { error, retry_at_ms } => Settled {
+                state: if *retry_at_ms > 0 {
+                    RunState::Waiting
+                } else {
+                    RunState::Dead
+                },
+                output: String::new(),
+                error: crate::error::excerpt(error, max),
+                retry_at_ms: *retry_at_ms,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ScheduleOp {
     /// Makes or replaces a schedule (a replacement keeps its creation time, its runs and

@@ -138,18 +138,9 @@ impl RunRecord {
     }
 }
 
-/// How a finished attempt went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum StepOutcome {
-    Succeeded {
-        output: String,
-    },
-    /// Failed; `retry_at_ms` > 0 schedules the next attempt, 0 fails the step and the run.
-    Failed {
-        error: String,
-        retry_at_ms: i64,
-    },
-}
+/// How a finished attempt went (a schedule run's outcome: succeeded with an output, or
+/// failed with a retry time, 0 for none).
+pub type StepOutcome = crate::schedules::Outcome;
 
 /// A tenant's runs: how many, the next place.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
