@@ -80,13 +80,190 @@ impl LabelledSet {
     }
 }
 
-/// Quality of one mode over the set.
-#[derive(Debug, Clone, Copy)]
+/// The conversation set (tests/fixtures/recall_conversations.json): multi-session
+/// conversations, and questions about them with the turns that answer each.
+#[derive(Debug, Deserialize)]
+pub struct ConversationSet {
+    pub description: String,
+    pub conversations: Vec<SetConversation>,
+    pub questions: Vec<SetQuestion>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetConversation {
+    pub id: String,
+    pub user: String,
+    pub sessions: Vec<SetSession>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetSession {
+    pub session: u32,
+    pub turns: Vec<SetTurn>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetTurn {
+    pub id: String,
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetQuestion {
+    /// The conversation it is asked in (recall is scoped to it).
+    pub conversation: String,
+    /// lexical (reuses a word of the fact), paraphrase, or update (a fact that changed).
+    pub style: String,
+    pub kind: String,
+    pub question: String,
+    /// The turns that hold the answer.
+    pub evidence: Vec<String>,
+}
+
+impl ConversationSet {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    }
+
+    pub fn turns(&self) -> usize {
+        self.conversations
+            .iter()
+            .flat_map(|c| &c.sessions)
+            .map(|s| s.turns.len())
+            .sum()
+    }
+
+    /// The questions as recall queries, scoped to their conversations.
+    pub fn queries(&self, style: Option<&str>) -> Vec<Query> {
+        self.questions
+            .iter()
+            .filter(|q| style.is_none_or(|s| q.style == s))
+            .map(|q| Query {
+                text: q.question.clone(),
+                scope: Scope::Conversation(q.conversation.clone()),
+                relevant: q.evidence.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Appends every conversation of the set (one append per session, in batches of 32 turns);
+/// returns turn id -> message id. `progress` is told how many turns are in.
+pub async fn load_conversations(
+    client: &mut Client,
+    set: &ConversationSet,
+    mut progress: impl FnMut(usize),
+) -> Result<HashMap<String, String>, ClientError> {
+    let mut ids = HashMap::new();
+    for c in &set.conversations {
+        client
+            .conversations
+            .create_conversation(pb::CreateConversationRequest {
+                id: c.id.clone(),
+                title: format!("{} and the assistant", c.user),
+                ..Default::default()
+            })
+            .await?;
+        for s in &c.sessions {
+            for batch in s.turns.chunks(32) {
+                let appended = client
+                    .conversations
+                    .append_messages(pb::AppendMessagesRequest {
+                        conversation_id: c.id.clone(),
+                        messages: batch
+                            .iter()
+                            .map(|t| pb::NewMessage {
+                                role: t.role.clone(),
+                                content: t.content.clone(),
+                                metadata: format!("{{\"session\":\"{}\"}}", s.session),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    })
+                    .await?
+                    .into_inner()
+                    .messages;
+                for (t, m) in batch.iter().zip(appended) {
+                    ids.insert(t.id.clone(), m.id);
+                }
+                progress(ids.len());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// One labelled recall query.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub text: String,
+    pub scope: Scope,
+    /// Set ids of what answers it.
+    pub relevant: Vec<String>,
+}
+
+/// Where a query recalls from.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    Namespace(String),
+    Conversation(String),
+}
+
+impl LabelledSet {
+    /// Labelled queries over the memories of `namespace`.
+    pub fn as_queries(queries: &[LabelledQuery], namespace: &str) -> Vec<Query> {
+        queries
+            .iter()
+            .map(|q| Query {
+                text: q.query.clone(),
+                scope: Scope::Namespace(namespace.to_string()),
+                relevant: q.relevant.clone(),
+            })
+            .collect()
+    }
+}
+
+/// How recall is asked to retrieve: a mode, and for hybrid a fusion and weight (None = the
+/// node's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retrieval {
+    pub mode: pb::RecallMode,
+    pub fusion: pb::Fusion,
+    pub vector_weight: Option<f32>,
+}
+
+impl Retrieval {
+    pub fn mode(mode: pb::RecallMode) -> Self {
+        Self {
+            mode,
+            fusion: pb::Fusion::Unspecified,
+            vector_weight: None,
+        }
+    }
+
+    pub fn hybrid(fusion: pb::Fusion, vector_weight: Option<f32>) -> Self {
+        Self {
+            mode: pb::RecallMode::Hybrid,
+            fusion,
+            vector_weight,
+        }
+    }
+}
+
+/// Quality of one retrieval over a query set (k = 10).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Scores {
+    /// Share of queries with something relevant in the first 5 (10) hits.
+    pub hit_at_5: f64,
+    pub hit_at_10: f64,
+    /// Mean share of a query's relevant items in the first 5 (10) hits.
     pub recall_at_5: f64,
     pub recall_at_10: f64,
     /// Mean reciprocal rank of the first relevant hit (within the first 10).
     pub mrr: f64,
+    /// Wall time per recall, in milliseconds.
+    pub ms_per_query: f64,
 }
 
 /// Remembers every memory of the set in `namespace`; returns set id -> memory id.
@@ -111,28 +288,52 @@ pub async fn load_set(
     Ok(ids)
 }
 
-/// Runs `queries` in `mode` and scores the hits.
+/// The ids of one query's first 10 hits, best first.
+pub async fn recall_ids(
+    client: &mut Client,
+    q: &Query,
+    how: Retrieval,
+) -> Result<Vec<String>, ClientError> {
+    let (namespace, conversation_id, source) = match &q.scope {
+        Scope::Namespace(n) => (n.clone(), String::new(), pb::RecallSource::Memories),
+        Scope::Conversation(c) => (String::new(), c.clone(), pb::RecallSource::Messages),
+    };
+    let hits = client
+        .memory
+        .recall(pb::RecallRequest {
+            query: q.text.clone(),
+            k: 10,
+            namespace,
+            conversation_id,
+            sources: vec![source as i32],
+            mode: how.mode as i32,
+            fusion: how.fusion as i32,
+            vector_weight: how.vector_weight,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .hits;
+    Ok(hits
+        .into_iter()
+        .filter_map(|h| match h.item? {
+            pb::recall_hit::Item::Memory(m) => Some(m.id),
+            pb::recall_hit::Item::Message(m) => Some(m.id),
+        })
+        .collect())
+}
+
+/// Runs `queries` retrieving `how` and scores the hits; `ids` maps set ids to stored ids.
 pub async fn evaluate(
     client: &mut Client,
-    queries: &[LabelledQuery],
-    namespace: &str,
+    queries: &[Query],
     ids: &HashMap<String, String>,
-    mode: pb::RecallMode,
+    how: Retrieval,
 ) -> Result<Scores, ClientError> {
-    let (mut at5, mut at10, mut rr) = (0.0, 0.0, 0.0);
+    let mut s = Scores::default();
+    let started = std::time::Instant::now();
     for q in queries {
-        let hits = client
-            .memory
-            .recall(pb::RecallRequest {
-                query: q.query.clone(),
-                k: 10,
-                namespace: namespace.to_string(),
-                mode: mode as i32,
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .hits;
+        let hits = recall_ids(client, q, how).await?;
         let relevant: BTreeSet<&str> = q
             .relevant
             .iter()
@@ -141,18 +342,23 @@ pub async fn evaluate(
         let ranks: Vec<usize> = hits
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.memory().is_some_and(|m| relevant.contains(m.id.as_str())))
+            .filter(|(_, id)| relevant.contains(id.as_str()))
             .map(|(i, _)| i + 1)
             .collect();
         let found = |k: usize| ranks.iter().filter(|&&r| r <= k).count() as f64;
-        at5 += found(5) / relevant.len().max(1) as f64;
-        at10 += found(10) / relevant.len().max(1) as f64;
-        rr += ranks.first().map_or(0.0, |&r| 1.0 / r as f64);
+        let n = relevant.len().max(1) as f64;
+        s.hit_at_5 += f64::from(u8::from(found(5) > 0.0));
+        s.hit_at_10 += f64::from(u8::from(found(10) > 0.0));
+        s.recall_at_5 += found(5) / n;
+        s.recall_at_10 += found(10) / n;
+        s.mrr += ranks.first().map_or(0.0, |&r| 1.0 / r as f64);
     }
     let n = queries.len().max(1) as f64;
-    Ok(Scores {
-        recall_at_5: at5 / n,
-        recall_at_10: at10 / n,
-        mrr: rr / n,
-    })
+    s.hit_at_5 /= n;
+    s.hit_at_10 /= n;
+    s.recall_at_5 /= n;
+    s.recall_at_10 /= n;
+    s.mrr /= n;
+    s.ms_per_query = started.elapsed().as_secs_f64() * 1000.0 / n;
+    Ok(s)
 }

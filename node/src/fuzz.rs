@@ -108,7 +108,9 @@ pub fn search_query(data: &[u8]) {
     let Ok(mut tokenizer) = s.index.tokenizer_for_field(s.body) else {
         return;
     };
-    if let Ok(query) = crate::search::query::build(text, s.body, &mut tokenizer) {
+    if let Ok(crate::search::query::TextQuery { query, .. }) =
+        crate::search::query::build(text, s.body, &mut tokenizer)
+    {
         let _ = s.reader.searcher().search(
             &query,
             &tantivy::collector::TopDocs::with_limit(10).order_by_score(),

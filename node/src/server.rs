@@ -264,6 +264,7 @@ impl Parts {
             limits.clone(),
             embedder.clone(),
         ));
+        config.search.check().map_err(anyhow::Error::msg)?;
         let recaller = Arc::new(Recaller::new(
             node.clone(),
             index.clone(),

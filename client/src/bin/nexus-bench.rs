@@ -103,6 +103,17 @@ struct RecallArgs {
     /// The labelled set.
     #[arg(long, default_value = "tests/fixtures/recall_quality.json")]
     set: PathBuf,
+    /// The conversation set.
+    #[arg(long, default_value = "tests/fixtures/recall_conversations.json")]
+    conversations: PathBuf,
+    /// Vector weights of the convex fusions compared (BM25 gets 1 minus each).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9")]
+    weights: Vec<f32>,
+    /// Also write each query's first 100 candidates with both retrievers' scores (JSON
+    /// lines: set, query, and per candidate whether it answers, the cosine and the BM25
+    /// match share), to study fusions offline.
+    #[arg(long)]
+    dump: Option<PathBuf>,
     #[arg(long, default_value = "target/bench")]
     work_dir: PathBuf,
     #[arg(long, default_value = "docs/benchmarks.md")]

@@ -473,10 +473,36 @@ pub struct SearchConfig {
     pub writer_memory_mb: usize,
     /// How long a linearizable search waits for the index to catch up before Unavailable.
     pub wait_timeout_ms: u64,
-    /// Hybrid retrieval: the weight of the vector list in reciprocal rank fusion.
+    /// Hybrid recall: how the vector and BM25 lists are fused.
+    pub hybrid_fusion: Fusion,
+    /// Hybrid retrieval: the weight of the vector list (relative to BM25's).
     pub hybrid_vector_weight: f32,
-    /// Hybrid retrieval: the weight of the BM25 list in reciprocal rank fusion.
+    /// Hybrid retrieval: the weight of the BM25 list (relative to the vectors').
     pub hybrid_bm25_weight: f32,
+}
+
+/// How hybrid recall fuses its two lists (see `search::recall`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// Weighted sum of the cosine similarity and the BM25 match share.
+    #[default]
+    Convex,
+    /// Weighted reciprocal rank fusion.
+    Rrf,
+}
+
+impl SearchConfig {
+    /// Refuses weights that cannot be fused.
+    pub fn check(&self) -> Result<(), String> {
+        let (v, b) = (self.hybrid_vector_weight, self.hybrid_bm25_weight);
+        if !(v.is_finite() && b.is_finite() && v >= 0.0 && b >= 0.0 && v + b > 0.0) {
+            return Err(format!(
+                "search.hybrid_vector_weight ({v}) and search.hybrid_bm25_weight ({b}) must be finite, not negative, and not both 0"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -595,8 +621,9 @@ impl Default for SearchConfig {
             commit_interval_ms: 1000,
             writer_memory_mb: 64,
             wait_timeout_ms: 10_000,
-            hybrid_vector_weight: 1.0,
-            hybrid_bm25_weight: 1.0,
+            hybrid_fusion: Fusion::Convex,
+            hybrid_vector_weight: 0.75,
+            hybrid_bm25_weight: 0.25,
         }
     }
 }

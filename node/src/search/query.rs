@@ -68,14 +68,23 @@ fn split(query: &str) -> Result<Vec<Clause>, NexusError> {
     Ok(clauses)
 }
 
+/// A parsed query: what tantivy runs, and the terms its score comes from.
+pub struct TextQuery {
+    pub query: Box<dyn Query>,
+    /// The terms of its words and phrases, the excluded ones left out: what an item that
+    /// matches the whole query holds.
+    pub scoring: Vec<Term>,
+}
+
 /// The query for `text` over `field`, tokenized with `tokenizer`. A query whose words all
 /// tokenize to nothing (punctuation only) matches nothing.
 pub fn build(
     text: &str,
     field: Field,
     tokenizer: &mut TextAnalyzer,
-) -> Result<Box<dyn Query>, NexusError> {
+) -> Result<TextQuery, NexusError> {
     let mut subqueries: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let mut scoring = Vec::new();
     for clause in split(text)? {
         let mut terms = Vec::new();
         let mut stream = tokenizer.token_stream(&clause.text);
@@ -92,6 +101,9 @@ pub fn build(
                 ),
             ));
         }
+        if clause.occur != Occur::MustNot {
+            scoring.extend(terms.iter().cloned());
+        }
         let query: Box<dyn Query> = match terms.len() {
             0 => continue,
             1 => Box::new(TermQuery::new(
@@ -102,7 +114,10 @@ pub fn build(
         };
         subqueries.push((clause.occur, query));
     }
-    Ok(Box::new(BooleanQuery::new(subqueries)))
+    Ok(TextQuery {
+        query: Box::new(BooleanQuery::new(subqueries)),
+        scoring,
+    })
 }
 
 #[cfg(test)]
@@ -139,9 +154,21 @@ mod tests {
         let index = tantivy::Index::create_in_ram(schema.build());
         let mut tokenizer = index.tokenizer_for_field(body).unwrap();
         let q = build("[a TO z] foo*", body, &mut tokenizer).unwrap();
-        let text = format!("{q:?}");
+        let text = format!("{:?}", q.query);
         assert!(!text.contains("Range"), "{text}");
         let long = format!("\"{}\"", vec!["w"; MAX_PHRASE_TERMS + 1].join(" "));
         assert!(build(&long, body, &mut tokenizer).is_err());
+        let q = build(
+            "launch \"new deadline\" -march +april",
+            body,
+            &mut tokenizer,
+        )
+        .unwrap();
+        let words: Vec<String> = q
+            .scoring
+            .iter()
+            .filter_map(|t| t.value().as_str().map(str::to_string))
+            .collect();
+        assert_eq!(words, ["launch", "new", "deadline", "april"]);
     }
 }

@@ -89,6 +89,25 @@ pub enum MemoryCommand {
         /// Only hits with at least this cosine similarity to the query.
         #[arg(long, default_value_t = 0.0)]
         min_score: f32,
+        /// Retrievers: hybrid (both, fused), vector or bm25.
+        #[arg(long, value_enum, default_value = "hybrid")]
+        mode: RecallModeArg,
+        /// How hybrid fuses the lists (default: the node's search.hybrid_fusion).
+        #[arg(long, value_enum)]
+        fusion: Option<FusionArg>,
+        /// The vector list's weight in the fusion, 0 to 1; BM25 gets 1 minus it (default:
+        /// the node's).
+        #[arg(long)]
+        vector_weight: Option<f32>,
+        /// Rank important memories higher: adds this (0 to 1) times a memory's importance.
+        #[arg(long, default_value_t = 0.0)]
+        importance_weight: f32,
+        /// Rank recent items higher: adds this (0 to 1) times 0.5^(age / half-life).
+        #[arg(long, default_value_t = 0.0)]
+        recency_weight: f32,
+        /// The recency half-life: 7d, 12h, ... (default 7 days).
+        #[arg(long, value_parser = parse_duration_ms)]
+        half_life: Option<i64>,
         #[arg(long)]
         stale: bool,
     },
@@ -97,9 +116,29 @@ pub enum MemoryCommand {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
+pub enum RecallModeArg {
+    Hybrid,
+    Vector,
+    Bm25,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum FusionArg {
+    Convex,
+    Rrf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
 pub enum RecallSourceArg {
     Memories,
     Messages,
+}
+
+/// A duration (`7d`, `12h`) in milliseconds.
+fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    humantime::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|e| format!("{s:?} is not a duration (7d, 12h): {e}"))
 }
 
 /// `key=value`.
@@ -253,6 +292,12 @@ pub async fn run(c: &mut Client, out: Output, command: MemoryCommand) -> Result<
             since,
             until,
             min_score,
+            mode,
+            fusion,
+            vector_weight,
+            importance_weight,
+            recency_weight,
+            half_life,
             stale,
         } => {
             let r = c
@@ -266,7 +311,20 @@ pub async fn run(c: &mut Client, out: Output, command: MemoryCommand) -> Result<
                     until_ms: until.unwrap_or(0),
                     min_score,
                     consistency: consistency(stale),
-                    mode: pb::RecallMode::Hybrid as i32,
+                    mode: match mode {
+                        RecallModeArg::Hybrid => pb::RecallMode::Hybrid,
+                        RecallModeArg::Vector => pb::RecallMode::Vector,
+                        RecallModeArg::Bm25 => pb::RecallMode::Bm25,
+                    } as i32,
+                    fusion: match fusion {
+                        None => pb::Fusion::Unspecified,
+                        Some(FusionArg::Convex) => pb::Fusion::Convex,
+                        Some(FusionArg::Rrf) => pb::Fusion::Rrf,
+                    } as i32,
+                    vector_weight,
+                    importance_weight,
+                    recency_weight,
+                    recency_half_life_ms: half_life.unwrap_or(0),
                     sources: sources
                         .iter()
                         .map(|s| match s {
@@ -302,17 +360,27 @@ pub async fn run(c: &mut Client, out: Output, command: MemoryCommand) -> Result<
                     .zip(&items)
                     .map(|(h, (kind, id, text, item))| {
                         json!({"kind": kind, "id": id, "text": text, "score": h.score,
-                               "similarity": h.similarity, "retrievers": h.retrievers,
+                               "similarity": h.similarity, "bm25": h.bm25,
+                               "retrievers": h.retrievers,
                                *kind: item})
                     })
                     .collect();
                 print_json(&Value::Array(hits));
             } else {
-                let mut t = table(&["SCORE", "SIMILARITY", "FOUND BY", "KIND", "ID", "TEXT"]);
+                let mut t = table(&[
+                    "SCORE",
+                    "SIMILARITY",
+                    "BM25",
+                    "FOUND BY",
+                    "KIND",
+                    "ID",
+                    "TEXT",
+                ]);
                 for (h, (kind, id, text, _)) in r.hits.iter().zip(&items) {
                     t.add_row(vec![
                         format!("{:.4}", h.score),
                         h.similarity.map_or("-".into(), |s| format!("{s:.3}")),
+                        h.bm25.map_or("-".into(), |s| format!("{s:.2}")),
                         h.retrievers.join("+"),
                         kind.to_string(),
                         id.clone(),

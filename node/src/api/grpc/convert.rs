@@ -82,6 +82,7 @@ pub fn recall_hit(h: RecallHit) -> pb::RecallHit {
         }),
         score: h.score,
         similarity: h.similarity,
+        bm25: h.bm25,
         retrievers: retrievers(h.retrievers),
     }
 }

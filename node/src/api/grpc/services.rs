@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{consistency, convert, handle};
 use crate::cluster::{MembershipChange, NexusNode, ReadConsistency};
 use crate::command::Cluster;
+use crate::config::Fusion;
 use crate::memory::conversations::{ListMessagesRequest, NewMessageRequest};
 use crate::memory::kv;
 use crate::memory::semantic::RememberRequest;
@@ -207,6 +208,21 @@ impl MemoryService for MemoryApi {
                             })
                             .collect::<Result<_, _>>()?,
                         conversation_id: r.conversation_id,
+                        fusion: match pb::Fusion::try_from(r.fusion) {
+                            Ok(pb::Fusion::Unspecified) => None,
+                            Ok(pb::Fusion::Convex) => Some(Fusion::Convex),
+                            Ok(pb::Fusion::Rrf) => Some(Fusion::Rrf),
+                            Err(_) => {
+                                return Err(crate::error::NexusError::invalid(
+                                    "fusion",
+                                    format!("{} is not a Fusion (CONVEX or RRF)", r.fusion),
+                                ))
+                            }
+                        },
+                        vector_weight: r.vector_weight,
+                        importance_weight: r.importance_weight,
+                        recency_weight: r.recency_weight,
+                        recency_half_life_ms: r.recency_half_life_ms,
                     },
                 )
                 .await?;

@@ -19,12 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    doc, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
+};
 use tokio::sync::watch;
 
 use crate::cluster::follower::{LogFollower, Next};
@@ -82,7 +84,11 @@ pub enum HitItem {
 
 #[derive(Debug, Clone)]
 pub struct Hit {
+    /// BM25 score (0 for a hit that another retriever found).
     pub score: f32,
+    /// The score over what an item holding every query term once would score, at most 1:
+    /// how much of the query the hit matched (0 for a hit that another retriever found).
+    pub match_share: f32,
     pub snippet: String,
     /// Byte ranges of `snippet` that matched.
     pub highlights: Vec<(usize, usize)>,

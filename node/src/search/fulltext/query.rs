@@ -23,11 +23,17 @@ impl QueryParts {
             .index
             .tokenizer_for_field(f.body)
             .map_err(NexusError::internal)?;
-        let text_query = crate::search::query::build(&req.query, f.body, &mut tokenizer)?;
+        let parsed = crate::search::query::build(&req.query, f.body, &mut tokenizer)?;
+        let text_query = parsed.query;
+        // Filters score nothing: a hit's score is its text's BM25 alone (a scoring tenant or
+        // kind term would add an idf that depends on how many items each has).
         let term = |field: Field, value: &str| -> Box<dyn Query> {
-            Box::new(TermQuery::new(
-                Term::from_field_text(field, value),
-                IndexRecordOption::Basic,
+            Box::new(ConstScoreQuery::new(
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field, value),
+                    IndexRecordOption::Basic,
+                )),
+                0.0,
             ))
         };
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![
@@ -69,10 +75,18 @@ impl QueryParts {
             } else {
                 Bound::Unbounded
             };
-            clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+            clauses.push((
+                Occur::Must,
+                Box::new(ConstScoreQuery::new(
+                    Box::new(RangeQuery::new(lower, upper)),
+                    0.0,
+                )),
+            ));
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
+        let full_match =
+            full_match_score(&searcher, &parsed.scoring).map_err(NexusError::internal)?;
         let top = searcher
             .search(
                 &query,
@@ -126,6 +140,11 @@ impl QueryParts {
             let snippet = snippets.snippet(&text(f.body));
             hits.push(Hit {
                 score,
+                match_share: if full_match > 0.0 {
+                    (score / full_match).min(1.0)
+                } else {
+                    0.0
+                },
                 snippet: snippet.fragment().to_string(),
                 highlights: snippet
                     .highlighted()
@@ -137,4 +156,23 @@ impl QueryParts {
         }
         Ok(hits)
     }
+}
+
+/// What an item scores that holds each of `terms` once and is of average length: the sum of
+/// their BM25 idf. (tantivy weighs a term idf·(k1 + 1) and one occurrence at the average
+/// length by 1 / (k1 + 1).) A hit's score over it is the share of the query's weight it
+/// matched: 1 for all of it, little for one common word, whatever the index's size, so it
+/// can be set against a cosine similarity (see `search::recall`).
+pub(super) fn full_match_score(searcher: &Searcher, terms: &[Term]) -> tantivy::Result<f32> {
+    let docs: u64 = searcher
+        .segment_readers()
+        .iter()
+        .map(|s| u64::from(s.max_doc()))
+        .sum();
+    let mut sum = 0.0;
+    for t in terms {
+        let df = searcher.doc_freq(t)?.min(docs);
+        sum += (1.0 + ((docs - df) as f32 + 0.5) / (df as f32 + 0.5)).ln();
+    }
+    Ok(sum)
 }
