@@ -147,6 +147,25 @@ async fn remember_recall_and_forget() {
     )
     .await;
     assert_eq!(hits[0].retrievers, vec!["vector", "bm25"]);
+    // The default fusion: 0.75 × cosine + 0.25 × (BM25 match share)³; both words matched.
+    let (similarity, share) = (hits[0].similarity.unwrap(), hits[0].bm25.unwrap());
+    assert!(share > 0.9 && share <= 1.0, "{share}");
+    let convex = 0.75 * similarity + 0.25 * share.powi(3);
+    assert!((hits[0].score - convex).abs() < 1e-4, "{hits:?}");
+    // A request may ask for reciprocal rank fusion and its own weights instead.
+    let rrf = recall(
+        &mut c,
+        pb::RecallRequest {
+            query: "Apollo launch".into(),
+            k: 1,
+            fusion: pb::Fusion::Rrf as i32,
+            vector_weight: Some(0.5),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(rrf[0].memory().unwrap().id, deadline.id);
+    assert!((rrf[0].score - 1.0 / 61.0).abs() < 1e-6, "{rrf:?}");
 
     // Filters: namespace, metadata, time, minimum similarity.
     let only_home = recall(
@@ -611,6 +630,47 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
                 ..Default::default()
             },
             "mode",
+        ),
+        (
+            pb::RecallRequest {
+                query: "q".into(),
+                fusion: 7,
+                ..Default::default()
+            },
+            "fusion",
+        ),
+        (
+            pb::RecallRequest {
+                query: "q".into(),
+                vector_weight: Some(1.5),
+                ..Default::default()
+            },
+            "vector_weight",
+        ),
+        (
+            pb::RecallRequest {
+                query: "q".into(),
+                vector_weight: Some(f32::NAN),
+                ..Default::default()
+            },
+            "vector_weight",
+        ),
+        (
+            pb::RecallRequest {
+                query: "q".into(),
+                importance_weight: -0.5,
+                ..Default::default()
+            },
+            "importance_weight",
+        ),
+        (
+            pb::RecallRequest {
+                query: "q".into(),
+                recency_weight: 0.5,
+                recency_half_life_ms: 10,
+                ..Default::default()
+            },
+            "recency_half_life_ms",
         ),
     ];
     for (req, field) in bad_recalls {
