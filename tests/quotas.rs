@@ -310,6 +310,8 @@ async fn stored_items_and_bytes_are_counted_alike_on_every_node_and_limited() {
     }
     nodes[2].kill9();
     nodes[2].restart().await;
+    // It may have led: the read waits for the cluster to agree on a leader again.
+    common::agreed_leader(&nodes).await;
     let mut c = nodes[2].client().await;
     assert_eq!(
         usage(&mut c, "acme").await,

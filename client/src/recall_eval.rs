@@ -288,39 +288,47 @@ pub async fn load_set(
     Ok(ids)
 }
 
+/// The recall request for one query: its first `k` hits, retrieved `how`.
+pub fn request(q: &Query, how: Retrieval, k: u32) -> pb::RecallRequest {
+    let (namespace, conversation_id, source) = match &q.scope {
+        Scope::Namespace(n) => (n.clone(), String::new(), pb::RecallSource::Memories),
+        Scope::Conversation(c) => (String::new(), c.clone(), pb::RecallSource::Messages),
+    };
+    pb::RecallRequest {
+        query: q.text.clone(),
+        k,
+        namespace,
+        conversation_id,
+        sources: vec![source as i32],
+        mode: how.mode as i32,
+        fusion: how.fusion as i32,
+        vector_weight: how.vector_weight,
+        ..Default::default()
+    }
+}
+
+/// The id of a hit's memory or message.
+pub fn hit_id(h: &pb::RecallHit) -> &str {
+    match &h.item {
+        Some(pb::recall_hit::Item::Memory(m)) => &m.id,
+        Some(pb::recall_hit::Item::Message(m)) => &m.id,
+        None => "",
+    }
+}
+
 /// The ids of one query's first 10 hits, best first.
 pub async fn recall_ids(
     client: &mut Client,
     q: &Query,
     how: Retrieval,
 ) -> Result<Vec<String>, ClientError> {
-    let (namespace, conversation_id, source) = match &q.scope {
-        Scope::Namespace(n) => (n.clone(), String::new(), pb::RecallSource::Memories),
-        Scope::Conversation(c) => (String::new(), c.clone(), pb::RecallSource::Messages),
-    };
     let hits = client
         .memory
-        .recall(pb::RecallRequest {
-            query: q.text.clone(),
-            k: 10,
-            namespace,
-            conversation_id,
-            sources: vec![source as i32],
-            mode: how.mode as i32,
-            fusion: how.fusion as i32,
-            vector_weight: how.vector_weight,
-            ..Default::default()
-        })
+        .recall(request(q, how, 10))
         .await?
         .into_inner()
         .hits;
-    Ok(hits
-        .into_iter()
-        .filter_map(|h| match h.item? {
-            pb::recall_hit::Item::Memory(m) => Some(m.id),
-            pb::recall_hit::Item::Message(m) => Some(m.id),
-        })
-        .collect())
+    Ok(hits.iter().map(|h| hit_id(h).to_string()).collect())
 }
 
 /// Runs `queries` retrieving `how` and scores the hits; `ids` maps set ids to stored ids.

@@ -4,7 +4,8 @@
 
 use super::*;
 use nexus_client::recall_eval::{
-    evaluate, load_conversations, load_set, ConversationSet, LabelledSet, Query, Retrieval, Scores,
+    evaluate, hit_id, load_conversations, load_set, request, ConversationSet, LabelledSet, Query,
+    Retrieval, Scores,
 };
 
 pub(crate) async fn recall_bench(a: RecallArgs) -> anyhow::Result<()> {
@@ -175,44 +176,23 @@ async fn candidates(
     q: &Query,
     ids: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<Vec<(bool, f32, f32)>> {
-    let (namespace, conversation_id, source) = match &q.scope {
-        nexus_client::recall_eval::Scope::Namespace(n) => {
-            (n.clone(), String::new(), pb::RecallSource::Memories)
-        }
-        nexus_client::recall_eval::Scope::Conversation(id) => {
-            (String::new(), id.clone(), pb::RecallSource::Messages)
-        }
-    };
     let relevant: Vec<&str> = q
         .relevant
         .iter()
         .filter_map(|r| ids.get(r).map(String::as_str))
         .collect();
+    let how = Retrieval::hybrid(pb::Fusion::Convex, Some(0.5));
     let hits = c
         .memory
-        .recall(pb::RecallRequest {
-            query: q.text.clone(),
-            k: 100,
-            namespace,
-            conversation_id,
-            sources: vec![source as i32],
-            fusion: pb::Fusion::Convex as i32,
-            vector_weight: Some(0.5),
-            ..Default::default()
-        })
+        .recall(request(q, how, 100))
         .await?
         .into_inner()
         .hits;
     Ok(hits
         .iter()
         .map(|h| {
-            let id = match &h.item {
-                Some(pb::recall_hit::Item::Memory(m)) => m.id.as_str(),
-                Some(pb::recall_hit::Item::Message(m)) => m.id.as_str(),
-                None => "",
-            };
             (
-                relevant.contains(&id),
+                relevant.contains(&hit_id(h)),
                 h.similarity.unwrap_or(0.0),
                 h.bm25.unwrap_or(0.0),
             )
