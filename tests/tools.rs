@@ -170,6 +170,28 @@ async fn builtins_permissions_secrets_http_and_composites() {
     .await
     .unwrap();
     assert_eq!(recalled["hits"][0]["id"], remembered["id"], "{recalled}");
+    // Words weigh more when asked; each hit shows its BM25 match share.
+    let weighted = call(
+        &mut agent,
+        "memory.recall",
+        json!({"query": "fuel leak", "namespace": "default", "vector_weight": 0.3, "importance_weight": 0.1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(weighted["hits"][0]["id"], remembered["id"], "{weighted}");
+    assert!(
+        weighted["hits"][0]["bm25"].as_f64().unwrap() > 0.9,
+        "{weighted}"
+    );
+    let err = call(
+        &mut agent,
+        "memory.recall",
+        json!({"query": "fuel", "vector_weight": 2}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("vector_weight"), "{err:?}");
     let found = call(&mut agent, "memory.search", json!({"query": "helix"}))
         .await
         .unwrap();

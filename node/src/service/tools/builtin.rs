@@ -85,7 +85,7 @@ const DEFS: &[Def] = &[
     Def {
         name: "memory.recall",
         description: "Recalls remembered texts and conversation messages related to a query, best first (hybrid: meaning and words).",
-        input: r#"{"type": "object", "required": ["query"], "properties": {"query": {"type": "string", "minLength": 1}, "k": {"type": "integer", "minimum": 1, "maximum": 1000}, "namespace": {"type": "string"}, "mode": {"enum": ["hybrid", "vector", "bm25"]}}, "additionalProperties": false}"#,
+        input: r#"{"type": "object", "required": ["query"], "properties": {"query": {"type": "string", "minLength": 1}, "k": {"type": "integer", "minimum": 1, "maximum": 1000}, "namespace": {"type": "string"}, "mode": {"enum": ["hybrid", "vector", "bm25"]}, "vector_weight": {"type": "number", "minimum": 0, "maximum": 1}, "importance_weight": {"type": "number", "minimum": 0, "maximum": 1}, "recency_weight": {"type": "number", "minimum": 0, "maximum": 1}}, "additionalProperties": false}"#,
         output: r#"{"type": "object", "properties": {"hits": {"type": "array"}}}"#,
         requires: &["memory:read"],
     },
@@ -445,6 +445,10 @@ impl Builtins {
                             namespace: arg_str(&args, "namespace").into(),
                             consistency: ReadConsistency::Linearizable,
                             mode,
+                            vector_weight: args["vector_weight"].as_f64().map(|w| w as f32),
+                            importance_weight: args["importance_weight"].as_f64().unwrap_or(0.0)
+                                as f32,
+                            recency_weight: args["recency_weight"].as_f64().unwrap_or(0.0) as f32,
                             ..Default::default()
                         },
                     )
@@ -453,10 +457,11 @@ impl Builtins {
                     .iter()
                     .map(|h| match &h.item {
                         RecallItem::Memory(m) => json!({"kind": "memory", "id": m.id, "namespace": m.namespace,
-                            "text": m.text, "metadata": m.metadata, "score": h.score, "similarity": h.similarity}),
+                            "text": m.text, "metadata": m.metadata, "score": h.score, "similarity": h.similarity,
+                            "bm25": h.bm25}),
                         RecallItem::Message(m) => json!({"kind": "message", "id": m.id,
                             "conversation_id": m.conversation_id, "role": m.role, "text": m.content,
-                            "score": h.score, "similarity": h.similarity}),
+                            "score": h.score, "similarity": h.similarity, "bm25": h.bm25}),
                     })
                     .collect();
                 match self.recaller.notice(Some(mode)) {
