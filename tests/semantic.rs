@@ -166,6 +166,15 @@ async fn remember_recall_and_forget() {
     .await;
     assert_eq!(rrf[0].memory().unwrap().id, deadline.id);
     assert!((rrf[0].score - 1.0 / 61.0).abs() < 1e-6, "{rrf:?}");
+    // The second "Apollo launch" found its query's vector in the embedding cache.
+    let (status, metrics) = common::http_get(&n.http("/metrics")).await;
+    assert_eq!(status, 200);
+    let hits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("nexus_embedding_cache_lookups_total{result=\"hit\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(hits >= 1.0, "{metrics}");
 
     // Filters: namespace, metadata, time, minimum similarity.
     let only_home = recall(

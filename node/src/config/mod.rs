@@ -350,6 +350,9 @@ pub struct EmbeddingConfig {
     pub timeout_ms: u64,
     /// Most texts embedded together (requests that arrive together share one batch).
     pub max_batch: usize,
+    /// Recent embeddings kept by text (texts up to 2 KiB), so a repeated query or text skips
+    /// the model; 0 = none.
+    pub cache_entries: usize,
 }
 
 /// The vector index of semantic memories.
@@ -554,6 +557,7 @@ impl Default for EmbeddingConfig {
             api_key_env: "NEXUS_EMBEDDING_API_KEY".into(),
             timeout_ms: 30_000,
             max_batch: 32,
+            cache_entries: 4096,
         }
     }
 }

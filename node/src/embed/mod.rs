@@ -10,6 +10,7 @@
 //! The model files live in the model cache (`model_dir`); `nexus model pull` fetches them.
 
 pub mod batch;
+pub mod cache;
 pub mod minilm;
 pub mod openai;
 pub mod pull;
@@ -168,8 +169,12 @@ pub fn from_config(
         dimensions = inner.dimensions(),
         "embedding model ready"
     );
-    Ok(Some(Arc::new(batch::BatchingEmbedder::new(
-        inner,
-        config.max_batch,
-    ))))
+    let batched: Arc<dyn Embedder> =
+        Arc::new(batch::BatchingEmbedder::new(inner, config.max_batch));
+    Ok(Some(
+        match std::num::NonZeroUsize::new(config.cache_entries) {
+            Some(entries) => Arc::new(cache::CachingEmbedder::new(batched, entries)),
+            None => batched,
+        },
+    ))
 }

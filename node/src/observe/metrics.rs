@@ -146,6 +146,19 @@ pub static EMBEDDING_BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+pub static EMBEDDING_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "embedding_cache_lookups_total",
+                "texts looked up in the embedding cache, by result (hit: no model pass)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static EMBEDDING_BACKFILLED: LazyLock<IntCounter> = LazyLock::new(|| {
     register(
         IntCounter::new(
@@ -400,6 +413,7 @@ pub fn init() {
     LazyLock::force(&VECTOR_INDEX_ERRORS);
     LazyLock::force(&EMBEDDING_BACKLOG);
     LazyLock::force(&EMBEDDING_BACKFILLED);
+    LazyLock::force(&EMBEDDING_CACHE);
     LazyLock::force(&SCHEDULE_RUNS);
     LazyLock::force(&SCHEDULE_LATENESS);
     LazyLock::force(&WORKFLOW_RUNS);
