@@ -1,11 +1,12 @@
 //! Search over a tenant's memories and messages:
 //! - `fulltext`: the BM25 index (tantivy) of memories, messages and semantic memories;
 //! - `vector`: the vector index of semantic memories (local HNSW), behind a trait;
-//! - `recall`: hybrid retrieval, both fused by reciprocal rank.
+//! - `recall`: hybrid retrieval over both, fused as `fusion` says.
 //!
 //! Both indexes are derived state, fed from the applied Raft log with a persisted watermark.
 
 pub mod fulltext;
+pub mod fusion;
 pub mod query;
 pub mod recall;
 pub mod vector;
