@@ -15,6 +15,9 @@
 //! `nexus-bench recall` starts a node with the local embedding model, remembers the labelled
 //! set tests/fixtures/recall_quality.json and measures Recall in three modes (BM25 alone,
 //! vectors alone, hybrid): recall@5/@10 and MRR.
+//!
+//! `nexus-bench semantic` loads 10,000 memories into a node with the local embedding model and
+//! measures Remember and Recall latency, and conversation turns appended per second.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ mod recall;
 mod refusals;
 #[path = "nexus-bench/schedules.rs"]
 mod schedules;
+#[path = "nexus-bench/semantic.rs"]
+mod semantic;
 #[path = "nexus-bench/tools.rs"]
 mod tools;
 
@@ -69,6 +74,10 @@ enum Bench {
     /// Retrieval quality of Recall on the labelled set: hybrid against BM25 alone (and
     /// vectors alone), recall@5/@10 and MRR, with Remember and Recall latency.
     Recall(RecallArgs),
+    /// What semantic memory costs end to end: Remember and Recall latency at 10,000
+    /// memories, concurrent Remembers per second and the embedder's batch fill, conversation
+    /// turns per second.
+    Semantic(semantic::SemanticArgs),
     /// What security costs: one node without authentication against one with it (API key,
     /// RBAC check, audited writes) and with it plus tenant quotas, same load.
     Auth(AuthArgs),
@@ -556,6 +565,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Write(a) => write_bench(a).await,
         Bench::Cluster(a) => cluster_bench(a).await,
         Bench::Recall(a) => recall_bench(a).await,
+        Bench::Semantic(a) => semantic::semantic_bench(a).await,
         Bench::Auth(a) => auth_bench(a).await,
         Bench::Refusals(a) => refusals::refusals_bench(a).await,
         Bench::Tools(a) => tools::tools_bench(a).await,

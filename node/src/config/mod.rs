@@ -353,6 +353,9 @@ pub struct EmbeddingConfig {
     /// Recent embeddings kept by text (texts up to 2 KiB), so a repeated query or text skips
     /// the model; 0 = none.
     pub cache_entries: usize,
+    /// `local`: threads the model runs on (a batch is split among them, one text uses them
+    /// all in its matrix products); 0 = one per core.
+    pub threads: usize,
 }
 
 /// The vector index of semantic memories.
@@ -558,6 +561,7 @@ impl Default for EmbeddingConfig {
             timeout_ms: 30_000,
             max_batch: 32,
             cache_entries: 4096,
+            threads: 0,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{EmbedError, EmbedFuture, Embedder};
+use crate::observe::metrics;
 
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>;
 
@@ -58,7 +59,10 @@ async fn worker(inner: Arc<dyn Embedder>, mut rx: mpsc::Receiver<Job>, max_batch
             replies.push((job.texts.len(), job.reply));
             texts.extend(job.texts);
         }
+        metrics::EMBEDDING_BATCH.observe(texts.len() as f64);
+        let started = std::time::Instant::now();
         let result = inner.embed(&texts).await;
+        metrics::EMBEDDING_SECONDS.observe(started.elapsed().as_secs_f64());
         hand_out(replies, result);
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use sha2::Digest;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::bert::Bert;
 use super::{EmbedError, EmbedFuture, Embedder};
 
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
@@ -68,9 +69,19 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 struct Inner {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
+    /// The threads model passes run on (candle's CPU kernels split their work over the rayon
+    /// pool they are called from).
+    pool: rayon::ThreadPool,
+}
+
+/// How the model runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Threads the model runs on; 0 = one per core.
+    pub threads: usize,
 }
 
 /// The loaded model; cheap to clone.
@@ -82,6 +93,11 @@ pub struct MiniLm {
 impl MiniLm {
     /// Loads the model from `dir` (see `default_dir`), checking the files' hashes first.
     pub fn load(dir: &Path) -> Result<MiniLm, EmbedError> {
+        MiniLm::load_with(dir, Options::default())
+    }
+
+    /// [`MiniLm::load`] with `options`.
+    pub fn load_with(dir: &Path, options: Options) -> Result<MiniLm, EmbedError> {
         verify(dir)?;
         let model_err = |e: &dyn std::fmt::Display| EmbedError::Model(e.to_string());
         let config: Config = serde_json::from_slice(
@@ -111,12 +127,18 @@ impl MiniLm {
             )
         }
         .map_err(|e| model_err(&e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| model_err(&e))?;
+        let model = Bert::load(vb, &config).map_err(|e| model_err(&e))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads)
+            .thread_name(|i| format!("nexus-embed-{i}"))
+            .build()
+            .map_err(|e| model_err(&e))?;
         Ok(MiniLm {
             inner: Arc::new(Inner {
                 model,
                 tokenizer,
                 device,
+                pool,
             }),
         })
     }
@@ -124,14 +146,30 @@ impl MiniLm {
     /// Embeds `texts` on this thread (CPU-bound: call from a blocking context). Texts are
     /// batched by length, so that a batch pads little; results come back in input order.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.inner.pool.install(|| self.embed_sorted(texts))
+    }
+
+    fn embed_sorted(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        use rayon::prelude::*;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
+        // Batches of texts of similar length, at most BATCH each, and at least as many as the
+        // pool has threads when there are enough texts: each thread then runs a whole forward
+        // pass of its own (every operation in parallel, not only the matrix products, which
+        // on their own scale poorly on short texts). One text still gets every thread inside
+        // its matrix products.
+        let threads = self.inner.pool.current_num_threads().max(1);
+        let size = texts.len().div_ceil(threads).clamp(1, BATCH);
+        let batches: Vec<Vec<Vec<f32>>> = order
+            .par_chunks(size)
+            .map(|chunk| {
+                let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+                self.embed_batch(&batch)
+                    .map_err(|e| EmbedError::Failed(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
         let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH) {
-            let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
-            let vectors = self
-                .embed_batch(&batch)
-                .map_err(|e| EmbedError::Failed(e.to_string()))?;
+        for (chunk, vectors) in order.chunks(size).zip(batches) {
             for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
             }
@@ -155,7 +193,7 @@ impl MiniLm {
         let ids = rows(&|e| e.get_ids())?;
         let type_ids = rows(&|e| e.get_type_ids())?;
         let mask = rows(&|e| e.get_attention_mask())?;
-        let hidden = inner.model.forward(&ids, &type_ids, Some(&mask))?;
+        let hidden = inner.model.forward(&ids, &type_ids, &mask, &inner.device)?;
         // Mean over the real tokens (mask 1), as sentence-transformers' Pooling(mean).
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;

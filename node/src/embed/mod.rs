@@ -10,6 +10,7 @@
 //! The model files live in the model cache (`model_dir`); `nexus model pull` fetches them.
 
 pub mod batch;
+pub mod bert;
 pub mod cache;
 pub mod minilm;
 pub mod openai;
@@ -121,7 +122,10 @@ pub fn from_config(
         "none" => return Ok(None),
         "local" => {
             let dir = config.model_dir.clone().unwrap_or_else(minilm::default_dir);
-            match minilm::MiniLm::load(&dir) {
+            let options = minilm::Options {
+                threads: config.threads,
+            };
+            match minilm::MiniLm::load_with(&dir, options) {
                 Ok(m) => Arc::new(m),
                 Err(EmbedError::ModelMissing(why)) => {
                     tracing::warn!(

@@ -146,6 +146,34 @@ pub static EMBEDDING_BACKLOG: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Texts per model call of the batching embedder: how well concurrent requests share a pass.
+pub static EMBEDDING_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "embedding_batch_texts",
+                "texts per embedding model call (concurrent requests embedded together)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Wall time of one embedding model call (a batch).
+pub static EMBEDDING_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register(
+        Histogram::with_opts(
+            HistogramOpts::new(
+                "embedding_batch_seconds",
+                "wall time of one embedding model call (one batch)",
+            )
+            .buckets(latency_buckets()),
+        )
+        .expect("valid metric"),
+    )
+});
+
 pub static EMBEDDING_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
         IntCounterVec::new(
@@ -414,6 +442,8 @@ pub fn init() {
     LazyLock::force(&EMBEDDING_BACKLOG);
     LazyLock::force(&EMBEDDING_BACKFILLED);
     LazyLock::force(&EMBEDDING_CACHE);
+    LazyLock::force(&EMBEDDING_BATCH);
+    LazyLock::force(&EMBEDDING_SECONDS);
     LazyLock::force(&SCHEDULE_RUNS);
     LazyLock::force(&SCHEDULE_LATENESS);
     LazyLock::force(&WORKFLOW_RUNS);

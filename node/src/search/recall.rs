@@ -312,12 +312,16 @@ impl Recaller {
             req.recency_weight,
             req.recency_half_life_ms,
         )?;
-        let read_index = self.node.read_barrier(req.consistency).await?;
+        // The query's model pass overlaps the read barrier (a heartbeat round on a leader of
+        // several, a round trip to it on a follower): neither needs the other.
+        let (read_index, query_vector) =
+            tokio::try_join!(self.node.read_barrier(req.consistency), async {
+                match req.mode {
+                    RecallMode::Bm25 => Ok(None),
+                    _ => self.embed_query(&req.query).await,
+                }
+            })?;
         let wait_for = (req.consistency == ReadConsistency::Linearizable).then_some(read_index);
-        let query_vector = match req.mode {
-            RecallMode::Bm25 => None,
-            _ => self.embed_query(&req.query).await?,
-        };
         let use_words = req.mode != RecallMode::Vector;
         let filter = VectorFilter {
             kind: (sources.len() == 1).then(|| sources[0]),
@@ -331,18 +335,25 @@ impl Recaller {
         let store = &self.node.store;
         let mut fetch = (k * OVERFETCH).max(MIN_FETCH);
         loop {
-            let near = match &query_vector {
-                Some(q) => self.nearest(tenant, q, fetch, &filter, wait_for).await?,
-                None => Vec::new(),
-            };
             text.limit = fetch as u32;
-            let words = if use_words {
-                self.fulltext
-                    .search_at(tenant, &text, fetch, wait_for)
-                    .await?
-            } else {
-                Vec::new()
-            };
+            // Both retrievers at once (a Qdrant index is a network round trip).
+            let (near, words) = tokio::try_join!(
+                async {
+                    match &query_vector {
+                        Some(q) => self.nearest(tenant, q, fetch, &filter, wait_for).await,
+                        None => Ok(Vec::new()),
+                    }
+                },
+                async {
+                    if use_words {
+                        self.fulltext
+                            .search_at(tenant, &text, fetch, wait_for)
+                            .await
+                    } else {
+                        Ok(Vec::new())
+                    }
+                }
+            )?;
             let exhausted = near.len() < fetch && words.len() < fetch;
 
             // Each candidate with its vector (for the similarity), when it passes the
