@@ -143,8 +143,9 @@ impl MiniLm {
         })
     }
 
-    /// Embeds `texts` on this thread (CPU-bound: call from a blocking context). Texts are
-    /// batched by length, so that a batch pads little; results come back in input order.
+    /// Embeds `texts` on the model's thread pool, blocking the calling thread until done
+    /// (call from a blocking context). Texts are batched by length, so that a batch pads
+    /// little; results come back in input order.
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.inner.pool.install(|| self.embed_sorted(texts))
     }
